@@ -1,0 +1,1 @@
+"""Entry points: the `llmrec` CLI, Ray job entrypoints, and cluster configuration."""
