@@ -6,13 +6,15 @@ Runs locally (`llmrec prepare ...`) or as a Ray job on a cluster, unchanged:
 
 from __future__ import annotations
 
-import sys
+import functools
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from pipelines.errors import LlmrecError
@@ -48,6 +50,24 @@ class SplitProtocol(StrEnum):
     temporal = "temporal"
 
 
+def user_errors(fn: Callable) -> Callable:
+    """User errors become one line on stderr and exit status 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LlmrecError as e:
+            err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _validation_message(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+
+
 def _prepare(
     dataset: str,
     out: str | None,
@@ -64,8 +84,8 @@ def _prepare(
 
     try:
         cfg = PrepareConfig(**config_kwargs)
-    except ValueError as e:  # pydantic's ValidationError is a ValueError
-        raise LlmrecError(f"invalid parameters: {str(e).splitlines()[-1].strip()}") from e
+    except ValidationError as e:
+        raise LlmrecError(f"invalid parameters: {_validation_message(e)}") from e
     with console.status(f"reading source '{dataset}'"):
         source = load_source(dataset, **source_kwargs)
     target = out or str(DEFAULT_ROOT / "datasets" / source.name)
@@ -86,6 +106,7 @@ def _prepare(
 
 
 @app.command()
+@user_errors
 def prepare(
     dataset: Annotated[Dataset, typer.Option(help="which source to read")] = Dataset.ml_100k,
     out: Annotated[
@@ -154,6 +175,7 @@ def prepare(
 
 
 @app.command()
+@user_errors
 def demo(
     root: Annotated[Path, typer.Option(help="where artifacts go")] = DEFAULT_ROOT,
     engine: Annotated[Engine, typer.Option()] = Engine.ray,
@@ -163,22 +185,8 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: user errors become one line on stderr and exit status 2."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except LlmrecError as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
-        sys.exit(2)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    """Console-script entry; typer reports usage errors itself (exit status 2)."""
+    app(args=argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.artifact import Counts, PreparedData, SourceInfo
 from pipelines.errors import DataError
 from pipelines.item_text import render_item_text
-from pipelines.schema import ITEM_IDX, SPLIT, TIMESTAMP, USER_IDX, VALUE, DropReason, Split
+from pipelines.schema import (
+    INTERACTIONS_SCHEMA,
+    ITEM_IDX,
+    SPLIT,
+    TIMESTAMP,
+    USER_IDX,
+    VALUE,
+    DropReason,
+    Split,
+)
 from pipelines.sources.base import Source
 from pipelines.transforms import (
     chronological_order,
@@ -184,7 +193,8 @@ def finalize(enc: Encoded, source: Source, cfg: PrepareConfig, engine: str) -> P
         split_info = {"validation_from": t_val, "test_from": t_test}
 
     interactions = pa.table(
-        {USER_IDX: user, ITEM_IDX: item, TIMESTAMP: ts, VALUE: value, SPLIT: split}
+        {USER_IDX: user, ITEM_IDX: item, TIMESTAMP: ts, VALUE: value, SPLIT: split},
+        schema=INTERACTIONS_SCHEMA,
     )
     train = split == Split.TRAIN
     train_val = split != Split.TEST

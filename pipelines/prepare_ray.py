@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.artifact import PreparedData
+from pipelines.errors import ArtifactError, DataError, LlmrecError
 from pipelines.prepare import Encoded, PrepareConfig, check_row_counts, finalize, flag_kwargs
 from pipelines.schema import TIMESTAMP, VALUE
 from pipelines.sources.base import Source
@@ -55,6 +56,35 @@ def read_dataset(source: Source):
 
 
 def run_ray(source: Source, cfg: PrepareConfig, progress: bool = False) -> PreparedData:
+    """Run the job on the connected Ray cluster; user errors inside tasks come back as is."""
+    import ray
+
+    try:
+        return _run_ray(source, cfg, progress)
+    except ray.exceptions.RayError as e:
+        cause = _user_error(e)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _user_error(e: BaseException) -> LlmrecError | None:
+    """The user-facing error behind a Ray task failure: ours, or a file Arrow cannot parse."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, LlmrecError) and type(e) in (DataError, ArtifactError, LlmrecError):
+            return e
+        # Ray's readers re-raise Arrow's parse errors as "Failed to read CSV file: <path>. ..."
+        text = str(e).strip()
+        if type(e) is pa.ArrowInvalid or (type(e) is ValueError and text.startswith("Failed")):
+            first = text.split(". ")[0].splitlines()[0] if text else type(e).__name__
+            return DataError(f"cannot read the interactions: {first}; fix or remove the bad rows")
+        e = getattr(e, "cause", None) or e.__cause__
+    return None
+
+
+def _run_ray(source: Source, cfg: PrepareConfig, progress: bool) -> PreparedData:
     import ray
     import ray.data as rd
 

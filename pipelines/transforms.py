@@ -65,9 +65,9 @@ def _parse_timestamp(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     missing = np.isnan(out) & s.notna().to_numpy()
     if missing.any():
         dt = pd.to_datetime(s[missing], errors="coerce", utc=True, format="ISO8601")
-        secs = (dt.astype("int64") // 10**9).astype("float64")
-        secs[dt.isna().to_numpy()] = np.nan
-        out[missing] = secs.to_numpy()
+        # pandas 3 picks the resolution per input: compute seconds, not int64 // 1e9.
+        secs = (dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        out[missing] = secs.to_numpy(dtype="float64", na_value=np.nan)
     mask = np.isnan(out)
     return pa.array(np.where(mask, 0, out).astype(np.int64), mask=mask)
 

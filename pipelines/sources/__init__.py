@@ -31,6 +31,37 @@ def load_source(
     seed: int = 0,
     cache: Path | None = None,
 ) -> Source:
+    source = _load(
+        dataset,
+        path=path,
+        interactions=interactions,
+        columns=columns,
+        items=items,
+        item_columns=item_columns,
+        users=users,
+        user_id_column=user_id_column,
+        synthetic_interactions=synthetic_interactions,
+        seed=seed,
+        cache=cache,
+    )
+    source.check_schema()
+    return source
+
+
+def _load(
+    dataset: str,
+    *,
+    path,
+    interactions,
+    columns,
+    items,
+    item_columns,
+    users,
+    user_id_column,
+    synthetic_interactions,
+    seed,
+    cache,
+) -> Source:
     from pipelines.sources import generic, movielens100k_wheel, movielens_files, synthetic
     from pipelines.storage import cache_dir
 

@@ -49,6 +49,23 @@ class Source:
         check_columns(table.column_names, self.mapping, f"interactions file '{path}'")
         return table
 
+    def check_schema(self) -> None:
+        """Fail before any work starts when a file lacks a mapped column.
+
+        Every file is checked (footers and CSV headers only): Ray's Parquet reader would
+        otherwise fill a column missing from one file with nulls.
+        """
+        for path in self.paths:
+            try:
+                if self.file_format == "parquet":
+                    names = pq.read_schema(path, filesystem=self.filesystem).names
+                else:
+                    with self.filesystem.open_input_stream(path) as f:
+                        names = pacsv.open_csv(f, **self.csv_options).schema.names
+            except (pa.ArrowInvalid, OSError) as e:
+                raise DataError(f"cannot read interactions file '{path}': {e}") from e
+            check_columns(names, self.mapping, f"interactions file '{path}'")
+
     def iter_files(self) -> Iterator[pa.Table]:
         for p in self.paths:
             yield self.read_file(p)

@@ -1,0 +1,192 @@
+"""The CLI as a user runs it: bad input gets one line, exit status 2, and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.datafiles import write_ml1m, write_ml100k
+
+
+def llmrec(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_ml100k(tmp_path / "ml")
+
+
+def test_help_lists_the_stages():
+    proc = llmrec("--help")
+    assert proc.returncode == 0
+    assert "prepare" in proc.stdout and "demo" in proc.stdout
+
+
+def test_prepare_movielens_folder_prints_counts(tmp_path, tiny):
+    out = tmp_path / "out"
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "movielens",
+        "--path",
+        str(tiny),
+        "--out",
+        str(out),
+        "--engine",
+        "local",
+    )
+    assert proc.returncode == 0, proc.stderr
+    for step in ("raw", "cleaned", "deduplicated", "5/5-core", "split: test"):
+        assert step in proc.stdout
+    assert (out / "manifest.json").exists()
+
+
+def test_missing_files(tmp_path):
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "generic",
+        "--interactions",
+        str(tmp_path / "nope.csv"),
+        "--columns",
+        "user=u,item=i,timestamp=t",
+        "--engine",
+        "local",
+    )
+    assert_user_error(proc, "interactions not found", "nope.csv")
+
+
+def test_movielens_folder_without_files(tmp_path):
+    proc = llmrec("prepare", "--dataset", "movielens", "--path", str(tmp_path), "--engine", "local")
+    assert_user_error(proc, "no MovieLens files found")
+
+
+def test_wrong_column_names(tmp_path):
+    pq.write_table(pa.table({"a": [1], "b": [2], "c": [3]}), tmp_path / "x.parquet")
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "generic",
+        "--interactions",
+        str(tmp_path / "x.parquet"),
+        "--columns",
+        "user=a,item=b,timestamp=when",
+        "--engine",
+        "local",
+    )
+    assert_user_error(proc, "no column 'when'", "it has: a, b, c", "--columns")
+
+
+def test_generic_without_mapping(tmp_path):
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "x.parquet")
+    proc = llmrec("prepare", "--dataset", "generic", "--interactions", str(tmp_path / "x.parquet"))
+    assert_user_error(proc, "--columns")
+
+
+def test_non_numeric_timestamps(tmp_path):
+    (tmp_path / "x.csv").write_text("u,i,t\n1,1,yesterday\n2,2,soon\n")
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "generic",
+        "--interactions",
+        str(tmp_path / "x.csv"),
+        "--columns",
+        "user=u,item=i,timestamp=t",
+        "--engine",
+        "local",
+    )
+    assert_user_error(proc, "no timestamp in column 't' could be parsed")
+
+
+def test_empty_after_filtering(tmp_path, tiny):
+    out = tmp_path / "out"
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "movielens",
+        "--path",
+        str(tiny),
+        "--out",
+        str(out),
+        "--min-user-interactions",
+        "50",
+        "--engine",
+        "local",
+    )
+    assert_user_error(proc, "no interactions left after 50/5-core", "lower")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ml"]  # no temporary folder left behind
+
+
+def test_unknown_dataset_name():
+    proc = llmrec("prepare", "--dataset", "ml-200k")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "ml-200k" in proc.stderr and "ml-100k" in proc.stderr
+
+
+def test_bad_parameter_value(tiny):
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "movielens",
+        "--path",
+        str(tiny),
+        "--min-user-interactions",
+        "0",
+        "--engine",
+        "local",
+    )
+    assert_user_error(proc, "invalid parameters", "greater than or equal to 1")
+
+
+def test_output_folder_with_a_different_dataset(tmp_path, tiny):
+    out = tmp_path / "out"
+    first = llmrec(
+        "prepare",
+        "--dataset",
+        "movielens",
+        "--path",
+        str(tiny),
+        "--out",
+        str(out),
+        "--engine",
+        "local",
+    )
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = write_ml1m(tmp_path / "m1")
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "movielens",
+        "--path",
+        str(other),
+        "--out",
+        str(out),
+        "--engine",
+        "local",
+    )
+    assert_user_error(proc, "already holds a different dataset", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
