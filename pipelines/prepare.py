@@ -164,9 +164,12 @@ def finalize(enc: Encoded, source: Source, cfg: PrepareConfig, engine: str) -> P
     n_users_clean = len(np.unique(enc.user)) if len(enc.user) else 0
     n_items_clean = len(np.unique(enc.item)) if len(enc.item) else 0
 
-    keep = dedup_mask(enc.user, enc.item, enc.timestamp, cfg.dedup_keep)
+    # Sort once, first: dedup, k-core and the monotone remap all keep this order.
+    order = chronological_order(enc.user, enc.item, enc.timestamp)
+    user, item, ts, value = (a[order] for a in (enc.user, enc.item, enc.timestamp, enc.value))
+    keep = dedup_mask(user, item, ts, cfg.dedup_keep, presorted=True)
     dropped[DropReason.DUPLICATE.label] = int((~keep).sum())
-    user, item, ts, value = enc.user[keep], enc.item[keep], enc.timestamp[keep], enc.value[keep]
+    user, item, ts, value = user[keep], item[keep], ts[keep], value[keep]
     rows["deduplicated"] = len(user)
 
     keep, rounds = kcore_mask(user, item, cfg.min_user_interactions, cfg.min_item_interactions)
@@ -183,8 +186,6 @@ def finalize(enc: Encoded, source: Source, cfg: PrepareConfig, engine: str) -> P
     user, user_codes = remap_contiguous(user)
     item, item_codes = remap_contiguous(item)
     n_users, n_items = len(user_codes), len(item_codes)
-    order = chronological_order(user, item, ts)
-    user, item, ts, value = user[order], item[order], ts[order], value[order]
     if cfg.split == "leave_one_out":
         split = leave_one_out_split(user, n_users)
         split_info: dict = {}

@@ -108,6 +108,9 @@ def test_dedup_keeps_earliest_or_latest_pair():
 def test_dedup_tie_keeps_the_earlier_row():
     u, i, t = np.zeros(3, int), np.zeros(3, int), np.full(3, 7)
     assert dedup_mask(u, i, t).tolist() == [True, False, False]
+    assert dedup_mask(u, i, t, "last").tolist() == [True, False, False]
+    t = np.array([7, 9, 9])
+    assert dedup_mask(u, i, t, "last").tolist() == [False, True, False]
 
 
 def test_kcore_iterates_until_stable():
@@ -127,6 +130,23 @@ def test_kcore_on_everything_returns_empty_mask():
 def test_remap_preserves_order():
     new, old = remap_contiguous(np.array([7, 3, 7, 9]))
     assert new.tolist() == [1, 0, 1, 2] and old.tolist() == [3, 7, 9]
+
+
+def test_chronological_order_without_packing_agrees_with_lexsort():
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 1 << 20, 5000)
+    i = rng.integers(0, 1 << 20, 5000)
+    t = rng.integers(0, 1 << 40, 5000) * (rng.random(5000) < 0.5)  # spans too many bits
+    order = chronological_order(u, i, t)
+    assert (order == np.lexsort((i, t, u))).all()
+
+
+def test_dedup_presorted_agrees():
+    rng = np.random.default_rng(1)
+    u, i, t = rng.integers(0, 20, 500), rng.integers(0, 10, 500), rng.integers(0, 5, 500)
+    order = chronological_order(u, i, t)
+    expected = dedup_mask(u, i, t)[order]
+    assert (dedup_mask(u[order], i[order], t[order], presorted=True) == expected).all()
 
 
 def test_chronological_order_breaks_ties_by_item():
