@@ -84,18 +84,24 @@ def run_ray(source: Source, cfg: PrepareConfig, progress: bool = False) -> Prepa
 
 
 def _user_error(e: BaseException) -> LlmrecError | None:
-    """The user-facing error behind a Ray task failure: ours, or a file Arrow cannot parse."""
+    """The user-facing error behind a Ray task failure, as one line.
+
+    Ray Data re-raises the task's own exception (`raise_original_map_exception`) but appends
+    its retry advice to the message; the first line is ours.
+    """
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, LlmrecError) and type(e) in (DataError, ArtifactError, LlmrecError):
-            return e
-        # Ray's readers re-raise Arrow's parse errors as "Failed to read CSV file: <path>. ..."
-        text = str(e).strip()
-        if type(e) is pa.ArrowInvalid or (type(e) is ValueError and text.startswith("Failed")):
-            first = text.split(". ")[0].splitlines()[0] if text else type(e).__name__
+        cause = getattr(e, "cause", None)  # RayTaskError(X) is an X, but its text is Ray's
+        if isinstance(cause, BaseException):
+            e = cause
+            continue
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, LlmrecError):
+            return type(e)(first) if type(e) in (DataError, ArtifactError) else LlmrecError(first)
+        if isinstance(e, pa.ArrowInvalid):
             return DataError(f"cannot read the interactions: {first}; fix or remove the bad rows")
-        e = getattr(e, "cause", None) or e.__cause__
+        e = e.__cause__
     return None
 
 
@@ -106,6 +112,7 @@ def _run_ray(source: Source, cfg: PrepareConfig, progress: bool) -> PreparedData
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = True  # dedup keeps the earlier of tied rows
+    ctx.raise_original_map_exception = True  # our DataError, not a UserCodeException wrapper
     flagged = read_dataset(source, flag_kwargs(source, cfg)).materialize()
     parts = flagged.map_batches(_count_reasons, batch_format="pyarrow", batch_size=None)
     counts = pa.concat_tables(ray.get(parts.to_arrow_refs()))
