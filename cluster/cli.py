@@ -21,8 +21,8 @@ from pipelines.errors import LlmrecError
 
 app = typer.Typer(
     help="llmrec: a real-time recommender on Ray that uses language models where they pay off.\n\n"
-    "Stages: prepare (raw logs -> dataset artifact); demo (the quick start on the embedded "
-    "MovieLens-100k defaults).",
+    "Stages: prepare (raw logs -> dataset artifact); eval (retrievers on the leave-one-out "
+    "protocol); demo (the quick start on the embedded MovieLens-100k defaults).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -172,6 +172,43 @@ def prepare(
             "seed": seed,
         },
     )
+
+
+@app.command(name="eval")
+@user_errors
+def eval_(
+    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
+        "ml-100k"
+    ),
+    data: Annotated[
+        str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder [default: artifacts/eval/<name>]")
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=100, help="bootstrap resamples")] = 1000,
+) -> None:
+    """Offline evaluation of the retrievers on the leave-one-out protocol (table, JSON, PNG)."""
+    from pipelines.artifact import load_dataset
+    from training.evaluation.harness import evaluate
+    from training.evaluation.report import print_report, write
+
+    path = data or str(DEFAULT_ROOT / "datasets" / dataset)
+    if data is None and dataset == "ml-100k" and not (Path(path) / "manifest.json").exists():
+        console.print(f"no artifact at {path}: preparing ml-100k first")
+        _prepare("ml-100k", path, "local", None, False, {}, {})
+    ds = load_dataset(path, expected_name=dataset)
+    if ds.manifest.split_protocol != "leave_one_out":
+        raise LlmrecError(
+            f"'{path}' was split '{ds.manifest.split_protocol}'; llmrec eval follows the "
+            "leave-one-out protocol: prepare with --split leave_one_out"
+        )
+    start = time.perf_counter()
+    report = evaluate(ds, resamples=resamples)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print_report(report, Console(width=200))
+    js, png = write(report, out or DEFAULT_ROOT / "eval" / dataset)
+    console.print(f"wrote {js} and {png} ({report['seconds']} s)")
 
 
 @app.command()

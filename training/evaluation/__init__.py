@@ -1,0 +1,1 @@
+"""Offline evaluation: the LlamaRec leave-one-out protocol, metrics and bootstrap tests."""

@@ -1,0 +1,190 @@
+"""The retriever contract, after `implicit`'s: fit, recommend, similar_items, incremental
+updates, and save/load as plain arrays + JSON.
+
+Every retriever scores all items densely (`score`), which keeps each model a few lines of
+numpy and makes fusion and evaluation uniform. Items a model cannot score get -inf.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from pipelines.errors import ArtifactError, LlmrecError
+from training.retrieval.data import FitData
+
+MAX_N = 10_000
+FORMAT_VERSION = 1
+
+
+class RetrievalError(LlmrecError):
+    """A retrieval request that cannot be served as asked (e.g. n out of range)."""
+
+
+@dataclass
+class Recommendation:
+    items: np.ndarray
+    scores: np.ndarray
+    #: history entries that were not known item ids, dropped before scoring
+    ignored_history: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def check_n(n: int) -> int:
+    if not isinstance(n, int | np.integer) or isinstance(n, bool):
+        raise RetrievalError(f"n must be an integer, not {type(n).__name__}")
+    if n < 1 or n > MAX_N:
+        raise RetrievalError(f"n must be between 1 and {MAX_N}, got {n}")
+    return int(n)
+
+
+def clean_history(history: Any, n_items: int) -> tuple[np.ndarray, int]:
+    """Known item ids of `history` in order, and how many entries were dropped."""
+    h = np.asarray(history if history is not None else [], dtype=np.int64).reshape(-1)
+    ok = (h >= 0) & (h < n_items)
+    return h[ok].astype(np.int32), int((~ok).sum())
+
+
+def top_n(scores: np.ndarray, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the n best finite scores, best first; ties go to the lower item id."""
+    s = scores.astype(np.float64, copy=True)
+    if exclude is not None and len(exclude):
+        s[exclude] = -np.inf
+    finite = np.flatnonzero(np.isfinite(s))
+    if len(finite) == 0:
+        return np.zeros(0, dtype=np.int32)
+    n = min(n, len(finite))
+    cand = finite[np.argpartition(-s[finite], n - 1)[:n]] if n < len(finite) else finite
+    order = np.lexsort((cand, -s[cand]))
+    return cand[order].astype(np.int32)
+
+
+class Retriever(ABC):
+    """Base class: subclasses implement `fit`, `score`, and their array state."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, **params: Any):
+        self.params = self.default_params() | params
+        unknown = set(params) - set(self.default_params())
+        if unknown:
+            raise RetrievalError(f"{self.kind}: unknown parameter(s) {sorted(unknown)}")
+        self.n_items = 0
+        self.dataset_version = ""
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {}
+
+    # -- fitting ---------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, data: FitData) -> Self:
+        """Learn from `data`; returns self."""
+
+    def _fitted(self, data: FitData) -> None:
+        self.n_items = data.n_items
+        self.dataset_version = data.dataset_version
+
+    def partial_fit_users(self, users: np.ndarray, histories: list[np.ndarray]) -> None:
+        """Refresh per-user state after their histories changed (no-op when stateless)."""
+        return None
+
+    def partial_fit_items(self, n_items: int, texts: list[str] | None = None) -> None:
+        """Grow to `n_items` items; new items get no score until a model can place them."""
+        self.n_items = max(self.n_items, n_items)
+
+    # -- scoring ---------------------------------------------------------------------------
+    @abstractmethod
+    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+        """float32 scores for every item (-inf where the model has nothing to say).
+
+        `user` may be None or unknown: history-based models then use `history` alone.
+        """
+
+    def recommend(
+        self,
+        user: int | None,
+        history: Any,
+        n: int = 10,
+        exclude: Any = None,
+        filter_history: bool = True,
+    ) -> Recommendation:
+        """The n best items for a user, without their history and `exclude` (item ids)."""
+        n = check_n(n)
+        hist, ignored = clean_history(history, self.n_items)
+        scores = self.score(user, hist)
+        drop = [hist] if filter_history else []
+        if exclude is not None:
+            drop.append(clean_history(exclude, self.n_items)[0])
+        excl = np.concatenate(drop) if drop else None
+        items = top_n(scores, n, excl)
+        return Recommendation(items, scores[items].astype(np.float32), ignored)
+
+    def similar_items(self, item: int, n: int = 10) -> Recommendation:
+        """Items most similar to `item` (itself excluded): its one-item-history scores."""
+        n = check_n(n)
+        if not 0 <= item < self.n_items:
+            raise RetrievalError(f"unknown item {item}: ids run from 0 to {self.n_items - 1}")
+        scores = self.score(None, np.array([item], dtype=np.int32))
+        items = top_n(scores, n, np.array([item]))
+        return Recommendation(items, scores[items].astype(np.float32))
+
+    # -- persistence -----------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that, with the params, restore the fitted model."""
+        return {}
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of `state`."""
+        return None
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "arrays.npz", **self.state())
+        meta = {
+            "kind": self.kind,
+            "format_version": FORMAT_VERSION,
+            "params": self.params,
+            "n_items": self.n_items,
+            "dataset_version": self.dataset_version,
+        }
+        (folder / "retriever.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, folder: str | Path, expected_dataset_version: str | None = None) -> Retriever:
+        from training.retrieval import RETRIEVERS
+
+        folder = Path(folder)
+        meta_path = folder / "retriever.json"
+        if not meta_path.exists():
+            raise ArtifactError(f"no retriever at '{folder}' (retriever.json missing)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"retriever at '{folder}' has format {meta.get('format_version')}, this llmrec "
+                f"reads {FORMAT_VERSION}; refit it"
+            )
+        kind = meta.get("kind")
+        klass = RETRIEVERS.get(kind)
+        if klass is None or (cls is not Retriever and klass is not cls):
+            raise ArtifactError(f"'{folder}' holds a '{kind}' retriever, not a {cls.kind}")
+        if expected_dataset_version and meta["dataset_version"] != expected_dataset_version:
+            raise ArtifactError(
+                f"retriever at '{folder}' was fitted on dataset version "
+                f"{meta['dataset_version']}, not {expected_dataset_version}; refit it"
+            )
+        model = klass(**meta["params"])
+        model.n_items = meta["n_items"]
+        model.dataset_version = meta["dataset_version"]
+        with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+            model.set_state({k: z[k] for k in z.files})
+        return model

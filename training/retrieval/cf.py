@@ -1,0 +1,193 @@
+"""Collaborative filtering fitted with `implicit`: ALS, BPR and item-kNN (cosine / BM25).
+
+`implicit` fits; scoring and user fold-in are plain numpy on the saved arrays, so serving
+needs neither the training code path nor a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.retrieval.base import Retriever
+from training.retrieval.data import FitData
+
+
+def _quiet_threads() -> None:
+    # implicit warns when BLAS runs several threads inside its own parallel loops.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, "blas")
+
+
+class _Factors(Retriever):
+    """Shared by ALS and BPR: user and item factors; score = user . item."""
+
+    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+        if user is not None and 0 <= user < len(self.user_factors):
+            u = self.user_factors[user]
+        elif len(history):
+            u = self.fold_in(history)
+        else:
+            return np.full(self.n_items, -np.inf, dtype=np.float32)
+        out = self.item_factors @ u
+        return np.pad(out, (0, max(0, self.n_items - len(out))), constant_values=-np.inf)
+
+    def fold_in(self, history: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def partial_fit_users(self, users: np.ndarray, histories: list[np.ndarray]) -> None:
+        """Recompute the factors of `users` from their new histories (milliseconds)."""
+        users = np.asarray(users, dtype=np.int64)
+        if len(users) and users.max() >= len(self.user_factors):
+            grow = int(users.max()) + 1 - len(self.user_factors)
+            pad = np.zeros((grow, self.user_factors.shape[1]), np.float32)
+            self.user_factors = np.vstack([self.user_factors, pad])
+        for u, h in zip(users, histories, strict=True):
+            h = np.asarray(h, dtype=np.int64)
+            h = h[(h >= 0) & (h < len(self.item_factors))]
+            self.user_factors[u] = self.fold_in(h) if len(h) else 0.0
+
+    def partial_fit_items(self, n_items: int, texts: list[str] | None = None) -> None:
+        super().partial_fit_items(n_items, texts)  # scored -inf until a refit places them
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"user_factors": self.user_factors, "item_factors": self.item_factors}
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.user_factors = arrays["user_factors"]
+        self.item_factors = arrays["item_factors"]
+
+
+class ALS(_Factors):
+    """Implicit ALS (Hu, Koren, Volinsky) with confidence 1 + alpha for observed items."""
+
+    kind = "als"
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"factors": 64, "regularization": 0.1, "alpha": 2.0, "iterations": 15, "seed": 0}
+
+    def fit(self, data: FitData) -> Self:
+        from implicit.als import AlternatingLeastSquares
+
+        _quiet_threads()
+        p = self.params
+        model = AlternatingLeastSquares(
+            factors=p["factors"],
+            regularization=p["regularization"],
+            alpha=p["alpha"],
+            iterations=p["iterations"],
+            random_state=p["seed"],
+            use_gpu=False,
+        )
+        model.fit(data.matrix.to_scipy(), show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self._fitted(data)
+        return self
+
+    def fold_in(self, history: np.ndarray) -> np.ndarray:
+        """The exact ALS user step: (YtY + alpha * Yh'Yh + reg I)^-1 (1 + alpha) Yh' 1."""
+        y = self.item_factors.astype(np.float64)
+        yh = y[np.unique(history)]
+        a = self.params["alpha"]
+        lhs = y.T @ y + a * yh.T @ yh + self.params["regularization"] * np.eye(y.shape[1])
+        return np.linalg.solve(lhs, (1 + a) * yh.sum(0)).astype(np.float32)
+
+
+class BPR(_Factors):
+    """Bayesian Personalised Ranking (implicit's CPU implementation, with item biases)."""
+
+    kind = "bpr"
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {
+            "factors": 64,
+            "learning_rate": 0.05,
+            "regularization": 0.01,
+            "iterations": 100,
+            "seed": 0,
+        }
+
+    def fit(self, data: FitData) -> Self:
+        from implicit.bpr import BayesianPersonalizedRanking
+
+        _quiet_threads()
+        p = self.params
+        model = BayesianPersonalizedRanking(
+            factors=p["factors"],
+            learning_rate=p["learning_rate"],
+            regularization=p["regularization"],
+            iterations=p["iterations"],
+            random_state=p["seed"],
+            use_gpu=False,
+        )
+        model.fit(data.matrix.to_scipy(), show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self._fitted(data)
+        return self
+
+    def fold_in(self, history: np.ndarray) -> np.ndarray:
+        """BPR has no closed-form user step: fit a ridge user vector that scores the history
+        items at 1 (the last item factor is the bias, paired with a fixed user 1)."""
+        v = self.item_factors[np.unique(history)].astype(np.float64)
+        x, bias = v[:, :-1], v[:, -1]
+        lhs = x.T @ x + 0.1 * np.eye(x.shape[1])
+        u = np.linalg.solve(lhs, x.T @ (1.0 - bias))
+        return np.append(u, 1.0).astype(np.float32)
+
+
+class ItemKNN(Retriever):
+    """Item-kNN: the user's items vote with their `neighbours` most similar items
+    (`similarity`: cosine or BM25-weighted)."""
+
+    kind = "item_knn"
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"similarity": "bm25", "neighbours": 100, "k1": 1.2, "b": 0.75}
+
+    def fit(self, data: FitData) -> Self:
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        p = self.params
+        if p["similarity"] == "bm25":
+            model = BM25Recommender(K=p["neighbours"], K1=p["k1"], B=p["b"])
+        elif p["similarity"] == "cosine":
+            model = CosineRecommender(K=p["neighbours"])
+        else:
+            raise ValueError(f"similarity must be 'bm25' or 'cosine', not {p['similarity']!r}")
+        model.fit(data.matrix.to_scipy(), show_progress=False)
+        self.similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
+        self._fitted(data)
+        return self
+
+    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+        s = self.similarity
+        h = history[history < s.shape[0]]
+        if not len(h):
+            return np.full(self.n_items, -np.inf, dtype=np.float32)
+        out = np.asarray(s[h].sum(axis=0)).ravel().astype(np.float32)
+        out = np.pad(out, (0, max(0, self.n_items - len(out))))
+        out[out <= 0] = -np.inf
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        s = self.similarity
+        return {
+            "indptr": s.indptr,
+            "indices": s.indices,
+            "data": s.data,
+            "shape": np.asarray(s.shape),
+        }
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        shape = tuple(int(x) for x in arrays["shape"])
+        self.similarity = sp.csr_matrix(
+            (arrays["data"], arrays["indices"], arrays["indptr"]), shape
+        )

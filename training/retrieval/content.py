@@ -1,0 +1,67 @@
+"""Content similarity: items close in text embedding space to the user's recent items."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+
+from training.retrieval.base import Retriever
+from training.retrieval.data import FitData
+from training.retrieval.embeddings import TextEncoder
+
+
+class Content(Retriever):
+    """Cosine similarity between item text embeddings and a recency-weighted profile of the
+    user's last `recent` items. A new item is scorable as soon as its text is embedded."""
+
+    kind = "content"
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"recent": 10, "recency_decay": 0.8, "model_path": None}
+
+    def __init__(self, encoder: TextEncoder | None = None, **params: Any):
+        super().__init__(**params)
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.params["model_path"])
+        return self._encoder
+
+    def fit(self, data: FitData) -> Self:
+        self.embeddings = self.encoder.encode(data.item_text).astype(np.float32)
+        self._fitted(data)
+        return self
+
+    def with_embeddings(self, embeddings: np.ndarray, data: FitData) -> Self:
+        """Fit from embeddings computed earlier (they depend on item text only)."""
+        self.embeddings = embeddings.astype(np.float32)
+        self._fitted(data)
+        return self
+
+    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+        recent = history[::-1][: self.params["recent"]]
+        recent = recent[recent < len(self.embeddings)]
+        if not len(recent):
+            return np.full(self.n_items, -np.inf, dtype=np.float32)
+        w = self.params["recency_decay"] ** np.arange(len(recent), dtype=np.float32)
+        profile = w @ self.embeddings[recent]
+        return (self.embeddings @ profile).astype(np.float32)
+
+    def partial_fit_items(self, n_items: int, texts: list[str] | None = None) -> None:
+        """Embed the texts of items `len(embeddings)..n_items-1` (given in that order)."""
+        missing = n_items - len(self.embeddings)
+        if missing > 0:
+            if texts is None or len(texts) != missing:
+                raise ValueError(f"content needs the texts of the {missing} new item(s)")
+            self.embeddings = np.vstack([self.embeddings, self.encoder.encode(texts)])
+        super().partial_fit_items(n_items, texts)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"embeddings": self.embeddings}
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.embeddings = arrays["embeddings"]

@@ -1,0 +1,91 @@
+"""What retrievers are fitted on: a view of the dataset artifact up to a split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.artifact import Dataset
+from pipelines.schema import Split
+from pipelines.transforms import Csr, csr_from_pairs, user_offsets
+
+AGE_BANDS = (18, 25, 35, 45, 50, 56)  # MovieLens' own bands: <18, 18-24, ..., 56+
+
+
+@dataclass
+class FitData:
+    """Interactions visible to a model, as arrays: the matrix, the sequences, item texts.
+
+    `through` is the last split included: TRAIN to select hyper-parameters on validation,
+    VALIDATION to refit before the test split.
+    """
+
+    n_users: int
+    n_items: int
+    matrix: Csr
+    seq_indptr: np.ndarray
+    seq_items: np.ndarray
+    seq_times: np.ndarray
+    item_text: list[str]
+    item_categories: list[list[str]]
+    user_segments: dict[str, np.ndarray]
+    dataset_name: str = ""
+    dataset_version: str = ""
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, through: Split = Split.TRAIN) -> FitData:
+        seq = ds.sequences
+        keep = seq.splits <= through
+        users = np.repeat(np.arange(ds.manifest.n_users), np.diff(seq.indptr))[keep]
+        items, times = seq.items[keep], seq.timestamps[keep]
+        n_users, n_items = ds.manifest.n_users, ds.manifest.n_items
+        matrix = csr_from_pairs(users, items, np.ones(len(items), np.float32), (n_users, n_items))
+        text = ds.items["text"].to_pylist()
+        cats = [c or [] for c in ds.items["categories"].to_pylist()]
+        return cls(
+            n_users=n_users,
+            n_items=n_items,
+            matrix=matrix,
+            seq_indptr=user_offsets(users, n_users),
+            seq_items=items.astype(np.int32),
+            seq_times=times,
+            item_text=text,
+            item_categories=cats,
+            user_segments=user_segments(ds),
+            dataset_name=ds.manifest.name,
+            dataset_version=ds.manifest.version,
+        )
+
+    def history(self, user: int) -> np.ndarray:
+        return self.seq_items[self.seq_indptr[user] : self.seq_indptr[user + 1]]
+
+    def seq_users(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_users), np.diff(self.seq_indptr))
+
+
+def user_segments(ds: Dataset) -> dict[str, np.ndarray]:
+    """Integer segment codes per user for each categorical attribute (age is banded).
+
+    Code -1 means unknown. Used by segment popularity; empty when users have no attributes.
+    """
+    users = ds.users
+    out: dict[str, np.ndarray] = {}
+    for col in users.column_names:
+        if col in ("user_idx", "user_id", "zip_code"):
+            continue
+        values = users[col].to_pylist()
+        if col == "age":
+            codes = np.array(
+                [
+                    -1 if v is None else int(np.searchsorted(AGE_BANDS, v, side="right"))
+                    for v in values
+                ]
+            )
+        else:
+            vocab = {v: k for k, v in enumerate(sorted({v for v in values if v is not None}))}
+            if len(vocab) > 100:  # an id-like column is no segment
+                continue
+            codes = np.array([-1 if v is None else vocab[v] for v in values])
+        out[col] = codes.astype(np.int32)
+    return out

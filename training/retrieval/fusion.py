@@ -1,0 +1,146 @@
+"""Weighted reciprocal-rank fusion of several retrievers' scores into one candidate list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) -> np.ndarray:
+    """1-based rank of each item in one source's list (0 = not in its top `depth`).
+
+    Works on one user (1-D scores) or many (2-D, one row per user). Unscorable (-inf) items
+    are never ranked; ties go to the lower item id.
+    """
+    s = np.atleast_2d(scores).astype(np.float64, copy=True)
+    if excluded is not None:
+        s[np.atleast_2d(excluded)] = -np.inf
+    n_rows, n_items = s.shape
+    ranks = np.zeros((n_rows, n_items), dtype=np.int32)
+    d = min(depth, n_items)
+    cand = (
+        np.argpartition(-s, d - 1, axis=1)[:, :d]
+        if d < n_items
+        else np.tile(np.arange(n_items), (n_rows, 1))
+    )
+    for row in range(n_rows):
+        c = cand[row]
+        c = c[np.isfinite(s[row, c])]
+        order = c[np.lexsort((c, -s[row, c]))]
+        ranks[row, order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    return ranks[0] if np.ndim(scores) == 1 else ranks
+
+
+def fuse(
+    ranks: Mapping[str, np.ndarray], weights: Mapping[str, float], k: float = 60.0
+) -> np.ndarray:
+    """sum_s weight_s / (k + rank_s) over the sources that ranked the item."""
+    out = None
+    for name, r in ranks.items():
+        w = weights.get(name, 0.0)
+        if w == 0:
+            continue
+        part = np.where(r > 0, w / (k + r), 0.0)
+        out = part if out is None else out + part
+    if out is None:
+        shape = next(iter(ranks.values())).shape
+        return np.zeros(shape)
+    return out
+
+
+class LearnedFusion:
+    """A logistic regression over each source's rank of an item (a "simple learned
+    combination"): trained on the validation target of every user, it scores the union of
+    the sources' top-`depth` lists; everything else is not a candidate.
+
+    Features per source: 1/(5 + rank) and log(rank) (log(2 * depth) when unranked); plus the
+    item's log popularity. Positives are re-weighted to balance the classes.
+    """
+
+    def __init__(
+        self,
+        sources: list[str],
+        depth: int = 100,
+        l2: float = 1e-3,
+        iterations: int = 300,
+        learning_rate: float = 0.5,
+    ):
+        self.sources = list(sources)
+        self.depth = depth
+        self.l2 = l2
+        self.iterations = iterations
+        self.learning_rate = learning_rate
+        self.mean = self.std = self.weights = None
+        self.bias = 0.0
+
+    def features(self, ranks: Mapping[str, np.ndarray], log_popularity: np.ndarray) -> np.ndarray:
+        cols = []
+        for name in self.sources:
+            r = ranks[name].astype(np.float64)
+            ranked = r > 0
+            cols.append(np.where(ranked, 1.0 / (5.0 + r), 0.0))
+            cols.append(np.log(np.where(ranked, r, 2.0 * self.depth)))
+        cols.append(np.broadcast_to(log_popularity, cols[0].shape))
+        return np.stack(cols, axis=-1)
+
+    @staticmethod
+    def candidates(ranks: Mapping[str, np.ndarray]) -> np.ndarray:
+        mask = None
+        for r in ranks.values():
+            mask = (r > 0) if mask is None else (mask | (r > 0))
+        assert mask is not None
+        return mask
+
+    def fit(
+        self,
+        ranks: Mapping[str, np.ndarray],
+        log_popularity: np.ndarray,
+        targets: np.ndarray,
+    ) -> LearnedFusion:
+        """`ranks`: users x items per source; `targets`: one positive item per user."""
+        cand = self.candidates(ranks)
+        feats = self.features(ranks, log_popularity)
+        labels = np.zeros(cand.shape)
+        labels[np.arange(len(targets)), targets] = 1.0
+        x, y = feats[cand], labels[cand]
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-9
+        x = (x - self.mean) / self.std
+        pos = max(y.sum(), 1.0)
+        sample_w = np.where(y == 1, (len(y) - pos) / pos, 1.0)
+        sample_w /= sample_w.mean()
+        w, b = np.zeros(x.shape[1]), 0.0
+        for _ in range(self.iterations):
+            p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
+            g = (p - y) * sample_w
+            w -= self.learning_rate * (x.T @ g / len(y) + self.l2 * w)
+            b -= self.learning_rate * g.mean()
+        self.weights, self.bias = w, float(b)
+        return self
+
+    def score(self, ranks: Mapping[str, np.ndarray], log_popularity: np.ndarray) -> np.ndarray:
+        """Fused scores (same shape as a rank array); -inf outside the candidate union."""
+        if self.weights is None:
+            raise ValueError("LearnedFusion.score before fit")
+        cand = self.candidates(ranks)
+        out = np.full(cand.shape, -np.inf)
+        x = (self.features(ranks, log_popularity)[cand] - self.mean) / self.std
+        out[cand] = x @ self.weights + self.bias
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "sources": self.sources,
+            "depth": self.depth,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "weights": self.weights.tolist(),
+            "bias": self.bias,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> LearnedFusion:
+        f = cls(d["sources"], d["depth"])
+        f.mean, f.std = np.asarray(d["mean"]), np.asarray(d["std"])
+        f.weights, f.bias = np.asarray(d["weights"]), float(d["bias"])
+        return f

@@ -1,0 +1,75 @@
+"""Sequential transitions: what users go on to after an item, from their sequences."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.retrieval.base import Retriever
+from training.retrieval.data import FitData
+
+
+class Transitions(Retriever):
+    """Item-to-item scores from forward co-occurrence within `window` steps of each user's
+    chronological sequence (weight 1/distance), damped by the target's popularity.
+
+    A user is scored from their `recent` last items, the newest weighted 1, the one before
+    `recency_decay`, and so on. Stateless per user: a new event changes the next request.
+    """
+
+    kind = "transitions"
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"window": 3, "recent": 5, "recency_decay": 0.6, "pop_damping": 0.3}
+
+    def fit(self, data: FitData) -> Self:
+        items = data.seq_items.astype(np.int64)
+        users = data.seq_users()
+        n = data.n_items
+        rows, cols, vals = [], [], []
+        for d in range(1, self.params["window"] + 1):
+            same = users[d:] == users[:-d]
+            rows.append(items[:-d][same])
+            cols.append(items[d:][same])
+            vals.append(np.full(int(same.sum()), 1.0 / d, dtype=np.float32))
+        c = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        )
+        c.sum_duplicates()
+        c.setdiag(0)
+        c.eliminate_zeros()
+        pop = np.bincount(items, minlength=n).astype(np.float32)
+        damp = np.power(np.maximum(pop, 1.0), -self.params["pop_damping"]).astype(np.float32)
+        self.matrix = (c @ sp.diags(damp)).tocsr().astype(np.float32)
+        self._fitted(data)
+        return self
+
+    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.matrix.shape[1], dtype=np.float32)
+        recent = history[::-1][: self.params["recent"]]
+        weight = 1.0
+        m = self.matrix
+        for item in recent:
+            if item < m.shape[0]:
+                lo, hi = m.indptr[item], m.indptr[item + 1]
+                out[m.indices[lo:hi]] += weight * m.data[lo:hi]
+            weight *= self.params["recency_decay"]
+        out = np.pad(out, (0, max(0, self.n_items - len(out))))
+        out[out <= 0] = -np.inf
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        m = self.matrix
+        return {
+            "indptr": m.indptr,
+            "indices": m.indices,
+            "data": m.data,
+            "shape": np.asarray(m.shape),
+        }
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        shape = tuple(int(x) for x in arrays["shape"])
+        self.matrix = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape)
