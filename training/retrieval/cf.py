@@ -6,6 +6,7 @@ needs neither the training code path nor a GPU.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Self
 
 import numpy as np
@@ -154,6 +155,7 @@ class ItemKNN(Retriever):
 
     def fit(self, data: FitData) -> Self:
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+        from implicit.utils import ParameterWarning
 
         p = self.params
         if p["similarity"] == "bm25":
@@ -162,7 +164,9 @@ class ItemKNN(Retriever):
             model = CosineRecommender(K=p["neighbours"])
         else:
             raise ValueError(f"similarity must be 'bm25' or 'cosine', not {p['similarity']!r}")
-        model.fit(data.matrix.to_scipy(), show_progress=False)
+        with warnings.catch_warnings():  # implicit's own bm25 step hands itself a COO matrix
+            warnings.simplefilter("ignore", category=ParameterWarning)
+            model.fit(data.matrix.to_scipy(), show_progress=False)
         self.similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
         self._fitted(data)
         return self

@@ -1,0 +1,167 @@
+"""One conformance suite, run against every retriever (after implicit's shared test mixin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.artifact import load_dataset, write_dataset
+from pipelines.errors import ArtifactError
+from pipelines.prepare import PrepareConfig, run_local
+from pipelines.schema import Split
+from pipelines.sources import load_source
+from training.retrieval import (
+    ALS,
+    BPR,
+    RETRIEVERS,
+    Content,
+    FitData,
+    ItemKNN,
+    MostPopular,
+    RetrievalError,
+    Retriever,
+    SegmentPopular,
+    Transitions,
+)
+from training.retrieval.base import MAX_N
+
+FACTORIES = {
+    "most_popular": lambda: MostPopular(),
+    "recent_popular": lambda: MostPopular(window_days=30),
+    "segment_popular": lambda: SegmentPopular(),
+    "transitions": lambda: Transitions(),
+    "als": lambda: ALS(factors=8, iterations=5),
+    "bpr": lambda: BPR(factors=8, iterations=20),
+    "item_knn_bm25": lambda: ItemKNN(similarity="bm25"),
+    "item_knn_cosine": lambda: ItemKNN(similarity="cosine"),
+    "content": lambda: Content(),
+}
+HISTORY_BASED = {"transitions", "item_knn_bm25", "item_knn_cosine", "content"}
+POPULARITY = {"most_popular", "recent_popular", "segment_popular"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> FitData:
+    root = tmp_path_factory.mktemp("syn")
+    src = load_source("synthetic", synthetic_interactions=6_000, cache=root)
+    write_dataset(run_local(src, PrepareConfig()), str(root / "ds"))
+    return FitData.from_dataset(load_dataset(str(root / "ds")), Split.TRAIN)
+
+
+@pytest.fixture(scope="module", params=list(FACTORIES))
+def fitted(request, data) -> tuple[str, Retriever]:
+    return request.param, FACTORIES[request.param]().fit(data)
+
+
+def test_every_kind_is_registered():
+    assert {f().kind for f in FACTORIES.values()} == set(RETRIEVERS)
+
+
+def test_recommend_excludes_history_and_exclusions(fitted, data):
+    _, model = fitted
+    user = 3
+    history = data.history(user)
+    exclude = np.array([0, 1, 2])
+    rec = model.recommend(user, history, n=10, exclude=exclude)
+    assert 0 < len(rec) <= 10
+    assert not set(rec.items) & set(history) and not set(rec.items) & {0, 1, 2}
+    assert np.all(np.diff(rec.scores) <= 1e-6), "best first"
+    assert np.isfinite(rec.scores).all()
+
+
+def test_unknown_user_and_empty_history_never_raise(fitted, data):
+    name, model = fitted
+    history = data.history(5)
+    for user in (None, 10**9):
+        rec = model.recommend(user, history, n=5)
+        assert len(rec) > 0  # every model can use a history
+    empty = model.recommend(None, [], n=5)
+    if name in POPULARITY:
+        assert len(empty) == 5
+    else:  # nothing to go on: an empty list, for the cold-start path to fill
+        assert len(empty) == 0
+
+
+def test_unknown_items_in_history_are_ignored_and_counted(fitted, data):
+    _, model = fitted
+    history = [*data.history(4), -1, data.n_items + 7]
+    rec = model.recommend(4, history, n=5)
+    assert rec.ignored_history == 2
+    same = model.recommend(4, data.history(4), n=5)
+    assert np.array_equal(rec.items, same.items)
+
+
+@pytest.mark.parametrize("n", [0, -3, MAX_N + 1, 2.5, True])
+def test_bad_n_is_a_clear_error(fitted, data, n):
+    _, model = fitted
+    with pytest.raises(RetrievalError, match="n must be"):
+        model.recommend(1, data.history(1), n=n)
+
+
+def test_similar_items_excludes_the_item(fitted):
+    _, model = fitted
+    rec = model.similar_items(7, n=5)
+    assert 7 not in rec.items
+    with pytest.raises(RetrievalError, match="unknown item"):
+        model.similar_items(model.n_items + 1)
+
+
+def test_save_load_round_trip(fitted, data, tmp_path):
+    name, model = fitted
+    model.save(tmp_path / name)
+    loaded = Retriever.load(tmp_path / name, expected_dataset_version=data.dataset_version)
+    assert type(loaded) is type(model) and loaded.params == model.params
+    for user in (0, 11):
+        a = model.recommend(user, data.history(user), n=10)
+        b = loaded.recommend(user, data.history(user), n=10)
+        assert np.array_equal(a.items, b.items) and np.allclose(a.scores, b.scores)
+    with pytest.raises(ArtifactError, match="fitted on dataset version"):
+        Retriever.load(tmp_path / name, expected_dataset_version="another")
+    other = Transitions if not isinstance(model, Transitions) else ALS
+    with pytest.raises(ArtifactError, match="retriever, not a"):
+        other.load(tmp_path / name)
+
+
+def test_incremental_update_changes_the_result(fitted, data):
+    name, model = fitted
+    user = 6
+    history = data.history(user)
+    if name in POPULARITY:
+        if isinstance(model, MostPopular):
+            target = int(model.recommend(None, [], n=60).items[-1])
+            model.record(np.full(10_000, target))
+            assert model.recommend(None, [], n=1).items[0] == target
+        return
+    before = model.score(user, history).copy()
+    new_item = int(model.recommend(user, history, n=1).items[0])  # the user takes it
+    longer = np.append(history, new_item)
+    model.partial_fit_users(np.array([user]), [longer])  # CF refolds; others read history
+    after = model.score(user, longer)
+    assert not np.allclose(before, after, equal_nan=True)
+    assert new_item not in model.recommend(user, longer, n=20).items
+
+
+def test_cf_fold_in_tracks_the_fitted_user_vector(data):
+    # The exact ALS user step from the fitted history lands close to the trained vector.
+    als = ALS(factors=8, iterations=15).fit(data)
+    u = 2
+    folded = als.fold_in(data.history(u))
+    cos = (
+        folded @ als.user_factors[u] / np.linalg.norm(folded) / np.linalg.norm(als.user_factors[u])
+    )
+    assert cos > 0.95
+
+
+def test_new_item_is_retrievable_through_content(data):
+    model = Content().fit(data)
+    text = data.item_text[10]  # a new item described exactly like item 10
+    model.partial_fit_items(data.n_items + 1, [text])
+    similar = model.similar_items(10, n=3)
+    assert similar.items[0] == data.n_items
+    rec = model.recommend(None, [10], n=5)
+    assert data.n_items in rec.items
+
+
+def test_unknown_parameter_is_refused():
+    with pytest.raises(RetrievalError, match="unknown parameter"):
+        Transitions(windw=3)

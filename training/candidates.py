@@ -1,0 +1,158 @@
+"""Per-request candidate generation: every source, fused, filtered, tagged; routed by how
+much history the user has (cold start, sparse, warm). Pure numpy; serving calls it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from training.retrieval.base import Retriever, check_n, clean_history, top_n
+from training.retrieval.fusion import LearnedFusion, fuse, source_ranks
+from training.retrieval.popularity import MostPopular, SegmentPopular
+
+Path = Literal["warm", "sparse", "cold_start"]
+
+
+class CandidateConfig(BaseModel):
+    """How candidates are drawn; recorded with the model version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(50, ge=1, le=1000, description="candidates per request")
+    depth: int = Field(100, ge=1, description="how deep each source's list is read")
+    sparse_below: int = Field(5, ge=1, description="histories shorter than this are sparse")
+    sparse_sources: list[str] = Field(default_factory=lambda: ["transitions", "content"])
+    exploration_share: float = Field(
+        0.1, ge=0, le=1, description="cold start: share of slots given to rarely seen items"
+    )
+    seed: int = 0
+
+
+@dataclass
+class Candidates:
+    items: np.ndarray
+    scores: np.ndarray
+    path: Path
+    #: per source, each candidate's rank in that source's list (0 = not retrieved by it)
+    source_ranks: dict[str, np.ndarray] = field(default_factory=dict)
+    source_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    explored: np.ndarray | None = None
+    ignored_history: int = 0
+
+    def sources_of(self, k: int) -> list[str]:
+        """The sources that retrieved the k-th candidate."""
+        return [s for s, r in self.source_ranks.items() if r[k] > 0]
+
+
+def _sized(scores: np.ndarray, n_items: int) -> np.ndarray:
+    """A source that has not been grown for the newest items cannot score them."""
+    if len(scores) >= n_items:
+        return scores[:n_items]
+    return np.pad(scores, (0, n_items - len(scores)), constant_values=-np.inf)
+
+
+class CandidateGenerator:
+    def __init__(
+        self,
+        sources: dict[str, Retriever],
+        popularity: MostPopular,
+        segment: SegmentPopular | None = None,
+        fusion: LearnedFusion | None = None,
+        config: CandidateConfig | None = None,
+    ):
+        self.sources = sources
+        self.popularity = popularity
+        self.segment = segment
+        self.fusion = fusion
+        self.config = config or CandidateConfig()
+        self.n_items = popularity.n_items
+
+    def route(self, history_length: int) -> Path:
+        if history_length == 0:
+            return "cold_start"
+        return "sparse" if history_length < self.config.sparse_below else "warm"
+
+    def generate(
+        self,
+        user: int | None,
+        history: np.ndarray | list[int],
+        n: int | None = None,
+        exclude: np.ndarray | list[int] | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> Candidates:
+        """Candidates for one request.
+
+        `history` is the user's items oldest first (dislikes are not history: put them in
+        `exclude`); `allowed` is an optional boolean mask over items (category / business
+        filters). Unknown users and empty histories take the cold-start path.
+        """
+        n = check_n(self.config.n if n is None else n)
+        hist, ignored = clean_history(history, self.n_items)
+        banned = np.zeros(self.n_items, dtype=bool)
+        banned[hist] = True
+        if exclude is not None:
+            banned[clean_history(exclude, self.n_items)[0]] = True
+        if allowed is not None:
+            banned |= ~np.asarray(allowed, dtype=bool)[: self.n_items]
+        path = self.route(len(hist))
+        if path == "cold_start":
+            return self._cold_start(user, n, banned, ignored)
+
+        names = (
+            list(self.sources)
+            if path == "warm"
+            else [s for s in self.config.sparse_sources if s in self.sources]
+        )
+        scores = {s: _sized(self.sources[s].score(user, hist), self.n_items) for s in names}
+        ranks = {s: source_ranks(scores[s], banned, self.config.depth) for s in names}
+        if path == "warm" and self.fusion is not None:
+            log_pop = np.log1p(self.popularity.counts)
+            fused = self.fusion.score(ranks, log_pop)
+        else:
+            fused = fuse(ranks, dict.fromkeys(names, 1.0))
+            fused[fused == 0] = -np.inf
+        # Backfill with popularity so that a request always gets n candidates if it can.
+        pop = np.log1p(self.popularity.counts)
+        fill = np.where(np.isfinite(fused), fused, -1e6 + pop / (pop.max() + 1))
+        items = top_n(fill, n, np.flatnonzero(banned))
+        return Candidates(
+            items=items,
+            scores=fill[items].astype(np.float32),
+            path=path,
+            source_ranks={s: ranks[s][items] for s in names},
+            source_scores={s: scores[s][items] for s in names},
+            ignored_history=ignored,
+        )
+
+    def _cold_start(self, user: int | None, n: int, banned: np.ndarray, ignored: int) -> Candidates:
+        base = self.segment if self.segment is not None else self.popularity
+        name = "segment_popular" if self.segment is not None else "popular"
+        scores = base.score(user, np.zeros(0, dtype=np.int32))
+        n_explore = round(self.config.exploration_share * n)
+        items = top_n(scores, n - n_explore, np.flatnonzero(banned))
+        explored = np.zeros(0, dtype=np.int32)
+        if n_explore:
+            # Rarely seen items get a chance (new items have no count yet); seeded per user.
+            taken = banned.copy()
+            taken[items] = True
+            pool = np.flatnonzero(~taken)
+            rare = pool[np.argsort(self.popularity.counts[pool], kind="stable")][: 10 * n_explore]
+            digest = hashlib.sha256(f"{self.config.seed}:{user}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            explored = rng.permutation(rare)[:n_explore].astype(np.int32)
+        all_items = np.concatenate([items, explored]).astype(np.int32)
+        return Candidates(
+            items=all_items,
+            scores=scores[all_items].astype(np.float32),
+            path="cold_start",
+            source_ranks={
+                name: np.concatenate([np.arange(1, len(items) + 1), np.zeros(len(explored), int)])
+            },
+            source_scores={name: scores[all_items]},
+            explored=np.isin(all_items, explored),
+            ignored_history=ignored,
+        )
