@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench-prepare clean
+.PHONY: demo test test-fast lint bench-prepare bench-retrieval eval clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,15 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: $(STAMP)
 	$(BIN)/llmrec demo
 
+# Every tier: unit, real data, local Ray cluster, ray job submit, and the slow `llmrec eval`
+# run (about 6 minutes on 2 cores after the install).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow"
-
-test-all: $(STAMP)
 	$(BIN)/python -m pytest
+
+# While developing: no Ray cluster, no slow tier (under a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not ray"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +32,12 @@ lint: $(STAMP)
 
 bench-prepare: $(STAMP)
 	$(BIN)/python benchmarks/bench_prepare.py
+
+bench-retrieval: $(STAMP)
+	$(BIN)/python benchmarks/bench_retrieval.py
+
+eval: $(STAMP)
+	$(BIN)/llmrec eval --dataset ml-100k
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

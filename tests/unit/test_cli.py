@@ -190,3 +190,28 @@ def test_output_folder_with_a_different_dataset(tmp_path, tiny):
     )
     assert_user_error(proc, "already holds a different dataset", "--overwrite")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_eval_refuses_a_missing_artifact(tmp_path):
+    proc = llmrec("eval", "--dataset", "shop", "--data", str(tmp_path / "none"))
+    assert_user_error(proc, "no dataset at", "llmrec prepare")
+
+
+def test_eval_refuses_another_dataset(tmp_path, tiny):
+    out = tmp_path / "out"
+    assert (
+        llmrec(
+            "prepare",
+            "--dataset",
+            "movielens",
+            "--path",
+            str(tiny),
+            "--out",
+            str(out),
+            "--engine",
+            "local",
+        ).returncode
+        == 0
+    )
+    proc = llmrec("eval", "--dataset", "ml-100k", "--data", str(out))
+    assert_user_error(proc, "is 'ml', expected 'ml-100k'")

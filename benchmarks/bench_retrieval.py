@@ -1,0 +1,150 @@
+"""Retrieval latency per request on ML-100k: each source, the fused candidate generator on
+each path, and folding one new event into a user's CF vector.
+
+    python benchmarks/bench_retrieval.py            # all 943 users, n = 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def timed(fn, calls) -> np.ndarray:
+    out = []
+    for args in calls:
+        t = time.perf_counter()
+        fn(*args)
+        out.append((time.perf_counter() - t) * 1000)
+    return np.asarray(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=50, help="candidates per request")
+    p.add_argument("--data", default=None, help="ML-100k artifact (prepared if missing)")
+    args = p.parse_args()
+
+    from threadpoolctl import threadpool_limits
+
+    from pipelines.artifact import load_dataset, write_dataset
+    from pipelines.prepare import PrepareConfig, run_local
+    from pipelines.schema import Split
+    from pipelines.sources import load_source
+    from training.candidates import CandidateConfig, CandidateGenerator
+    from training.evaluation.harness import Phase
+    from training.retrieval import (
+        ALS,
+        BPR,
+        Content,
+        FitData,
+        ItemKNN,
+        MostPopular,
+        SegmentPopular,
+        Transitions,
+    )
+    from training.retrieval.fusion import LearnedFusion, source_ranks
+
+    console = Console(width=140)
+    path = args.data or "/tmp/llmrec-bench/ml-100k"
+    if not Path(path, "manifest.json").exists():
+        write_dataset(run_local(load_source("ml-100k"), PrepareConfig()), path, overwrite=True)
+    ds = load_dataset(path)
+    data = FitData.from_dataset(ds, Split.VALIDATION)
+    with console.status("fitting sources"):
+        sources = {
+            "transitions": Transitions(window=3, recent=3, recency_decay=0.5, pop_damping=0.0),
+            "als": ALS(factors=32, regularization=1.0, alpha=1.0),
+            "bpr": BPR(factors=64, learning_rate=0.01),
+            "item_knn": ItemKNN(similarity="bm25", neighbours=100),
+            "content": Content(recent=1),
+        }
+        for m in sources.values():
+            m.fit(data)
+        pop, seg = MostPopular().fit(data), SegmentPopular(smoothing=100).fit(data)
+        val = Phase.build(ds, Split.VALIDATION)
+        val_ranks = {
+            n: source_ranks(val.score_matrix(s), val.excluded, 100) for n, s in sources.items()
+        }
+        log_pop = np.log1p(np.bincount(val.fit.seq_items, minlength=val.fit.n_items))
+        fusion = LearnedFusion(list(sources), 100).fit(val_ranks, log_pop, val.targets)
+    gen = CandidateGenerator(sources, pop, seg, fusion, CandidateConfig(n=args.n))
+    users = [(u, data.history(u)) for u in range(data.n_users)]
+    rows = []
+    # One thread, as a serving replica would run (LM_NOTES: one thread per replica).
+    with threadpool_limits(1):
+        for name, m in sources.items():
+            ms = timed(lambda u, h, m=m: m.recommend(u, h, args.n), users)
+            rows.append((f"{name}.recommend (n={args.n})", ms))
+        rows.append(
+            (
+                "candidates: warm (5 sources + learned fusion)",
+                timed(lambda u, h: gen.generate(u, h), users),
+            )
+        )
+        rows.append(
+            (
+                "candidates: sparse (3 recent items)",
+                timed(lambda u, h: gen.generate(None, h[-3:]), users),
+            )
+        )
+        rows.append(
+            (
+                "candidates: cold start (segment + exploration)",
+                timed(lambda u, h: gen.generate(u, []), users),
+            )
+        )
+        events = [(u, np.append(h, (h[-1] + 1) % data.n_items)) for u, h in users]
+        for name in ("als", "bpr"):
+            m = sources[name]
+            rows.append(
+                (
+                    f"{name}: fold in one new event",
+                    timed(lambda u, h, m=m: m.partial_fit_users(np.array([u]), [h]), events),
+                )
+            )
+
+    table = Table(title=f"ML-100k retrieval latency per request, {len(users)} users, 1 thread")
+    for c in ("operation", "p50 ms", "p99 ms", "max ms", "< 5 ms at p99"):
+        table.add_column(c, justify="left" if c == "operation" else "right")
+    results = []
+    for name, ms in rows:
+        p50, p99, mx = np.percentile(ms, 50), np.percentile(ms, 99), ms.max()
+        table.add_row(name, f"{p50:.2f}", f"{p99:.2f}", f"{mx:.2f}", "yes" if p99 < 5 else "NO")
+        results.append({"operation": name, "p50_ms": p50, "p99_ms": p99, "max_ms": mx})
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "retrieval.json"
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "command": "python " + " ".join(sys.argv),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "processor": platform.processor() or platform.machine(),
+                },
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
