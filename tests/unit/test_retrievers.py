@@ -152,6 +152,25 @@ def test_cf_fold_in_tracks_the_fitted_user_vector(data):
     assert cos > 0.95
 
 
+@pytest.mark.parametrize(
+    "factory", [lambda: ALS(factors=8, iterations=10), lambda: BPR(factors=8, iterations=50)]
+)
+def test_cf_folds_in_a_new_item_from_its_users(data, factory):
+    model = factory().fit(data)
+    new, unseen = data.n_items, data.n_items + 1
+    # The new item is taken by the users of item 3: it should rank like item 3 for them.
+    users = np.flatnonzero(data.matrix.to_scipy()[:, 3].toarray().ravel())
+    model.partial_fit_items(data.n_items + 2, item_users={new: users})
+    percentile = []
+    for u in users:
+        scores = model.score(int(u), data.history(int(u)))
+        assert np.isfinite(scores[new]) and scores[unseen] == -np.inf
+        percentile.append((scores > scores[new]).mean())
+    assert np.mean(percentile) < 0.2  # random placement would be 0.5
+    u = int(users[0])
+    assert unseen not in model.recommend(u, data.history(u), n=data.n_items).items
+
+
 def test_new_item_is_retrievable_through_content(data):
     model = Content().fit(data)
     text = data.item_text[10]  # a new item described exactly like item 10

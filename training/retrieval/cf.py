@@ -34,6 +34,7 @@ class _Factors(Retriever):
         else:
             return np.full(self.n_items, -np.inf, dtype=np.float32)
         out = self.item_factors @ u
+        out[np.isnan(out)] = -np.inf  # items added without interactions yet
         return np.pad(out, (0, max(0, self.n_items - len(out))), constant_values=-np.inf)
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
@@ -51,8 +52,27 @@ class _Factors(Retriever):
             h = h[(h >= 0) & (h < len(self.item_factors))]
             self.user_factors[u] = self.fold_in(h) if len(h) else 0.0
 
-    def partial_fit_items(self, n_items: int, texts: list[str] | None = None) -> None:
-        super().partial_fit_items(n_items, texts)  # scored -inf until a refit places them
+    def partial_fit_items(
+        self,
+        n_items: int,
+        texts: list[str] | None = None,
+        item_users: dict[int, np.ndarray] | None = None,
+    ) -> None:
+        """Grow to `n_items`; items in `item_users` get factors folded in from the users who
+        interacted with them, the others stay unscored (-inf) until they have interactions."""
+        grow = n_items - len(self.item_factors)
+        if grow > 0:
+            pad = np.full((grow, self.item_factors.shape[1]), np.nan, np.float32)
+            self.item_factors = np.vstack([self.item_factors, pad])
+        for item, users in (item_users or {}).items():
+            users = np.asarray(users, dtype=np.int64)
+            users = users[(users >= 0) & (users < len(self.user_factors))]
+            if len(users):
+                self.item_factors[item] = self.item_fold_in(users)
+        super().partial_fit_items(n_items, texts)
+
+    def item_fold_in(self, users: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def state(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
@@ -98,6 +118,14 @@ class ALS(_Factors):
         lhs = y.T @ y + a * yh.T @ yh + self.params["regularization"] * np.eye(y.shape[1])
         return np.linalg.solve(lhs, (1 + a) * yh.sum(0)).astype(np.float32)
 
+    def item_fold_in(self, users: np.ndarray) -> np.ndarray:
+        """The ALS item step, symmetric to `fold_in` with the user factors."""
+        x = self.user_factors.astype(np.float64)
+        xu = x[np.unique(users)]
+        a = self.params["alpha"]
+        lhs = x.T @ x + a * xu.T @ xu + self.params["regularization"] * np.eye(x.shape[1])
+        return np.linalg.solve(lhs, (1 + a) * xu.sum(0)).astype(np.float32)
+
 
 class BPR(_Factors):
     """Bayesian Personalised Ranking (implicit's CPU implementation, with item biases)."""
@@ -141,6 +169,16 @@ class BPR(_Factors):
         lhs = x.T @ x + 0.1 * np.eye(x.shape[1])
         u = np.linalg.solve(lhs, x.T @ (1.0 - bias))
         return np.append(u, 1.0).astype(np.float32)
+
+    def item_fold_in(self, users: np.ndarray) -> np.ndarray:
+        """Ridge item vector (bias included: user factors end in a constant 1) that scores
+        the item, for each of its users, as high as that user's top-scored items (BPR scores
+        have no fixed scale, so the target is taken from the model itself)."""
+        x = self.user_factors[np.unique(users)].astype(np.float64)
+        known = self.item_factors[~np.isnan(self.item_factors).any(axis=1)]
+        target = np.quantile(x @ known.T.astype(np.float64), 0.95, axis=1)
+        lhs = x.T @ x + 0.1 * np.eye(x.shape[1])
+        return np.linalg.solve(lhs, x.T @ target).astype(np.float32)
 
 
 class ItemKNN(Retriever):
