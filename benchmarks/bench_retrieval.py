@@ -77,11 +77,13 @@ def main() -> None:
             m.fit(data)
         pop, seg = MostPopular().fit(data), SegmentPopular(smoothing=100).fit(data)
         val = Phase.build(ds, Split.VALIDATION)
-        val_ranks = {
-            n: source_ranks(val.score_matrix(s), val.excluded, 100) for n, s in sources.items()
+        # Latency only: the fusion weights need not be the evaluated ones.
+        val_scores = {
+            n: np.where(val.excluded, -np.inf, val.score_matrix(s)) for n, s in sources.items()
         }
+        val_ranks = {n: source_ranks(v, val.excluded, 100) for n, v in val_scores.items()}
         log_pop = np.log1p(np.bincount(val.fit.seq_items, minlength=val.fit.n_items))
-        fusion = LearnedFusion(list(sources), 100).fit(val_ranks, log_pop, val.targets)
+        fusion = LearnedFusion(list(sources), 100).fit(val_ranks, val_scores, log_pop, val.targets)
     gen = CandidateGenerator(sources, pop, seg, fusion, CandidateConfig(n=args.n))
     users = [(u, data.history(u)) for u in range(data.n_users)]
     rows = []

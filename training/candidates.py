@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.retrieval.base import Retriever, check_n, clean_history, top_n
+from training.retrieval.base import Retriever, check_n, clean_history, pad_to, top_n
 from training.retrieval.fusion import LearnedFusion, fuse, source_ranks
 from training.retrieval.popularity import MostPopular, SegmentPopular
 
@@ -46,13 +46,6 @@ class Candidates:
     def sources_of(self, k: int) -> list[str]:
         """The sources that retrieved the k-th candidate."""
         return [s for s, r in self.source_ranks.items() if r[k] > 0]
-
-
-def _sized(scores: np.ndarray, n_items: int) -> np.ndarray:
-    """A source that has not been grown for the newest items cannot score them."""
-    if len(scores) >= n_items:
-        return scores[:n_items]
-    return np.pad(scores, (0, n_items - len(scores)), constant_values=-np.inf)
 
 
 class CandidateGenerator:
@@ -107,11 +100,16 @@ class CandidateGenerator:
             if path == "warm"
             else [s for s in self.config.sparse_sources if s in self.sources]
         )
-        scores = {s: _sized(self.sources[s].score(user, hist), self.n_items) for s in names}
+        # A source not yet grown for the newest items cannot score them (-inf).
+        scores = {
+            s: pad_to(self.sources[s].score(user, hist), self.n_items)[: self.n_items]
+            for s in names
+        }
         ranks = {s: source_ranks(scores[s], banned, self.config.depth) for s in names}
         if path == "warm" and self.fusion is not None:
             log_pop = np.log1p(self.popularity.counts)
-            fused = self.fusion.score(ranks, log_pop)
+            allowed_scores = {s: np.where(banned, -np.inf, v) for s, v in scores.items()}
+            fused = self.fusion.score(ranks, allowed_scores, log_pop)
         else:
             fused = fuse(ranks, dict.fromkeys(names, 1.0))
             fused[fused == 0] = -np.inf

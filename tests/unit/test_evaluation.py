@@ -71,11 +71,12 @@ def test_learned_fusion_learns_which_source_to_trust(tmp_path):
     good[np.arange(users), targets] += 0.6  # this source usually ranks the target high
     noise = rng.random((users, items))
     ranks = {"good": source_ranks(good, None, 30), "noise": source_ranks(noise, None, 30)}
+    scores = {"good": good, "noise": noise}
     pop = np.zeros(items)
-    f = LearnedFusion(["good", "noise"], depth=30).fit(ranks, pop, targets)
-    fused = f.score(ranks, pop)
+    f = LearnedFusion(["good", "noise"], depth=30).fit(ranks, scores, pop, targets)
+    fused = f.score(ranks, scores, pop)
     hit = np.mean(np.argsort(-fused, axis=1)[:, :5] == targets[:, None]) * 5
     alone = np.mean(np.argsort(-noise, axis=1)[:, :5] == targets[:, None]) * 5
     assert hit > 0.5 > alone
     again = LearnedFusion.from_json(f.to_json())
-    assert np.array_equal(again.score(ranks, pop), fused)
+    assert np.array_equal(again.score(ranks, scores, pop), fused)

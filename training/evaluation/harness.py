@@ -207,11 +207,12 @@ def fusion(results: dict[str, ModelResult], val: Phase, test: Phase) -> ModelRes
     def log_pop(phase: Phase) -> np.ndarray:
         return np.log1p(np.bincount(phase.fit.seq_items, minlength=phase.fit.n_items))
 
-    model = LearnedFusion(names, FUSION_DEPTH).fit(val_r, log_pop(val), val.targets)
-    val_ndcg = float(
-        metrics_from_ranks(val.ranks(model.score(val_r, log_pop(val))))["NDCG@10"].mean()
-    )
-    fused = model.score(test_r, log_pop(test))
+    val_s = {n: np.where(val.excluded, -np.inf, results[n].val_scores) for n in names}
+    test_s = {n: np.where(test.excluded, -np.inf, results[n].test_scores) for n in names}
+    model = LearnedFusion(names, FUSION_DEPTH).fit(val_r, val_s, log_pop(val), val.targets)
+    val_fused = model.score(val_r, val_s, log_pop(val))
+    val_ndcg = float(metrics_from_ranks(val.ranks(val_fused))["NDCG@10"].mean())
+    fused = model.score(test_r, test_s, log_pop(test))
     ranks = test.ranks(fused)
     users = np.arange(len(test.targets))
     union = {}

@@ -53,6 +53,34 @@ def clean_history(history: Any, n_items: int) -> tuple[np.ndarray, int]:
     return h[ok].astype(np.int32), int((~ok).sum())
 
 
+def pad_to(scores: np.ndarray, n_items: int, fill: float = -np.inf) -> np.ndarray:
+    """Scores for `n_items` items: items a model has not been grown for get `fill`."""
+    if len(scores) >= n_items:
+        return scores
+    return np.concatenate([scores, np.full(n_items - len(scores), fill, dtype=scores.dtype)])
+
+
+def csr_row_sum(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    n_cols: int,
+) -> np.ndarray:
+    """sum_k weights[k] * row(rows[k]) of a CSR matrix, densely: one gather and one bincount
+    (scipy's row indexing costs more than the arithmetic at these sizes)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(n_cols, dtype=np.float32)
+    flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+    w = np.repeat(np.asarray(weights, dtype=np.float64), lengths) * data[flat]
+    return np.bincount(indices[flat], weights=w, minlength=n_cols).astype(np.float32)
+
+
 def top_n(scores: np.ndarray, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """Indices of the n best finite scores, best first; ties go to the lower item id."""
     s = scores.astype(np.float64, copy=True)

@@ -12,7 +12,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever
+from training.retrieval.base import Retriever, csr_row_sum, pad_to
 from training.retrieval.data import FitData
 
 
@@ -35,7 +35,7 @@ class _Factors(Retriever):
             return np.full(self.n_items, -np.inf, dtype=np.float32)
         out = self.item_factors @ u
         out[np.isnan(out)] = -np.inf  # items added without interactions yet
-        return np.pad(out, (0, max(0, self.n_items - len(out))), constant_values=-np.inf)
+        return pad_to(out, self.n_items)
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -214,8 +214,10 @@ class ItemKNN(Retriever):
         h = history[history < s.shape[0]]
         if not len(h):
             return np.full(self.n_items, -np.inf, dtype=np.float32)
-        out = np.asarray(s[h].sum(axis=0)).ravel().astype(np.float32)
-        out = np.pad(out, (0, max(0, self.n_items - len(out))))
+        ones = np.ones(len(h), dtype=np.float32)
+        out = pad_to(
+            csr_row_sum(s.indptr, s.indices, s.data, h, ones, s.shape[1]), self.n_items, 0.0
+        )
         out[out <= 0] = -np.inf
         return out
 

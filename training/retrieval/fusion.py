@@ -49,13 +49,24 @@ def fuse(
     return out
 
 
+def _row_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each row's finite scores (keepdims; 0 and 1 for an empty row)."""
+    finite = np.isfinite(scores)
+    count = np.maximum(finite.sum(axis=-1, keepdims=True), 1)
+    s0 = np.where(finite, scores, 0.0).astype(np.float64)
+    mean = s0.sum(axis=-1, keepdims=True) / count
+    var = np.where(finite, (s0 - mean) ** 2, 0.0).sum(axis=-1, keepdims=True) / count
+    return mean, np.sqrt(var) + 1e-9
+
+
 class LearnedFusion:
-    """A logistic regression over each source's rank of an item (a "simple learned
+    """A logistic regression over what each source says of an item (a "simple learned
     combination"): trained on the validation target of every user, it scores the union of
     the sources' top-`depth` lists; everything else is not a candidate.
 
-    Features per source: 1/(5 + rank) and log(rank) (log(2 * depth) when unranked); plus the
-    item's log popularity. Positives are re-weighted to balance the classes.
+    Features per source: 1/(5 + rank), log(rank) (log(2 * depth) when unranked) and the raw
+    score standardised over all the user's recommendable items; plus the item's log
+    popularity and how many sources ranked it. Positives are re-weighted to balance the classes.
     """
 
     def __init__(
@@ -63,7 +74,7 @@ class LearnedFusion:
         sources: list[str],
         depth: int = 100,
         l2: float = 1e-3,
-        iterations: int = 300,
+        iterations: int = 400,
         learning_rate: float = 0.5,
     ):
         self.sources = list(sources)
@@ -74,14 +85,34 @@ class LearnedFusion:
         self.mean = self.std = self.weights = None
         self.bias = 0.0
 
-    def features(self, ranks: Mapping[str, np.ndarray], log_popularity: np.ndarray) -> np.ndarray:
+    def design(
+        self,
+        ranks: Mapping[str, np.ndarray],
+        scores: Mapping[str, np.ndarray],
+        log_popularity: np.ndarray,
+        cand: np.ndarray,
+    ) -> np.ndarray:
+        """Feature rows for the candidate entries only (`cand` is a boolean mask).
+
+        `scores` must hold -inf where an item may not be recommended (the history): the
+        standardisation runs over each row's finite scores.
+        """
+        idx = np.nonzero(cand)
+        row = (*idx[:-1], np.zeros_like(idx[-1]))  # the row statistic of each entry
         cols = []
+        agree = np.zeros(len(idx[-1]))
         for name in self.sources:
-            r = ranks[name].astype(np.float64)
+            r = ranks[name][idx].astype(np.float64)
             ranked = r > 0
+            agree += ranked
             cols.append(np.where(ranked, 1.0 / (5.0 + r), 0.0))
             cols.append(np.log(np.where(ranked, r, 2.0 * self.depth)))
-        cols.append(np.broadcast_to(log_popularity, cols[0].shape))
+            mean, std = _row_stats(scores[name])
+            sv = scores[name][idx].astype(np.float64)
+            z = (np.where(np.isfinite(sv), sv, 0.0) - mean[row]) / std[row]
+            cols.append(np.where(np.isfinite(sv), z, -3.0))
+        cols.append(log_popularity[idx[-1]])
+        cols.append(agree)
         return np.stack(cols, axis=-1)
 
     @staticmethod
@@ -95,15 +126,15 @@ class LearnedFusion:
     def fit(
         self,
         ranks: Mapping[str, np.ndarray],
+        scores: Mapping[str, np.ndarray],
         log_popularity: np.ndarray,
         targets: np.ndarray,
     ) -> LearnedFusion:
-        """`ranks`: users x items per source; `targets`: one positive item per user."""
+        """`ranks`, `scores`: users x items per source; `targets`: one item per user."""
         cand = self.candidates(ranks)
-        feats = self.features(ranks, log_popularity)
         labels = np.zeros(cand.shape)
         labels[np.arange(len(targets)), targets] = 1.0
-        x, y = feats[cand], labels[cand]
+        x, y = self.design(ranks, scores, log_popularity, cand), labels[cand]
         self.mean, self.std = x.mean(0), x.std(0) + 1e-9
         x = (x - self.mean) / self.std
         pos = max(y.sum(), 1.0)
@@ -118,13 +149,18 @@ class LearnedFusion:
         self.weights, self.bias = w, float(b)
         return self
 
-    def score(self, ranks: Mapping[str, np.ndarray], log_popularity: np.ndarray) -> np.ndarray:
+    def score(
+        self,
+        ranks: Mapping[str, np.ndarray],
+        scores: Mapping[str, np.ndarray],
+        log_popularity: np.ndarray,
+    ) -> np.ndarray:
         """Fused scores (same shape as a rank array); -inf outside the candidate union."""
         if self.weights is None:
             raise ValueError("LearnedFusion.score before fit")
         cand = self.candidates(ranks)
         out = np.full(cand.shape, -np.inf)
-        x = (self.features(ranks, log_popularity)[cand] - self.mean) / self.std
+        x = (self.design(ranks, scores, log_popularity, cand) - self.mean) / self.std
         out[cand] = x @ self.weights + self.bias
         return out
 

@@ -7,7 +7,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever
+from training.retrieval.base import Retriever, csr_row_sum, pad_to
 from training.retrieval.data import FitData
 
 
@@ -48,16 +48,12 @@ class Transitions(Retriever):
         return self
 
     def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.matrix.shape[1], dtype=np.float32)
-        recent = history[::-1][: self.params["recent"]]
-        weight = 1.0
         m = self.matrix
-        for item in recent:
-            if item < m.shape[0]:
-                lo, hi = m.indptr[item], m.indptr[item + 1]
-                out[m.indices[lo:hi]] += weight * m.data[lo:hi]
-            weight *= self.params["recency_decay"]
-        out = np.pad(out, (0, max(0, self.n_items - len(out))))
+        recent = history[::-1][: self.params["recent"]]
+        keep = recent < m.shape[0]
+        weights = self.params["recency_decay"] ** np.arange(len(recent), dtype=np.float32)
+        out = csr_row_sum(m.indptr, m.indices, m.data, recent[keep], weights[keep], m.shape[1])
+        out = pad_to(out, self.n_items, 0.0)
         out[out <= 0] = -np.inf
         return out
 
