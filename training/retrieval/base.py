@@ -81,6 +81,18 @@ def csr_row_sum(
     return np.bincount(indices[flat], weights=w, minlength=n_cols).astype(np.float32)
 
 
+def csr_state(m) -> dict[str, np.ndarray]:
+    """A scipy CSR matrix as plain arrays for `Retriever.state`."""
+    return {"indptr": m.indptr, "indices": m.indices, "data": m.data, "shape": np.asarray(m.shape)}
+
+
+def csr_from_state(arrays: dict[str, np.ndarray]):
+    import scipy.sparse as sp
+
+    shape = tuple(int(x) for x in arrays["shape"])
+    return sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape)
+
+
 def top_n(scores: np.ndarray, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """Indices of the n best finite scores, best first; ties go to the lower item id."""
     s = scores.astype(np.float64, copy=True)

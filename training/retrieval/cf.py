@@ -12,7 +12,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever, csr_row_sum, pad_to
+from training.retrieval.base import Retriever, csr_from_state, csr_row_sum, csr_state, pad_to
 from training.retrieval.data import FitData
 
 
@@ -25,6 +25,14 @@ def _quiet_threads() -> None:
 
 class _Factors(Retriever):
     """Shared by ALS and BPR: user and item factors; score = user . item."""
+
+    def _fit_factors(self, model, data: FitData) -> Self:
+        """Fit an `implicit` factor model and keep only its factors as float32 arrays."""
+        model.fit(data.matrix.to_scipy(), show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self._fitted(data)
+        return self
 
     def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
         if user is not None and 0 <= user < len(self.user_factors):
@@ -94,7 +102,7 @@ class ALS(_Factors):
     def fit(self, data: FitData) -> Self:
         from implicit.als import AlternatingLeastSquares
 
-        _quiet_threads()
+        _quiet_threads()  # before the constructor: it checks the BLAS thread count
         p = self.params
         model = AlternatingLeastSquares(
             factors=p["factors"],
@@ -104,11 +112,7 @@ class ALS(_Factors):
             random_state=p["seed"],
             use_gpu=False,
         )
-        model.fit(data.matrix.to_scipy(), show_progress=False)
-        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
-        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
-        self._fitted(data)
-        return self
+        return self._fit_factors(model, data)
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         """The exact ALS user step: (YtY + alpha * Yh'Yh + reg I)^-1 (1 + alpha) Yh' 1."""
@@ -155,11 +159,7 @@ class BPR(_Factors):
             random_state=p["seed"],
             use_gpu=False,
         )
-        model.fit(data.matrix.to_scipy(), show_progress=False)
-        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
-        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
-        self._fitted(data)
-        return self
+        return self._fit_factors(model, data)
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         """BPR has no closed-form user step: fit a ridge user vector that scores the history
@@ -222,16 +222,7 @@ class ItemKNN(Retriever):
         return out
 
     def state(self) -> dict[str, np.ndarray]:
-        s = self.similarity
-        return {
-            "indptr": s.indptr,
-            "indices": s.indices,
-            "data": s.data,
-            "shape": np.asarray(s.shape),
-        }
+        return csr_state(self.similarity)
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        shape = tuple(int(x) for x in arrays["shape"])
-        self.similarity = sp.csr_matrix(
-            (arrays["data"], arrays["indices"], arrays["indptr"]), shape
-        )
+        self.similarity = csr_from_state(arrays)

@@ -7,7 +7,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever, csr_row_sum, pad_to
+from training.retrieval.base import Retriever, csr_from_state, csr_row_sum, csr_state, pad_to
 from training.retrieval.data import FitData
 
 
@@ -58,14 +58,7 @@ class Transitions(Retriever):
         return out
 
     def state(self) -> dict[str, np.ndarray]:
-        m = self.matrix
-        return {
-            "indptr": m.indptr,
-            "indices": m.indices,
-            "data": m.data,
-            "shape": np.asarray(m.shape),
-        }
+        return csr_state(self.matrix)
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        shape = tuple(int(x) for x in arrays["shape"])
-        self.matrix = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape)
+        self.matrix = csr_from_state(arrays)
