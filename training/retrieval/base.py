@@ -81,6 +81,13 @@ def csr_row_sum(
     return np.bincount(indices[flat], weights=w, minlength=n_cols).astype(np.float32)
 
 
+def sparse_scores(m, rows: np.ndarray, weights: np.ndarray, n_items: int) -> np.ndarray:
+    """Weighted sum of item-item CSR rows as scores; items no row reaches are -inf."""
+    out = pad_to(csr_row_sum(m.indptr, m.indices, m.data, rows, weights, m.shape[1]), n_items, 0.0)
+    out[out <= 0] = -np.inf
+    return out
+
+
 def csr_state(m) -> dict[str, np.ndarray]:
     """A scipy CSR matrix as plain arrays for `Retriever.state`."""
     return {"indptr": m.indptr, "indices": m.indices, "data": m.data, "shape": np.asarray(m.shape)}

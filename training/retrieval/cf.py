@@ -12,7 +12,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever, csr_from_state, csr_row_sum, csr_state, pad_to
+from training.retrieval.base import Retriever, csr_from_state, csr_state, pad_to, sparse_scores
 from training.retrieval.data import FitData
 
 
@@ -210,16 +210,8 @@ class ItemKNN(Retriever):
         return self
 
     def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
-        s = self.similarity
-        h = history[history < s.shape[0]]
-        if not len(h):
-            return np.full(self.n_items, -np.inf, dtype=np.float32)
-        ones = np.ones(len(h), dtype=np.float32)
-        out = pad_to(
-            csr_row_sum(s.indptr, s.indices, s.data, h, ones, s.shape[1]), self.n_items, 0.0
-        )
-        out[out <= 0] = -np.inf
-        return out
+        h = history[history < self.similarity.shape[0]]
+        return sparse_scores(self.similarity, h, np.ones(len(h), np.float32), self.n_items)
 
     def state(self) -> dict[str, np.ndarray]:
         return csr_state(self.similarity)

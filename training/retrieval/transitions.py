@@ -7,7 +7,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever, csr_from_state, csr_row_sum, csr_state, pad_to
+from training.retrieval.base import Retriever, csr_from_state, csr_state, sparse_scores
 from training.retrieval.data import FitData
 
 
@@ -52,10 +52,7 @@ class Transitions(Retriever):
         recent = history[::-1][: self.params["recent"]]
         keep = recent < m.shape[0]
         weights = self.params["recency_decay"] ** np.arange(len(recent), dtype=np.float32)
-        out = csr_row_sum(m.indptr, m.indices, m.data, recent[keep], weights[keep], m.shape[1])
-        out = pad_to(out, self.n_items, 0.0)
-        out[out <= 0] = -np.inf
-        return out
+        return sparse_scores(m, recent[keep], weights[keep], self.n_items)
 
     def state(self) -> dict[str, np.ndarray]:
         return csr_state(self.matrix)
