@@ -81,7 +81,7 @@ def main() -> None:
         val_scores = {
             n: np.where(val.excluded, -np.inf, val.score_matrix(s)) for n, s in sources.items()
         }
-        val_ranks = {n: source_ranks(v, val.excluded, 100) for n, v in val_scores.items()}
+        val_ranks = {n: source_ranks(v, None, 100) for n, v in val_scores.items()}
         log_pop = np.log1p(np.bincount(val.fit.seq_items, minlength=val.fit.n_items))
         fusion = LearnedFusion(list(sources), 100).fit(val_ranks, val_scores, log_pop, val.targets)
     gen = CandidateGenerator(sources, pop, seg, fusion, CandidateConfig(n=args.n))

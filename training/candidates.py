@@ -100,21 +100,24 @@ class CandidateGenerator:
             if path == "warm"
             else [s for s in self.config.sparse_sources if s in self.sources]
         )
-        # A source not yet grown for the newest items cannot score them (-inf).
+        # Banned items are masked once, here; a source not yet grown for the newest items
+        # cannot score them either (-inf).
         scores = {
-            s: pad_to(self.sources[s].score(user, hist), self.n_items)[: self.n_items]
+            s: np.where(
+                banned,
+                -np.inf,
+                pad_to(self.sources[s].score(user, hist), self.n_items)[: self.n_items],
+            )
             for s in names
         }
-        ranks = {s: source_ranks(scores[s], banned, self.config.depth) for s in names}
+        ranks = {s: source_ranks(scores[s], None, self.config.depth) for s in names}
+        pop = np.log1p(self.popularity.counts)
         if path == "warm" and self.fusion is not None:
-            log_pop = np.log1p(self.popularity.counts)
-            allowed_scores = {s: np.where(banned, -np.inf, v) for s, v in scores.items()}
-            fused = self.fusion.score(ranks, allowed_scores, log_pop)
+            fused = self.fusion.score(ranks, scores, pop)
         else:
             fused = fuse(ranks, dict.fromkeys(names, 1.0))
             fused[fused == 0] = -np.inf
         # Backfill with popularity so that a request always gets n candidates if it can.
-        pop = np.log1p(self.popularity.counts)
         fill = np.where(np.isfinite(fused), fused, -1e6 + pop / (pop.max() + 1))
         items = top_n(fill, n, np.flatnonzero(banned))
         return Candidates(

@@ -201,14 +201,15 @@ def select_and_test(spec: ModelSpec, val: Phase, test: Phase, keep_scores: bool)
 def fusion(results: dict[str, ModelResult], val: Phase, test: Phase) -> ModelResult:
     """Learned fusion of the sources: trained on validation targets, applied on test."""
     names = [n for n in FUSION_SOURCES if n in results]
-    val_r = {n: source_ranks(results[n].val_scores, val.excluded, FUSION_DEPTH) for n in names}
-    test_r = {n: source_ranks(results[n].test_scores, test.excluded, FUSION_DEPTH) for n in names}
+    # History masked once; ranks and the fusion's score features both read the masked scores.
+    val_s = {n: np.where(val.excluded, -np.inf, results[n].val_scores) for n in names}
+    test_s = {n: np.where(test.excluded, -np.inf, results[n].test_scores) for n in names}
+    val_r = {n: source_ranks(val_s[n], None, FUSION_DEPTH) for n in names}
+    test_r = {n: source_ranks(test_s[n], None, FUSION_DEPTH) for n in names}
 
     def log_pop(phase: Phase) -> np.ndarray:
         return np.log1p(np.bincount(phase.fit.seq_items, minlength=phase.fit.n_items))
 
-    val_s = {n: np.where(val.excluded, -np.inf, results[n].val_scores) for n in names}
-    test_s = {n: np.where(test.excluded, -np.inf, results[n].test_scores) for n in names}
     model = LearnedFusion(names, FUSION_DEPTH).fit(val_r, val_s, log_pop(val), val.targets)
     val_fused = model.score(val_r, val_s, log_pop(val))
     val_ndcg = float(metrics_from_ranks(val.ranks(val_fused))["NDCG@10"].mean())
