@@ -31,58 +31,25 @@ def load_source(
     seed: int = 0,
     cache: Path | None = None,
 ) -> Source:
-    source = _load(
-        dataset,
-        path=path,
-        interactions=interactions,
-        columns=columns,
-        items=items,
-        item_columns=item_columns,
-        users=users,
-        user_id_column=user_id_column,
-        synthetic_interactions=synthetic_interactions,
-        seed=seed,
-        cache=cache,
-    )
-    source.check_schema()
-    return source
-
-
-def _load(
-    dataset: str,
-    *,
-    path,
-    interactions,
-    columns,
-    items,
-    item_columns,
-    users,
-    user_id_column,
-    synthetic_interactions,
-    seed,
-    cache,
-) -> Source:
+    """The named source; every interaction file's mapped columns are checked up front."""
     from pipelines.sources import generic, movielens100k_wheel, movielens_files, synthetic
-    from pipelines.storage import cache_dir
+    from pipelines.storage import cache_dir, resolve
+    from pipelines.transforms import ColumnMapping
 
     if dataset == "ml-100k":
-        return movielens100k_wheel.load(cache)
-    if dataset == "movielens":
+        source = movielens100k_wheel.load(cache)
+    elif dataset == "movielens":
         if not path:
             raise DataError("--dataset movielens needs --path to the extracted archive folder")
-        from pipelines.storage import resolve
-
         fs, root = resolve(path)
-        return movielens_files.load(root, fs)
-    if dataset == "generic":
+        source = movielens_files.load(root, fs)
+    elif dataset == "generic":
         if not interactions or not columns:
             raise DataError(
                 "--dataset generic needs --interactions PATH and --columns "
                 "user=COL,item=COL,timestamp=COL"
             )
-        from pipelines.transforms import ColumnMapping
-
-        return generic.load(
+        source = generic.load(
             interactions,
             ColumnMapping.parse(columns),
             items=items,
@@ -90,8 +57,11 @@ def _load(
             users=users,
             user_id_column=user_id_column,
         )
-    if dataset == "synthetic":
+    elif dataset == "synthetic":
         spec = synthetic.SyntheticSpec(n_interactions=synthetic_interactions, seed=seed)
-        return synthetic.load(spec, (cache or cache_dir()) / "synthetic")
-    known = ", ".join(DATASETS)
-    raise DataError(f"unknown dataset '{dataset}'; choose one of: {known}")
+        source = synthetic.load(spec, (cache or cache_dir()) / "synthetic")
+    else:
+        known = ", ".join(DATASETS)
+        raise DataError(f"unknown dataset '{dataset}'; choose one of: {known}")
+    source.check_schema()
+    return source
