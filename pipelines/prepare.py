@@ -21,7 +21,12 @@ from pipelines.errors import DataError
 from pipelines.item_text import render_item_text
 from pipelines.schema import (
     INTERACTIONS_SCHEMA,
+    ITEM_CATEGORIES,
+    ITEM_DESCRIPTION,
+    ITEM_ID,
     ITEM_IDX,
+    ITEM_TEXT,
+    ITEM_TITLE,
     SPLIT,
     TIMESTAMP,
     USER_IDX,
@@ -241,12 +246,14 @@ def _with_text(items: pa.Table) -> pa.Table:
     """Add the rendered `text` column (ids stand in for titles when a source has none)."""
     n = items.num_rows
     names = items.column_names
-    titles = items["title"].to_pylist() if "title" in names else [None] * n
-    ids = items["item_id"].to_pylist()
-    cats = items["categories"].to_pylist() if "categories" in names else [None] * n
-    desc = items["description"].to_pylist() if "description" in names else [None] * n
+
+    def column(name: str) -> list:
+        return items[name].to_pylist() if name in names else [None] * n
+
+    titles, ids = column(ITEM_TITLE), column(ITEM_ID)
+    cats, desc = column(ITEM_CATEGORIES), column(ITEM_DESCRIPTION)
     text = [
         render_item_text(t if t else f"item {i}", c, d)
         for t, i, c, d in zip(titles, ids, cats, desc, strict=True)
     ]
-    return items.append_column("text", pa.array(text, pa.string()))
+    return items.append_column(ITEM_TEXT, pa.array(text, pa.string()))

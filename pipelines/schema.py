@@ -7,8 +7,10 @@ names only. Downstream packages import from here instead of repeating string lit
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Bump when the artifact layout or the meaning of a column changes; loaders refuse others.
 SCHEMA_VERSION = 1
@@ -73,7 +75,38 @@ ITEM_TEXT = "text"
 
 #: Raw ids keep their type: integer ids stay int64 (so ties break in numeric order), anything
 #: else becomes a string. The items table's `item_id` has the interactions' id type.
-ITEMS_SOURCE_COLUMNS = (ITEM_ID, ITEM_TITLE, ITEM_DESCRIPTION, ITEM_CATEGORIES)
+
+
+def items_table(
+    item_id: pa.Array | pa.ChunkedArray,
+    title: Any,
+    description: Any,
+    categories: Any,
+    **extra: Any,
+) -> pa.Table:
+    """The canonical items table every source hands over; extra attribute columns follow.
+
+    `title` and `description` become strings, `categories` a list of strings; each may be a
+    Python list or an Arrow array.
+    """
+
+    def arrow(values: Any, type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
+        if isinstance(values, pa.Array | pa.ChunkedArray):
+            # Always cast: list types compare equal across child-field names ("element" from
+            # Parquet, "item" here), and the name ends up in the written file.
+            return pc.cast(values, type_)
+        return pa.array(values, type_)
+
+    return pa.table(
+        {
+            ITEM_ID: item_id,
+            ITEM_TITLE: arrow(title, pa.string()),
+            ITEM_DESCRIPTION: arrow(description, pa.string()),
+            ITEM_CATEGORIES: arrow(categories, pa.list_(pa.string())),
+            **extra,
+        }
+    )
+
 
 #: The leave-one-out order within a user: by timestamp, ties broken by the item's contiguous
 #: id, which follows the sorted order of the raw item ids. Deterministic whatever the file order.

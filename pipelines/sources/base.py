@@ -12,6 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
+from pipelines.schema import ITEM_ID, ITEM_TITLE
 from pipelines.transforms import ColumnMapping, check_columns
 
 
@@ -76,5 +77,5 @@ class Source:
             return None
         import pyarrow.compute as pc
 
-        titled = self.items.filter(pc.invert(pc.is_null(self.items["title"])))
-        return titled["item_id"].combine_chunks()
+        titled = self.items.filter(pc.invert(pc.is_null(self.items[ITEM_TITLE])))
+        return titled[ITEM_ID].combine_chunks()

@@ -12,6 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
+from pipelines.schema import items_table
 from pipelines.sources.base import Source
 from pipelines.storage import exists, fingerprint_files, info, list_files, resolve
 from pipelines.transforms import ColumnMapping, _normalize_id
@@ -88,7 +89,7 @@ def read_table(uri: str) -> pa.Table:
         raise DataError(f"cannot read '{uri}': {e}") from e
 
 
-def items_table(uri: str, cols: ItemColumns) -> pa.Table:
+def read_items(uri: str, cols: ItemColumns) -> pa.Table:
     raw = read_table(uri)
     need = [c for c in (cols.id, cols.title, cols.description, cols.categories) if c]
     missing = [c for c in need if c not in raw.column_names]
@@ -103,27 +104,14 @@ def items_table(uri: str, cols: ItemColumns) -> pa.Table:
         cats = raw[cols.categories]
         if not pa.types.is_list(cats.type):
             cats = pc.split_pattern(pc.cast(cats, pa.string()), cols.category_separator)
-        cats = pc.cast(cats, pa.list_(pa.string()))
     else:
-        cats = pa.array([[] for _ in range(n)], pa.list_(pa.string()))
+        cats = [[] for _ in range(n)]
     title = pc.cast(raw[cols.title], pa.string())
     title = pc.if_else(pc.equal(pc.utf8_trim_whitespace(title), ""), None, title)
-    desc = (
-        pc.cast(raw[cols.description], pa.string())
-        if cols.description
-        else pa.nulls(n, pa.string())
-    )
+    desc = raw[cols.description] if cols.description else pa.nulls(n, pa.string())
     used = set(need)
     extra = {c: raw[c] for c in raw.column_names if c not in used}
-    return pa.table(
-        {
-            "item_id": _normalize_id(raw[cols.id]),
-            "title": title,
-            "description": desc,
-            "categories": cats,
-            **extra,
-        }
-    )
+    return items_table(_normalize_id(raw[cols.id]), title, desc, cats, **extra)
 
 
 def users_table(uri: str, id_column: str = "user_id") -> pa.Table:
@@ -147,7 +135,7 @@ def load(
     name: str | None = None,
 ) -> Source:
     fs, files, fmt = _expand(interactions)
-    items_t = items_table(items, item_columns or ItemColumns()) if items else None
+    items_t = read_items(items, item_columns or ItemColumns()) if items else None
     users_t = users_table(users, user_id_column) if users else None
     fp_files = list(files)
     fingerprint = fingerprint_files(fs, fp_files)

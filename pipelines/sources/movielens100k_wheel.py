@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
+from pipelines.schema import items_table
 from pipelines.sources.base import Source
 from pipelines.storage import cache_dir, fingerprint_files
 from pipelines.transforms import ColumnMapping
@@ -115,15 +116,13 @@ def _items_table(path: Path) -> pa.Table:
     categories = [[g for g in GENRES if flags[g][i]] for i in range(raw.num_rows)]
     release = raw["release_date"].to_pylist()
     description = [f"Released {r}." if r else None for r in release]
-    return pa.table(
-        {
-            "item_id": pc.cast(raw["movie_id"], pa.int64()),
-            "title": pa.array(titles, pa.string()),
-            "description": pa.array(description, pa.string()),
-            "categories": pa.array(categories, pa.list_(pa.string())),
-            "release_date": raw["release_date"],
-            "imdb_url": raw["IMDb_URL"],
-        }
+    return items_table(
+        pc.cast(raw["movie_id"], pa.int64()),
+        title=titles,
+        description=description,
+        categories=categories,
+        release_date=raw["release_date"],
+        imdb_url=raw["IMDb_URL"],
     )
 
 

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from pipelines.errors import DataError
+from pipelines.schema import items_table
 from pipelines.sources.base import Source
 from pipelines.sources.movielens100k_wheel import GENRES, PLACEHOLDER_TITLES
 from pipelines.storage import exists, fingerprint_files, is_dir, read_bytes
@@ -44,13 +45,11 @@ def _clean_title(title: str) -> str | None:
 
 
 def _items(rows: list[tuple[int, str | None, list[str], str | None]]) -> pa.Table:
-    return pa.table(
-        {
-            "item_id": pa.array([r[0] for r in rows], pa.int64()),
-            "title": pa.array([r[1] for r in rows], pa.string()),
-            "description": pa.array([r[3] for r in rows], pa.string()),
-            "categories": pa.array([r[2] for r in rows], pa.list_(pa.string())),
-        }
+    return items_table(
+        pa.array([r[0] for r in rows], pa.int64()),
+        title=[r[1] for r in rows],
+        description=[r[3] for r in rows],
+        categories=[r[2] for r in rows],
     )
 
 

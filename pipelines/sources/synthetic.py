@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.schema import items_table
 from pipelines.sources.base import Source
 from pipelines.sources.generic import ItemColumns
 from pipelines.sources.generic import load as load_generic
@@ -79,13 +80,11 @@ def _items(spec: SyntheticSpec, rng: np.random.Generator) -> pa.Table:
         w = rng.choice(vocab[t], size=4, replace=False)
         titles.append(f"The {w[0].capitalize()} {w[1].capitalize()} {i}")
         texts.append(f"A story of {w[2]} and {w[3]}.")
-    return pa.table(
-        {
-            "item_id": pa.array(np.arange(spec.n_items), pa.int64()),
-            "title": titles,
-            "description": texts,
-            "categories": [[topic_names[t]] for t in topic],
-        }
+    return items_table(
+        pa.array(np.arange(spec.n_items), pa.int64()),
+        title=titles,
+        description=texts,
+        categories=[[topic_names[t]] for t in topic],
     )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.artifact import Dataset
-from pipelines.schema import Split
+from pipelines.schema import ITEM_CATEGORIES, ITEM_TEXT, Split
 from pipelines.transforms import Csr, csr_from_pairs, user_offsets
 
 AGE_BANDS = (18, 25, 35, 45, 50, 56)  # MovieLens' own bands: <18, 18-24, ..., 56+
@@ -41,8 +41,8 @@ class FitData:
         items, times = seq.items[keep], seq.timestamps[keep]
         n_users, n_items = ds.manifest.n_users, ds.manifest.n_items
         matrix = csr_from_pairs(users, items, np.ones(len(items), np.float32), (n_users, n_items))
-        text = ds.items["text"].to_pylist()
-        cats = [c or [] for c in ds.items["categories"].to_pylist()]
+        text = ds.items[ITEM_TEXT].to_pylist()
+        cats = [c or [] for c in ds.items[ITEM_CATEGORIES].to_pylist()]
         return cls(
             n_users=n_users,
             n_items=n_items,
