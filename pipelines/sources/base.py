@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,10 +65,6 @@ class Source:
             except (pa.ArrowInvalid, OSError) as e:
                 raise DataError(f"cannot read interactions file '{path}': {e}") from e
             check_columns(names, self.mapping, f"interactions file '{path}'")
-
-    def iter_files(self) -> Iterator[pa.Table]:
-        for p in self.paths:
-            yield self.read_file(p)
 
     def known_items(self) -> pa.Array | None:
         """Ids of items with a usable title; None when the source has no items table."""

@@ -51,10 +51,6 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def recall_at(ranks: np.ndarray, k: int) -> float:
-    return float(np.mean(np.asarray(ranks) <= k))
-
-
 def coverage(top_lists: list[np.ndarray] | np.ndarray, n_items: int) -> float:
     """Share of the catalogue that appears in at least one user's list."""
     if len(top_lists) == 0:

@@ -94,15 +94,6 @@ class SegmentPopular(Retriever):
             return np.log(self.overall + 1e-12).astype(np.float32)
         return np.mean(parts, axis=0).astype(np.float32)
 
-    def set_user_segments(self, user: int, values: dict[str, int]) -> None:
-        """Attach attribute codes to a (new) user so that segment popularity applies."""
-        for attr, code in values.items():
-            codes = self.codes[attr]
-            if user >= len(codes):
-                codes = np.concatenate([codes, np.full(user + 1 - len(codes), -1, np.int32)])
-            codes[user] = code
-            self.codes[attr] = codes
-
     def state(self) -> dict[str, np.ndarray]:
         out = {"overall": self.overall}
         for attr in self.tables:
