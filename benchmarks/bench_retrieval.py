@@ -41,7 +41,7 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
-    from pipelines.artifact import load_dataset, write_dataset
+    from pipelines.artifact import MANIFEST, load_dataset, write_dataset
     from pipelines.prepare import PrepareConfig, run_local
     from pipelines.schema import Split
     from pipelines.sources import load_source
@@ -61,7 +61,7 @@ def main() -> None:
 
     console = Console(width=140)
     path = args.data or "/tmp/llmrec-bench/ml-100k"
-    if not Path(path, "manifest.json").exists():
+    if not Path(path, MANIFEST).exists():
         write_dataset(run_local(load_source("ml-100k"), PrepareConfig()), path, overwrite=True)
     ds = load_dataset(path)
     data = FitData.from_dataset(ds, Split.VALIDATION)

@@ -189,12 +189,12 @@ def eval_(
     resamples: Annotated[int, typer.Option(min=100, help="bootstrap resamples")] = 1000,
 ) -> None:
     """Offline evaluation of the retrievers on the leave-one-out protocol (table, JSON, PNG)."""
-    from pipelines.artifact import load_dataset
+    from pipelines.artifact import MANIFEST, load_dataset
     from training.evaluation.harness import evaluate
     from training.evaluation.report import print_report, write
 
     path = data or str(DEFAULT_ROOT / "datasets" / dataset)
-    if data is None and dataset == "ml-100k" and not (Path(path) / "manifest.json").exists():
+    if data is None and dataset == "ml-100k" and not (Path(path) / MANIFEST).exists():
         console.print(f"no artifact at {path}: preparing ml-100k first")
         _prepare("ml-100k", path, "local", None, False, {}, {})
     ds = load_dataset(path, expected_name=dataset)
