@@ -16,13 +16,15 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from pipelines.errors import LlmrecError
 
 app = typer.Typer(
     help="llmrec: a real-time recommender on Ray that uses language models where they pay off.\n\n"
-    "Stages: prepare (raw logs -> dataset artifact); eval (retrievers on the leave-one-out "
-    "protocol); demo (the quick start on the embedded MovieLens-100k defaults).",
+    "Stages: prepare (raw logs -> dataset artifact); train (LoRA re-ranker with Ray Train); "
+    "eval (retrievers and re-rankers on the leave-one-out protocol); "
+    "demo (the quick start on the embedded MovieLens-100k defaults).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -187,11 +189,63 @@ def eval_(
         Path | None, typer.Option(help="report folder [default: artifacts/eval/<name>]")
     ] = None,
     resamples: Annotated[int, typer.Option(min=100, help="bootstrap resamples")] = 1000,
+    reranker: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=FOLDER of a trained re-ranker: adds retrieval + re-rank rows"),
+    ] = None,
+    retrievers: Annotated[
+        bool, typer.Option(help="run the retriever comparison (off: re-rank rows only)")
+    ] = True,
 ) -> None:
-    """Offline evaluation of the retrievers on the leave-one-out protocol (table, JSON, PNG)."""
-    from pipelines.artifact import MANIFEST, load_dataset
-    from training.evaluation.harness import evaluate
+    """Offline evaluation on the leave-one-out protocol (table, JSON, PNG): the retrievers,
+    and retrieval + re-rank rows for each --reranker."""
     from training.evaluation.report import print_report, write
+
+    rerankers = _named_folders(reranker or [])
+    if not retrievers and not rerankers:
+        raise LlmrecError("nothing to evaluate: --no-retrievers needs at least one --reranker")
+    ds = _load_leave_one_out(dataset, data)
+    folder = out or DEFAULT_ROOT / "eval" / dataset
+    if retrievers:
+        from training.evaluation.harness import evaluate
+
+        start = time.perf_counter()
+        report = evaluate(ds, resamples=resamples)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        print_report(report, Console(width=200))
+        js, png = write(report, folder)
+        console.print(f"wrote {js} and {png} ({report['seconds']} s)")
+    if rerankers:
+        from training.reranker.evaluate import evaluate_rerankers
+
+        start = time.perf_counter()
+        report = evaluate_rerankers(ds, rerankers, resamples=resamples)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        print_report(report, Console(width=200))
+        js, png = write(report, folder, stem="rerank")
+        console.print(f"wrote {js} and {png} ({report['seconds']} s)")
+
+
+def _named_folders(specs: list[str]) -> dict[str, str]:
+    from training.reranker.model import read_meta
+
+    out = {}
+    for spec in specs:
+        name, _, folder = spec.rpartition("=")
+        name = name or Path(folder).name
+        read_meta(folder)  # fails here, before any work, on a folder that holds no re-ranker
+        out[name] = folder
+    return out
+
+
+class Mode(StrEnum):
+    hybrid = "hybrid"
+    lm = "lm"
+    features = "features"
+
+
+def _load_leave_one_out(dataset: str, data: str | None):
+    from pipelines.artifact import MANIFEST, load_dataset
 
     path = data or str(DEFAULT_ROOT / "datasets" / dataset)
     if data is None and dataset == "ml-100k" and not (Path(path) / MANIFEST).exists():
@@ -200,15 +254,145 @@ def eval_(
     ds = load_dataset(path, expected_name=dataset)
     if ds.manifest.split_protocol != "leave_one_out":
         raise LlmrecError(
-            f"'{path}' was split '{ds.manifest.split_protocol}'; llmrec eval follows the "
+            f"'{path}' was split '{ds.manifest.split_protocol}'; this stage follows the "
             "leave-one-out protocol: prepare with --split leave_one_out"
         )
-    start = time.perf_counter()
-    report = evaluate(ds, resamples=resamples)
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    print_report(report, Console(width=200))
-    js, png = write(report, out or DEFAULT_ROOT / "eval" / dataset)
-    console.print(f"wrote {js} and {png} ({report['seconds']} s)")
+    return ds
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
+        "ml-100k"
+    ),
+    data: Annotated[
+        str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="re-ranker folder [default: artifacts/rerankers/<name>/<mode>]"),
+    ] = None,
+    mode: Annotated[
+        Mode, typer.Option(help="hybrid: LM + retrieval features; lm; features (no LM)")
+    ] = Mode.hybrid,
+    base_model: Annotated[
+        str | None,
+        typer.Option(help="HF model folder, causal or encoder [default: offline MiniLM]"),
+    ] = None,
+    candidates: Annotated[int, typer.Option(help="K candidates per prompt")] = 20,
+    history_items: Annotated[int, typer.Option(help="history items in the prompt")] = 10,
+    item_tokens: Annotated[int, typer.Option(help="token budget per item text")] = 12,
+    lora_r: Annotated[int, typer.Option()] = 8,
+    lora_alpha: Annotated[int, typer.Option()] = 16,
+    target_modules: Annotated[
+        str | None, typer.Option(help="comma-separated LoRA targets [default: per family]")
+    ] = None,
+    epochs: Annotated[int, typer.Option()] = 2,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    grad_accum: Annotated[int, typer.Option()] = 1,
+    lr_lora: Annotated[float, typer.Option()] = 5e-4,
+    lr_heads: Annotated[float, typer.Option()] = 1e-3,
+    max_examples: Annotated[
+        int, typer.Option(help="cap on training examples (CPU default keeps it to minutes)")
+    ] = 2400,
+    full: Annotated[bool, typer.Option(help="no cap on examples, more epochs")] = False,
+    val_users: Annotated[int, typer.Option(help="validation users per epoch")] = 400,
+    patience: Annotated[int, typer.Option()] = 2,
+    max_steps_per_epoch: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP)")] = 1,
+    cpus_per_worker: Annotated[int, typer.Option()] = 2,
+    gpu: Annotated[bool, typer.Option(help="one GPU per worker, bf16")] = False,
+    init_features_from: Annotated[
+        str | None, typer.Option(help="a features-mode re-ranker that starts the hybrid")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Ray Train run storage [default: artifacts/train-runs]")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="run name; the same name resumes [default: <name>-<mode>]")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address [default: $RAY_ADDRESS or local]")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """LoRA fine-tuning of the listwise LLM re-ranker with Ray Train (resumes by run name)."""
+    from training.reranker.model import RerankerConfig
+    from training.reranker.prompt import PromptTemplate
+    from training.reranker.train import (
+        TrainSettings,
+        check_config,
+        prepare_examples,
+        train_reranker,
+    )
+
+    try:
+        cfg = RerankerConfig(
+            base_model=base_model,
+            mode=mode.value,
+            template=PromptTemplate(
+                candidates=candidates, history_items=history_items, item_tokens=item_tokens
+            ),
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            target_modules=target_modules.split(",") if target_modules else None,
+        )
+        settings = TrainSettings(
+            epochs=epochs if not full else max(epochs, 10),
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            lr_lora=lr_lora,
+            lr_heads=lr_heads,
+            max_examples=None if full else max_examples,
+            val_users=val_users,
+            patience=patience,
+            max_steps_per_epoch=max_steps_per_epoch,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            use_gpu=gpu,
+            init_features_from=init_features_from,
+            seed=seed,
+        )
+    except ValidationError as e:
+        raise LlmrecError(f"invalid parameters: {_validation_message(e)}") from e
+    ds = _load_leave_one_out(dataset, data)
+    from training.retrieval.data import FitData
+
+    # Model, tokenizer and template are checked before any example is built.
+    check_config(cfg, FitData.from_dataset(ds).item_text[:1])
+    target = out or DEFAULT_ROOT / "rerankers" / dataset / mode.value
+    with console.status("building examples (retrieval stack on held-out items)"):
+        prepared = prepare_examples(ds, cfg, settings, progress=False)
+    console.print(
+        f"{len(prepared.train)} training examples ({prepared.skipped} positions skipped: true "
+        f"item not in the fused top-200); {len(prepared.val)}/{prepared.val_total} validation "
+        "users have their target among the candidates"
+    )
+    from cluster.ray_runtime import connect
+
+    connect(address)
+    result = train_reranker(
+        prepared,
+        cfg,
+        settings,
+        target,
+        storage or DEFAULT_ROOT / "train-runs",
+        name or f"{dataset}-{mode.value}",
+    )
+    table = Table(title=f"re-ranker training ({mode.value})")
+    for c in ("epoch", "train loss", "val NDCG@10", "examples/s", "seconds"):
+        table.add_column(c, justify="right")
+    for h in result.history:
+        table.add_row(
+            str(h["epoch"]),
+            f"{h['train_loss']:.4f}",
+            f"{h['val_ndcg10']:.4f}",
+            f"{h['examples_per_s']:.1f}",
+            f"{h['train_seconds']:.0f}",
+        )
+    console.print(table)
+    console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
 
 
 @app.command()

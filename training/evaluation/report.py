@@ -66,8 +66,35 @@ def paired_table(report: dict[str, Any]) -> Table:
     return t
 
 
+def rerank_table(report: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"{report['dataset']} test ({report['users']} users): retrieval + re-rank, "
+        f"top-{report['candidates']} candidates (recall {report['candidate_recall']:.3f})"
+    )
+    t.add_column("model")
+    for m in ("NDCG@5", "NDCG@10", "Recall@5", "Recall@10", "MRR@10"):
+        t.add_column(m, justify="right")
+    t.add_column("NDCG@10 95% CI", justify="right")
+    t.add_column("ms / prompt (1 thread)", justify="right")
+    for name, m in report["models"].items():
+        ci = m["test"]["NDCG@10"]
+        row = [name] + [
+            f"{m['test'][k]['mean']:.4f}"
+            for k in ("NDCG@5", "NDCG@10", "Recall@5", "Recall@10", "MRR@10")
+        ]
+        ms = m.get("ms_per_prompt")
+        row += [f"[{ci['low']:.4f}, {ci['high']:.4f}]", "-" if ms is None else f"{ms:.1f}"]
+        t.add_row(*row)
+    return t
+
+
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(width=200)
+    if "candidates" in report:
+        console.print(rerank_table(report))
+        console.print(paired_table(report))
+        console.print(f"[dim]{report['protocol']}[/]")
+        return
     console.print(models_table(report))
     cand = candidates_table(report)
     if cand is not None:
@@ -97,9 +124,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+def write(report: dict[str, Any], folder: Path, stem: str = "eval") -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    js, png = folder / "eval.json", folder / "eval.png"
+    js, png = folder / f"{stem}.json", folder / f"{stem}.png"
     js.write_text(json.dumps(report, indent=2, sort_keys=False))
     plot(report, png)
     return js, png

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +59,34 @@ class FitData:
 
     def history(self, user: int) -> np.ndarray:
         return self.seq_items[self.seq_indptr[user] : self.seq_indptr[user + 1]]
+
+    def holdout_last(self, m: int, keep: int = 2) -> tuple[FitData, list[np.ndarray]]:
+        """This data with each user's last `m` items hidden (at least `keep` stay visible),
+        and the hidden items per user, oldest first: next-item targets free of leakage."""
+        if m < 1:
+            raise ValueError(f"holdout must be >= 1, got {m}")
+        lengths = np.diff(self.seq_indptr)
+        drop = np.clip(lengths - keep, 0, m)
+        visible = np.ones(len(self.seq_items), dtype=bool)
+        hidden = []
+        for u in range(self.n_users):
+            end = self.seq_indptr[u + 1]
+            visible[end - drop[u] : end] = False
+            hidden.append(self.seq_items[end - drop[u] : end].copy())
+        users = self.seq_users()[visible]
+        items = self.seq_items[visible]
+        matrix = csr_from_pairs(
+            users, items, np.ones(len(items), np.float32), (self.n_users, self.n_items)
+        )
+        inner = replace(
+            self,
+            matrix=matrix,
+            seq_indptr=user_offsets(users, self.n_users),
+            seq_items=items,
+            seq_times=self.seq_times[visible],
+            dataset_version=f"{self.dataset_version}-holdout{m}",
+        )
+        return inner, hidden
 
     def seq_users(self) -> np.ndarray:
         return np.repeat(np.arange(self.n_users), np.diff(self.seq_indptr))

@@ -1,0 +1,412 @@
+"""LoRA fine-tuning of the listwise re-ranker with Ray Train.
+
+The driver builds the examples (pure numpy, from the dataset artifact and the retrieval
+stack) and hands them to a `TorchTrainer` as Ray Datasets; every worker runs `train_loop`:
+DDP across workers, the training examples sharded by Ray Data, listwise softmax
+cross-entropy, gradient accumulation, bf16 autocast on GPU, a checkpoint per epoch holding
+only the adapter and heads, resume from the last checkpoint, and early stopping on
+validation NDCG@10. The best checkpoint is published as the re-ranker artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.artifact import Dataset
+from pipelines.errors import LlmrecError
+from pipelines.schema import Split
+from training.reranker.examples import Row, ranking_row, training_rows
+from training.reranker.features import feature_names
+from training.reranker.model import (
+    RerankerConfig,
+    RerankerError,
+    build_model,
+    inspect_base,
+    load_tokenizer,
+    make_renderer,
+    save_reranker,
+)
+from training.reranker.prompt import index_token_ids
+from training.retrieval import FitData
+from training.retrieval.embeddings import TextEncoder
+from training.stack import holdout_fusion, stack_from_data
+
+VAL_METRIC = "val_ndcg10"
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    lr_lora: float = Field(5e-4, gt=0)
+    lr_heads: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    holdout: int = Field(3, ge=1, le=50, description="training positions per user")
+    max_examples: int | None = Field(2400, ge=1, description="cap on training examples")
+    val_users: int | None = Field(400, ge=1, description="validation users per epoch")
+    patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(2, ge=1)
+    use_gpu: bool = False
+    bf16: bool = True
+    seed: int = 0
+    init_features_from: str | None = Field(
+        None, description="a trained re-ranker whose feature layer starts this one (hybrid)"
+    )
+
+
+@dataclass
+class PreparedData:
+    train: list[Row]
+    val: list[Row]  # only rows whose target is among the candidates
+    val_total: int  # all validation users evaluated (misses count as 0)
+    skipped: int
+    item_texts: list[str]
+    sources: list[str]
+    dataset_version: str
+
+
+def prepare_examples(
+    ds: Dataset,
+    cfg: RerankerConfig,
+    settings: TrainSettings,
+    embeddings: np.ndarray | None = None,
+    progress: bool = True,
+) -> PreparedData:
+    """Training rows from a held-out stack, validation rows from the train-fitted stack."""
+    data = FitData.from_dataset(ds, Split.TRAIN)
+    if embeddings is None:
+        embeddings = TextEncoder().encode(data.item_text).astype(np.float32)
+    fusion = holdout_fusion(data, 1, embeddings, progress)
+    inner, hidden = data.holdout_last(settings.holdout)
+    ex_stack = stack_from_data(inner, fusion, embeddings, "train-holdout", progress)
+    k, hist = cfg.template.candidates, cfg.template.history_items
+    sources = ex_stack.source_names
+    visible = [inner.history(u) for u in range(inner.n_users)]
+    rows, skipped = training_rows(
+        ex_stack.generator(),
+        visible,
+        hidden,
+        k,
+        hist,
+        sources,
+        ex_stack.log_popularity,
+        seed=settings.seed,
+        progress=progress,
+    )
+    rng = np.random.default_rng(settings.seed)
+    if settings.max_examples is not None and len(rows) > settings.max_examples:
+        rows = [rows[i] for i in sorted(rng.choice(len(rows), settings.max_examples, False))]
+
+    val_stack = stack_from_data(data, fusion, embeddings, "train", progress)
+    seq = ds.sequences
+    targets = seq.items[seq.splits == Split.VALIDATION]
+    users = np.arange(ds.manifest.n_users)
+    if settings.val_users is not None and settings.val_users < len(users):
+        users = np.sort(rng.choice(len(users), settings.val_users, replace=False))
+    gen = val_stack.generator()
+    val = [
+        ranking_row(
+            gen,
+            int(u),
+            data.history(int(u)),
+            k,
+            hist,
+            sources,
+            val_stack.log_popularity,
+            target=int(targets[u]),
+        )
+        for u in users
+    ]
+    return PreparedData(
+        rows,
+        [r for r in val if r.label >= 0],
+        len(val),
+        skipped,
+        data.item_text,
+        sources,
+        ds.manifest.version,
+    )
+
+
+def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r <= 10, 1.0 / np.log2(r + 1.0), 0.0)
+
+
+# -- the per-worker loop -----------------------------------------------------------------
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    from tqdm.auto import tqdm
+
+    from training.reranker.scoring import RowScorer, label_ranks
+
+    s = TrainSettings.model_validate(config["settings"])
+    cfg = RerankerConfig.model_validate(config["reranker"])
+    torch.set_num_threads(cfg.threads or s.cpus_per_worker)
+    torch.manual_seed(s.seed)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    n_features = len(config["features"])
+
+    info = inspect_base(cfg.base_path()) if cfg.mode != "features" else None
+    renderer, pad_id, index_ids = None, 0, None
+    if info is not None:
+        tok = load_tokenizer(info)
+        renderer = make_renderer(info, tok, cfg.template, config["item_texts"])
+        pad_id, index_ids = tok.pad_token_id, renderer.index_ids
+    model = build_model(cfg, info, n_features, index_ids)
+
+    if s.init_features_from:
+        _init_features(model, Path(s.init_features_from), config["features"])
+    state = {"epoch": 0, "best": -1.0, "stale": 0, "history": []}
+    ckpt = ray.train.get_checkpoint()
+    opt_state = None
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            _load_weights(model, Path(d))
+            saved = torch.load(Path(d) / "train_state.pt", weights_only=False)
+        state, opt_state = saved["state"], saved["optimizer"]
+
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    inner = getattr(model, "module", model)
+    lora = [p for n, p in inner.named_parameters() if p.requires_grad and n.startswith("lm.")]
+    heads = [p for n, p in inner.named_parameters() if p.requires_grad and not n.startswith("lm.")]
+    groups = [{"params": heads, "lr": s.lr_heads}]
+    if lora:
+        groups.append({"params": lora, "lr": s.lr_lora})
+    opt = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    autocast = s.use_gpu and s.bf16 and device.type == "cuda"
+
+    k = cfg.template.candidates
+    causal = info is not None and info.kind == "causal"
+    scorer = RowScorer(model, renderer, pad_id, causal, k)
+    shard = ray.train.get_dataset_shard("train")
+    val_rows = [Row.from_dict(r, n_features) for r in config["val_rows"]][rank::world]
+
+    for epoch in range(state["epoch"], s.epochs):
+        model.train()
+        start, losses, seen = time.perf_counter(), [], 0
+        batches = shard.iter_batches(
+            batch_size=s.batch_size,
+            batch_format="pandas",
+            local_shuffle_buffer_size=4 * s.batch_size,
+            local_shuffle_seed=s.seed + epoch,
+        )
+        bar = tqdm(desc=f"epoch {epoch}", unit="ex", disable=rank != 0, mininterval=10)
+        opt.zero_grad()
+        for step, frame in enumerate(batches):
+            if s.max_steps_per_epoch is not None and step >= s.max_steps_per_epoch:
+                break
+            rows = [Row.from_dict(r, n_features) for r in frame.to_dict("records")]
+            b = scorer.batch(rows, labels=True)
+            t = {key: v.to(device) for key, v in b.tensors.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = model(**t)
+            loss = torch.nn.functional.cross_entropy(out.float(), b.labels.to(device))
+            (loss / s.grad_accum).backward()
+            if (step + 1) % s.grad_accum == 0:
+                opt.step()
+                opt.zero_grad()
+            losses.append(float(loss))
+            seen += len(rows)
+            bar.update(len(rows))
+        bar.close()
+        train_seconds = time.perf_counter() - start
+
+        model.eval()
+        ranks = label_ranks(val_rows, scorer.scores(val_rows), miss=k + 1)
+        totals = torch.tensor(
+            [float(ndcg_at_10(ranks).sum()), float(sum(losses)), float(len(losses)), float(seen)],
+            dtype=torch.float64,
+        )
+        if world > 1:
+            dist.all_reduce(totals)
+        val_ndcg = float(totals[0]) / config["val_total"]
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(totals[1] / max(totals[2], 1)),
+            VAL_METRIC: val_ndcg,
+            "examples": int(totals[3]),
+            "examples_per_s": float(totals[3]) / max(train_seconds, 1e-9),
+            "train_seconds": train_seconds,
+        }
+        improved = val_ndcg > state["best"]
+        state = {
+            "epoch": epoch + 1,
+            "best": max(val_ndcg, state["best"]),
+            "stale": 0 if improved else state["stale"] + 1,
+            "history": state["history"] + [metrics],
+        }
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                meta = dict(config["meta"], metrics=metrics, history=state["history"])
+                save_reranker(model, d, meta)
+                torch.save(
+                    {"state": state, "optimizer": opt.state_dict()}, Path(d) / "train_state.pt"
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+                print(json.dumps(metrics), flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if state["stale"] >= s.patience:
+            break
+
+
+def _load_weights(model, folder: Path) -> None:
+    import torch
+
+    if model.lm is not None:
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        set_peft_model_state_dict(model.lm, load_peft_weights(str(folder / "adapter")))
+    model.load_state_dict(torch.load(folder / "heads.pt", weights_only=True), strict=False)
+
+
+def _init_features(model, folder: Path, features: list[str]) -> None:
+    import torch
+
+    from training.reranker.model import read_meta
+
+    meta = read_meta(folder)
+    if meta["features"] != features:
+        raise RerankerError(f"'{folder}' was trained on other features; cannot start from it")
+    heads = torch.load(folder / "heads.pt", weights_only=True)
+    model.load_state_dict(
+        {k: v for k, v in heads.items() if k.startswith("features.")}, strict=False
+    )
+
+
+# -- the driver --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    path: str
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def check_config(cfg: RerankerConfig, item_texts: list[str]) -> dict[str, Any]:
+    """Every check that can fail before training starts: base model, tokenizer, template.
+    Returns the metadata saved with every checkpoint."""
+    meta: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
+    if cfg.mode == "features":
+        return meta | {"base_model": None, "base_fingerprint": None, "kind": None}
+    info = inspect_base(cfg.base_path())
+    tok = load_tokenizer(info)
+    index_token_ids(tok, cfg.template.candidates)
+    make_renderer(info, tok, cfg.template, item_texts[:1])
+    return meta | {
+        "base_model": info.path,
+        "base_fingerprint": info.fingerprint,
+        "kind": info.kind,
+        "model_type": info.model_type,
+        "index_ids": index_token_ids(tok, cfg.template.candidates),
+        "template_fingerprint": cfg.template.fingerprint(),
+    }
+
+
+def train_reranker(
+    prepared: PreparedData,
+    cfg: RerankerConfig,
+    settings: TrainSettings,
+    out: str | Path,
+    storage: str | Path,
+    name: str,
+) -> TrainResult:
+    """Run the TorchTrainer; re-running with the same `storage` and `name` resumes."""
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not prepared.train:
+        raise LlmrecError("no training examples: the dataset is too small for the re-ranker")
+    meta = check_config(cfg, prepared.item_texts)
+    meta |= {
+        "features": feature_names(prepared.sources),
+        "sources": prepared.sources,
+        "dataset_version": prepared.dataset_version,
+        "settings": settings.model_dump(mode="json"),
+    }
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    train_ds = ray.data.from_items([r.to_dict() for r in prepared.train])
+    if settings.workers > 1:
+        # Equal shards need at least one block per worker.
+        train_ds = train_ds.repartition(settings.workers * 4)
+    config = {
+        "settings": settings.model_dump(mode="json"),
+        "reranker": cfg.model_dump(mode="json"),
+        "features": meta["features"],
+        "item_texts": prepared.item_texts,
+        "val_rows": [r.to_dict() for r in prepared.val],
+        "val_total": max(prepared.val_total, 1),
+        "meta": meta,
+    }
+    resources = {"CPU": settings.cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=settings.workers, use_gpu=settings.use_gpu, resources_per_worker=resources
+        ),
+        datasets={"train": train_ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+    start = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        raise RerankerError(f"training failed: {_root_cause(e)}") from None
+    if result.error is not None:
+        raise RerankerError(f"training failed: {_root_cause(result.error)}")
+    best = result.get_best_checkpoint(metric=VAL_METRIC, mode="max")
+    if best is None:
+        raise RerankerError("training reported no checkpoint")
+    target = Path(out)
+    with best.as_directory() as d:
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(d, tmp, ignore=shutil.ignore_patterns("train_state.pt"))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    saved = json.loads((target / "reranker.json").read_text())
+    history = saved["history"]
+    if result.checkpoint is not None:  # the latest one holds every epoch's metrics
+        with result.checkpoint.as_directory() as d:
+            history = json.loads((Path(d) / "reranker.json").read_text())["history"]
+    return TrainResult(str(target), saved["metrics"], history, time.perf_counter() - start)
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}".splitlines()[0]

@@ -1,0 +1,195 @@
+"""The fitted retrieval stage as one unit: every source, popularity, segments and the learned
+fusion, with the hyper-parameters `llmrec eval` selected on validation. Saved and loaded as
+plain folders; serving and the re-ranker's training build their `CandidateGenerator` from it.
+
+The fusion is trained on held-out next items (each user's last training items hidden from
+the sources), never on the validation or test targets, so every later stage measured on
+those targets is free of leakage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipelines.artifact import Dataset
+from pipelines.errors import ArtifactError
+from pipelines.schema import Split
+from training.candidates import CandidateConfig, CandidateGenerator
+from training.retrieval import (
+    ALS,
+    BPR,
+    Content,
+    FitData,
+    ItemKNN,
+    MostPopular,
+    Retriever,
+    SegmentPopular,
+    Transitions,
+)
+from training.retrieval.embeddings import TextEncoder
+from training.retrieval.fusion import LearnedFusion, source_ranks
+
+STACK_FORMAT = 1
+FUSION_DEPTH = 100
+
+#: The sources of the warm path, with the parameters selected on ML-100k validation by
+#: `llmrec eval` (benchmarks/results/eval-ml-100k/eval.json).
+DEFAULT_SOURCES: dict[str, tuple[type[Retriever], dict[str, Any]]] = {
+    "transitions": (
+        Transitions,
+        {"window": 3, "recent": 3, "recency_decay": 0.5, "pop_damping": 0.0},
+    ),
+    "BPR": (BPR, {"factors": 64, "learning_rate": 0.01}),
+    "ALS": (ALS, {"factors": 32, "regularization": 1.0, "alpha": 1.0}),
+    "item-kNN BM25": (ItemKNN, {"similarity": "bm25", "neighbours": 100}),
+    "content": (Content, {"recent": 1, "recency_decay": 0.8}),
+    "recent popular": (MostPopular, {"window_days": 7}),
+}
+
+
+@dataclass
+class RetrievalStack:
+    sources: dict[str, Retriever]
+    popularity: MostPopular
+    segment: SegmentPopular | None
+    fusion: LearnedFusion | None
+    dataset_version: str
+    through: str
+
+    def generator(self, config: CandidateConfig | None = None) -> CandidateGenerator:
+        return CandidateGenerator(
+            self.sources, self.popularity, self.segment, self.fusion, config or CandidateConfig()
+        )
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self.sources)
+
+    @property
+    def log_popularity(self) -> np.ndarray:
+        return np.log1p(self.popularity.counts)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, model in enumerate(self.sources.values()):
+            model.save(folder / f"source-{i}")
+        self.popularity.save(folder / "popularity")
+        if self.segment is not None:
+            self.segment.save(folder / "segment")
+        meta = {
+            "format": STACK_FORMAT,
+            "sources": list(self.sources),
+            "dataset_version": self.dataset_version,
+            "through": self.through,
+            "fusion": self.fusion.to_json() if self.fusion is not None else None,
+        }
+        (folder / "stack.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(
+        cls, folder: str | Path, expected_dataset_version: str | None = None
+    ) -> RetrievalStack:
+        folder = Path(folder)
+        path = folder / "stack.json"
+        if not path.exists():
+            raise ArtifactError(f"no retrieval stack at '{folder}' (stack.json missing)")
+        meta = json.loads(path.read_text())
+        if meta.get("format") != STACK_FORMAT:
+            raise ArtifactError(f"retrieval stack at '{folder}' has an unknown format; refit it")
+        version = expected_dataset_version
+        sources = {
+            name: Retriever.load(folder / f"source-{i}", version)
+            for i, name in enumerate(meta["sources"])
+        }
+        pop = Retriever.load(folder / "popularity", version)
+        seg = Retriever.load(folder / "segment", version) if (folder / "segment").exists() else None
+        fusion = LearnedFusion.from_json(meta["fusion"]) if meta["fusion"] else None
+        assert isinstance(pop, MostPopular)
+        return cls(sources, pop, seg, fusion, meta["dataset_version"], meta["through"])
+
+
+def _fit_sources(
+    data: FitData, embeddings: np.ndarray | None, progress: bool
+) -> dict[str, Retriever]:
+    out: dict[str, Retriever] = {}
+    for name, (klass, params) in tqdm(
+        DEFAULT_SOURCES.items(), desc=f"fit sources ({data.n_users} users)", disable=not progress
+    ):
+        model = klass(**params)
+        if isinstance(model, Content) and embeddings is not None:
+            out[name] = model.with_embeddings(embeddings, data)
+        else:
+            out[name] = model.fit(data)
+    return out
+
+
+def fit_fusion(
+    sources: dict[str, Retriever], data: FitData, targets: np.ndarray, users: np.ndarray
+) -> LearnedFusion:
+    """Train the fusion on `targets` (one per user in `users`), items beyond `data`."""
+    names = list(sources)
+    excluded = data.matrix.to_scipy()[users].toarray() > 0
+    scores = {}
+    for name in names:
+        s = np.stack([sources[name].score(int(u), data.history(int(u))) for u in users])
+        scores[name] = np.where(excluded, -np.inf, s)
+    ranks = {n: source_ranks(scores[n], None, FUSION_DEPTH) for n in names}
+    log_pop = np.log1p(np.bincount(data.seq_items, minlength=data.n_items))
+    return LearnedFusion(names, FUSION_DEPTH).fit(ranks, scores, log_pop, targets)
+
+
+def fit_stack(
+    ds: Dataset,
+    through: Split,
+    fusion: LearnedFusion | None = None,
+    holdout: int = 1,
+    encoder: TextEncoder | None = None,
+    embeddings: np.ndarray | None = None,
+    progress: bool = True,
+) -> tuple[RetrievalStack, np.ndarray]:
+    """Fit every source on the data up to `through`.
+
+    Without a `fusion`, one is trained first: the sources are fitted with each user's last
+    `holdout` items hidden, and the fusion learns to find the first hidden item. Returns the
+    stack and the item embeddings (reuse them: they depend on item text only).
+    """
+    data = FitData.from_dataset(ds, through)
+    if embeddings is None:
+        embeddings = (encoder or TextEncoder()).encode(data.item_text).astype(np.float32)
+    if fusion is None:
+        fusion = holdout_fusion(data, holdout, embeddings, progress)
+    return stack_from_data(data, fusion, embeddings, through.label, progress), embeddings
+
+
+def stack_from_data(
+    data: FitData,
+    fusion: LearnedFusion | None,
+    embeddings: np.ndarray,
+    through: str,
+    progress: bool = True,
+) -> RetrievalStack:
+    return RetrievalStack(
+        sources=_fit_sources(data, embeddings, progress),
+        popularity=MostPopular().fit(data),
+        segment=SegmentPopular().fit(data) if data.user_segments else None,
+        fusion=fusion,
+        dataset_version=data.dataset_version,
+        through=through,
+    )
+
+
+def holdout_fusion(
+    data: FitData, holdout: int, embeddings: np.ndarray, progress: bool = True
+) -> LearnedFusion:
+    """A fusion trained on each user's first hidden item with the last `holdout` hidden."""
+    inner, hidden = data.holdout_last(holdout)
+    users = np.flatnonzero([len(h) > 0 for h in hidden])
+    targets = np.array([hidden[u][0] for u in users], dtype=np.int64)
+    sources = _fit_sources(inner, embeddings, progress)
+    return fit_fusion(sources, inner, targets, users)
