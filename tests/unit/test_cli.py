@@ -215,3 +215,75 @@ def test_eval_refuses_another_dataset(tmp_path, tiny):
     )
     proc = llmrec("eval", "--dataset", "ml-100k", "--data", str(out))
     assert_user_error(proc, "is 'ml', expected 'ml-100k'")
+
+
+@pytest.fixture
+def prepared(tmp_path, tiny):
+    out = tmp_path / "ds"
+    proc = llmrec(
+        "prepare",
+        "--dataset",
+        "movielens",
+        "--path",
+        str(tiny),
+        "--out",
+        str(out),
+        "--engine",
+        "local",
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_train_refuses_a_missing_base_model_before_training(tmp_path, prepared):
+    proc = llmrec(
+        "train",
+        "--dataset",
+        "ml",
+        "--data",
+        str(prepared),
+        "--base-model",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "rr"),
+    )
+    assert_user_error(proc, "is not a folder")
+    assert not (tmp_path / "rr").exists()
+
+
+def test_train_refuses_k_beyond_the_alphabet(tmp_path, prepared):
+    proc = llmrec("train", "--dataset", "ml", "--data", str(prepared), "--candidates", "100")
+    assert_user_error(proc, "candidates: Input should be less than or equal to 62")
+
+
+def test_train_refuses_a_tokenizer_without_room_for_the_index_tokens(tmp_path, prepared):
+    from tests.tiny_models import tiny_causal
+
+    base = tiny_causal(tmp_path / "lm", ["movie"], letters="ABC")
+    proc = llmrec(
+        "train",
+        "--dataset",
+        "ml",
+        "--data",
+        str(prepared),
+        "--base-model",
+        str(base),
+        "--candidates",
+        "5",
+    )
+    assert_user_error(proc, "only 3 distinct single-token index labels")
+
+
+def test_eval_refuses_a_folder_without_a_reranker(tmp_path, prepared):
+    proc = llmrec(
+        "eval",
+        "--dataset",
+        "ml",
+        "--data",
+        str(prepared),
+        "--reranker",
+        f"x={tmp_path}",
+    )
+    assert_user_error(proc, "reranker.json missing")
+    proc = llmrec("eval", "--dataset", "ml", "--data", str(prepared), "--no-retrievers")
+    assert_user_error(proc, "nothing to evaluate")
