@@ -70,6 +70,9 @@ class RerankerConfig(BaseModel):
     target_modules: list[str] | None = Field(
         None, description="LoRA targets [default: peft's choice for the model family]"
     )
+    layers: int | None = Field(
+        None, ge=1, description="keep only the first N transformer blocks (a faster CPU ranker)"
+    )
     feature_hidden: int = Field(32, ge=1, le=1024)
     threads: int | None = Field(None, ge=1, description="torch threads per process")
 
@@ -231,11 +234,26 @@ def _load_lora_base(cfg: RerankerConfig, info: BaseInfo):
     for key in DROPOUT_KEYS:
         if isinstance(getattr(hf_cfg, key, None), float):
             setattr(hf_cfg, key, 0.0)
+    if cfg.layers is not None:
+        for key in ("num_hidden_layers", "n_layer"):
+            if isinstance(getattr(hf_cfg, key, None), int):
+                if cfg.layers > getattr(hf_cfg, key):
+                    raise RerankerError(
+                        f"layers={cfg.layers}, but '{info.path}' has {getattr(hf_cfg, key)}"
+                    )
+                # The checkpoint's extra blocks are simply not loaded.
+                setattr(hf_cfg, key, cfg.layers)
     loader = AutoModelForCausalLM if info.kind == "causal" else AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # dropped blocks are reported as "unexpected" keys
     try:
         base = loader.from_pretrained(info.path, config=hf_cfg)
     except Exception as e:
         raise RerankerError(f"cannot load the model in '{info.path}': {e}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
