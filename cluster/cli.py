@@ -298,6 +298,10 @@ def train(
     ] = 2400,
     full: Annotated[bool, typer.Option(help="no cap on examples, more epochs")] = False,
     val_users: Annotated[int, typer.Option(help="validation users per epoch")] = 400,
+    holdout: Annotated[int, typer.Option(help="training positions per user")] = 10,
+    insert_target: Annotated[
+        bool, typer.Option(help="insert the true item when retrieval missed it")
+    ] = False,
     patience: Annotated[int, typer.Option()] = 2,
     max_steps_per_epoch: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int, typer.Option(help="Ray Train workers (DDP)")] = 1,
@@ -346,6 +350,8 @@ def train(
             lr_heads=lr_heads,
             max_examples=None if full else max_examples,
             val_users=val_users,
+            holdout=holdout,
+            insert_target=insert_target,
             patience=patience,
             max_steps_per_epoch=max_steps_per_epoch,
             workers=workers,
@@ -372,18 +378,36 @@ def train(
     from cluster.ray_runtime import connect
 
     connect(address)
-    result = train_reranker(
-        prepared,
-        cfg,
-        settings,
-        target,
-        storage or DEFAULT_ROOT / "train-runs",
-        name or f"{dataset}-{mode.value}",
-    )
-    table = Table(title=f"re-ranker training ({mode.value})")
+    run_name = name or f"{dataset}-{mode.value}"
+    runs = storage or DEFAULT_ROOT / "train-runs"
+    if mode == Mode.hybrid and settings.init_features_from is None:
+        # The feature layer trains in a minute on its own; the hybrid starts from it, so
+        # its LM only has to learn what the features miss.
+        warm = Path(f"{target}-features")
+        console.print(f"stage 1/2: the feature layer alone -> {warm}")
+        first = train_reranker(
+            prepared,
+            cfg.model_copy(update={"mode": "features"}),
+            settings.model_copy(
+                update={"epochs": 40, "patience": 5, "lr_heads": 3e-3, "use_gpu": False}
+            ),
+            warm,
+            runs,
+            f"{run_name}-features",
+        )
+        _print_history("feature layer", first.history)
+        settings = settings.model_copy(update={"init_features_from": str(warm)})
+        console.print("stage 2/2: the hybrid (LoRA + feature layer)")
+    result = train_reranker(prepared, cfg, settings, target, runs, run_name)
+    _print_history(mode.value, result.history)
+    console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
+
+
+def _print_history(title: str, history: list[dict]) -> None:
+    table = Table(title=f"re-ranker training ({title})")
     for c in ("epoch", "train loss", "val NDCG@10", "examples/s", "seconds"):
         table.add_column(c, justify="right")
-    for h in result.history:
+    for h in history:
         table.add_row(
             str(h["epoch"]),
             f"{h['train_loss']:.4f}",
@@ -392,7 +416,6 @@ def train(
             f"{h['train_seconds']:.0f}",
         )
     console.print(table)
-    console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
 
 
 @app.command()

@@ -27,7 +27,9 @@ def setup(tmp_path_factory):
     src = load_source("synthetic", synthetic_interactions=4000, seed=3, cache=root / "cache")
     write_dataset(run_local(src, PrepareConfig()), str(root / "ds"))
     ds = load_dataset(str(root / "ds"))
-    settings = TrainSettings(holdout=2, max_examples=64, val_users=40, epochs=3, batch_size=8)
+    settings = TrainSettings(
+        holdout=2, insert_target=True, max_examples=64, val_users=40, epochs=3, batch_size=8
+    )
     cfg = RerankerConfig(template=TEMPLATE, mode="hybrid")
     prepared = prepare_examples(ds, cfg, settings, progress=False)
     causal = tiny_causal(root / "causal", prepared.item_texts)

@@ -93,9 +93,14 @@ def training_rows(
     log_pop: np.ndarray,
     seed: int = 0,
     progress: bool = True,
+    insert: bool = True,
 ) -> tuple[list[Row], int]:
-    """Examples at every hidden position; returns (rows, positions skipped because the true
-    item is not within the fused top `INSERT_DEPTH`)."""
+    """Examples at every hidden position; returns (rows, positions skipped).
+
+    With `insert`, a true item outside the top K replaces the K-th candidate (positions
+    whose true item is not within the fused top `INSERT_DEPTH` are skipped); without it,
+    only positions whose true item is already among the top K are kept, so the features
+    of training lists look exactly like those of the lists ranked at request time."""
     rng = np.random.default_rng(seed)
     rows: list[Row] = []
     skipped = 0
@@ -104,7 +109,7 @@ def training_rows(
             history = np.concatenate([visible[u], hidden[u][:j]]).astype(np.int64)
             c = gen.generate(u, history, n=INSERT_DEPTH)
             at = np.flatnonzero(c.items == target)
-            if not len(at):
+            if not len(at) or (not insert and at[0] >= k):
                 skipped += 1
                 continue
             top = np.arange(min(k, len(c.items)))
