@@ -377,7 +377,7 @@ def train(
     )
     from cluster.ray_runtime import connect
 
-    connect(address)
+    connect(address, dashboard=True)
     run_name = name or f"{dataset}-{mode.value}"
     runs = storage or DEFAULT_ROOT / "train-runs"
     if mode == Mode.hybrid and settings.init_features_from is None:
@@ -416,6 +416,96 @@ def _print_history(title: str, history: list[dict]) -> None:
             f"{h['train_seconds']:.0f}",
         )
     console.print(table)
+
+
+@app.command()
+@user_errors
+def publish(
+    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
+        "ml-100k"
+    ),
+    data: Annotated[
+        str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
+    ] = None,
+    reranker: Annotated[
+        str | None, typer.Option(help="a trained re-ranker folder to serve (optional)")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="model versions [default: artifacts/models/<name>]")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="[default: v<UTC time>]")] = None,
+) -> None:
+    """Fit the retrieval stack on every interaction and publish it (with the re-ranker) as
+    a model version; CURRENT points at it, so `version: latest` serves it."""
+    from training.publish import publish_version
+
+    ds = _load_leave_one_out(dataset, data)
+    with console.status("fitting the retrieval stack on all interactions"):
+        mv = publish_version(
+            ds, root or DEFAULT_ROOT / "models" / dataset, reranker, version, progress=False
+        )
+    console.print(f"published {mv.version} -> {mv.path} (re-ranker: {mv.reranker or 'none'})")
+
+
+@app.command()
+@user_errors
+def serve(
+    profile: Annotated[str, typer.Option(help="cpu, gpu, or a Serve config YAML")] = "cpu",
+    root: Annotated[
+        str | None, typer.Option(help="model versions [default: the profile's model_root]")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="event store URL")] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address [default: $RAY_ADDRESS or local]")
+    ] = None,
+) -> None:
+    """Serve the graph from a profile YAML on 127.0.0.1 until Ctrl-C."""
+    _serve(profile, root, store, port, address)
+
+
+def _serve(
+    profile: str, root: str | None, store: str | None, port: int | None, address: str | None
+) -> None:
+    from serving.deploy import read_profile, run_profile
+    from training.publish import load_version
+
+    cfg = read_profile(profile)
+    args = dict(cfg["applications"][0].get("args", {}))
+    if root:
+        args["model_root"] = root
+    if store:
+        args["store"] = store
+    mv = load_version(
+        args.get("model_root", "artifacts/models/ml-100k"), args.get("version", "latest")
+    )
+    from cluster.ray_runtime import connect
+
+    connect(address)
+    with console.status(f"starting the Serve graph on model version {mv.version}"):
+        run_profile(profile, args, port=port)
+    http = cfg.get("http_options", {})
+    base = f"http://{http.get('host', '127.0.0.1')}:{port or http.get('port', 8000)}"
+    console.print(f"[bold green]serving[/] {mv.version} at {base} (OpenAPI docs: {base}/docs)")
+    console.print("try:", highlight=False)
+    for line in (
+        f"curl -s '{base}/recommend/1?k=5'",
+        f"curl -s -X POST {base}/events -H 'content-type: application/json' "
+        """-d '{"user_id": "1", "item_id": "50", "type": "click"}'""",
+        f"curl -s '{base}/recommend/1?k=5'",
+        f"curl -s '{base}/recommend/new-user-42?k=5'",
+        f"curl -s '{base}/items/50/similar?k=5'",
+        f"curl -s {base}/metrics | grep llmrec_",
+    ):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print("Ctrl-C stops serving.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
 
 
 @app.command()

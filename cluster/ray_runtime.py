@@ -6,7 +6,9 @@ import logging
 import os
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect(
+    address: str | None = None, num_cpus: int | None = None, dashboard: bool = False
+) -> None:
     """`address` (or $RAY_ADDRESS, or the job's cluster) if set; otherwise start locally."""
     import ray
 
@@ -17,4 +19,5 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # Ray Train logs a warning per poll without the dashboard: stages that train want it.
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)

@@ -50,7 +50,7 @@ class Row:
         return cls(int(d["user"]), np.asarray(d["history"]), cands, feats, int(d["label"]))
 
 
-def _subset(c: Candidates, idx: np.ndarray) -> Candidates:
+def subset(c: Candidates, idx: np.ndarray) -> Candidates:
     return Candidates(
         items=c.items[idx],
         scores=c.scores[idx],
@@ -115,7 +115,7 @@ def training_rows(
             top = np.arange(min(k, len(c.items)))
             idx = top if at[0] < k else np.append(top[: k - 1], at[0])
             # The true item keeps its real fused position as a feature.
-            feats = candidate_features(_subset(c, idx), sources, log_pop, positions=idx)
+            feats = candidate_features(subset(c, idx), sources, log_pop, positions=idx)
             order = rng.permutation(len(idx))
             items = c.items[idx][order]
             rows.append(

@@ -71,6 +71,8 @@ class Reranker:
             renderer = make_renderer(info, tok, template, item_texts)
             pad_id = tok.pad_token_id
             model = _compress(model, self.compression)
+        if torch.cuda.is_available() and not self.compression.int8:
+            model = model.to("cuda")  # a replica given a GPU uses it
         self.renderer = renderer
         self.scorer = RowScorer(
             model, renderer, pad_id, info is not None and info.kind == "causal", self.k

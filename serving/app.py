@@ -1,0 +1,532 @@
+"""The Serve graph: one HTTP ingress composing retrieval, the re-ranker, the cold-start
+fallback and the event store through `DeploymentHandle`s.
+
+    Api (FastAPI) ──> Retrieval ──> (Api) ──> Reranker      per /recommend, within a deadline
+       │                 └─ fails/late ──> ColdStart         popularity, never errors
+       └──> EventStore                                       POST /events: ack after commit
+
+The hot path walks as few hops as it can: a list the nearline step computed after the user's
+last event is answered by the Api from the store without any hop.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.config import LiveSettings
+from serving.events import EVENT_TYPES, Event, StoredItem, open_store
+from serving.metrics import Metrics
+from serving.recommender import RerankService, RetrievalService, Retrieved, respond
+from training.publish import load_version
+
+log = logging.getLogger("ray.serve")
+Id = StrictStr | StrictInt
+
+
+class _Configured:
+    """Settings = the application's args, overridden key by key by the `user_config`."""
+
+    _base: dict[str, Any]
+
+    def _merge(self, cfg: dict[str, Any]) -> LiveSettings:
+        return LiveSettings.model_validate({**self._base, **(cfg or {})})
+
+
+# -- request bodies (422 with the field named on bad input) ---------------------------------
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id
+    item_id: Id
+    type: Literal["view", "click", "purchase", "rating", "dislike"]
+    value: float | None = None
+    timestamp: float | None = Field(None, ge=0)
+    event_id: StrictStr | None = Field(None, max_length=200)
+    request_id: StrictStr | None = Field(None, max_length=200)
+
+    @field_validator("user_id", "item_id")
+    @classmethod
+    def _not_blank(cls, v: Id) -> Id:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class RecommendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id
+    k: int | None = Field(None, ge=1)
+    exclude: list[Id] = Field(default_factory=list, max_length=1000)
+    category: StrictStr | None = None
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: Id
+    title: StrictStr = Field(min_length=1, max_length=500)
+    text: StrictStr | None = Field(None, max_length=5000)
+    categories: list[StrictStr] = Field(default_factory=list, max_length=50)
+
+
+_EVENTS = TypeAdapter(list[EventIn])
+
+
+def _field_errors(e: ValidationError, batch: bool) -> str:
+    """'events[3].type: Input should be ...' (the field to fix, named)."""
+    parts = []
+    for err in e.errors()[:10]:
+        loc = list(err["loc"])
+        index, rest = loc[0], ".".join(map(str, loc[1:])) or "event"
+        where = f"events[{index}].{rest}" if batch else rest
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+@serve.deployment(name="EventStore")
+class EventStoreDeployment(_Configured):
+    """The one writer of events, items and erasures."""
+
+    def __init__(self, settings: dict[str, Any] | None = None):
+        self._base = settings or {}
+        self.reconfigure({})
+
+    def reconfigure(self, cfg: dict[str, Any]) -> None:
+        self.settings = self._merge(cfg)
+        self.store = open_store(self.settings.store)
+
+    def append(self, events: list[Event]) -> tuple[int, int]:
+        return self.store.append(events)
+
+    def add_item(self, item: StoredItem) -> bool:
+        return self.store.add_item(item)
+
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        return self.store.delete_user(user_id)
+
+    def stats(self) -> dict[str, int]:
+        return self.store.stats()
+
+
+class _Versioned(_Configured):
+    """Loads the model version named by `user_config`; a new version is loaded beside the
+    old one and swapped in, so requests in flight finish on the version they started with."""
+
+    current: Any = None
+    loaded: str | None = None
+
+    def reconfigure(self, cfg: dict[str, Any]) -> None:
+        settings = self._merge(cfg)
+        mv = load_version(settings.model_root, settings.version)
+        key = f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}"
+        if key != self.loaded:
+            self.current = self.load(mv, settings)
+            self.loaded = key
+        self.settings = settings
+
+    def load(self, mv, settings: LiveSettings) -> Any:
+        raise NotImplementedError
+
+
+@serve.deployment(name="Retrieval")
+class RetrievalDeployment(_Versioned):
+    def __init__(self, settings: dict[str, Any] | None = None):
+        self._base = settings or {}
+        self.reconfigure({})
+
+    def load(self, mv, settings: LiveSettings) -> RetrievalService:
+        return RetrievalService(mv, open_store(settings.store), settings)
+
+    def retrieve(self, user_id: str, exclude: list[str], category: str | None) -> Retrieved:
+        return self.current.retrieve(user_id, exclude, category)
+
+    def similar(self, item_id: str, k: int) -> list[dict] | None:
+        return self.current.similar(item_id, k)
+
+    def version(self) -> str:
+        return self.current.version
+
+
+@serve.deployment(name="Reranker")
+class RerankerDeployment(_Versioned):
+    def __init__(self, settings: dict[str, Any] | None = None):
+        self._base = settings or {}
+        self.reconfigure({})
+
+    def load(self, mv, settings: LiveSettings) -> RerankService | None:
+        if mv.reranker is None or not settings.rerank:
+            return None
+        return RerankService(mv, open_store(settings.store), settings)
+
+    def version(self) -> str | None:
+        return None if self.current is None else self.current.version
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def score(self, requests: list[tuple]) -> list[np.ndarray]:
+        s = self.settings
+        if s.rerank_fail:
+            raise RuntimeError("re-ranker failure injected by rerank_fail")
+        if s.rerank_delay_ms:
+            await asyncio.sleep(s.rerank_delay_ms / 1000)
+        if self.current is None:
+            raise RuntimeError("this model version has no re-ranker")
+        return self.current.score(requests)
+
+
+@serve.deployment(name="ColdStart")
+class ColdStartDeployment(_Versioned):
+    """Popularity lists: the answer when retrieval itself fails or is late."""
+
+    def __init__(self, settings: dict[str, Any] | None = None):
+        self._base = settings or {}
+        self.reconfigure({})
+
+    def load(self, mv, settings: LiveSettings):
+        from pipelines.artifact import load_dataset
+        from serving.catalog import Catalog
+        from training.retrieval import Retriever
+
+        pop = Retriever.load(mv.path / "stack" / "popularity")
+        return mv.version, pop, Catalog(load_dataset(mv.dataset_uri))
+
+    def fallback(self, user_id: str, k: int, exclude: list[str]) -> dict[str, Any]:
+        version, pop, catalog = self.current
+        banned = {catalog.item_index[x] for x in exclude if x in catalog.item_index}
+        order = np.argsort(-pop.counts, kind="stable")
+        items = [int(i) for i in order if int(i) not in banned][:k]
+        return {
+            "items": [
+                {
+                    "item_id": catalog.item_ids[i],
+                    "title": catalog.titles[i],
+                    "score": float(np.log1p(pop.counts[i])),
+                    "sources": ["popular"],
+                    "stage": "cold_start",
+                    "explanation": "popular overall",
+                    "because": None,
+                }
+                for i in items
+            ],
+            "model": version,
+        }
+
+
+api = FastAPI(
+    title="llmrec",
+    description="Real-time recommendations: retrieval, LLM re-ranking, cold-start fallback.",
+)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException):
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+
+@serve.deployment(name="Api")
+@serve.ingress(api)
+class Api(_Configured):
+    def __init__(
+        self,
+        retrieval: DeploymentHandle,
+        reranker: DeploymentHandle,
+        cold_start: DeploymentHandle,
+        events: DeploymentHandle,
+        settings: dict[str, Any] | None = None,
+    ):
+        self.retrieval = retrieval
+        self.reranker = reranker
+        self.cold_start = cold_start
+        self.events = events
+        self.metrics = Metrics()
+        self.inflight = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._base = settings or {}
+        self.reconfigure({})
+
+    def reconfigure(self, cfg: dict[str, Any]) -> None:
+        self.settings = self._merge(cfg)
+        self.store = open_store(self.settings.store)
+        self.model = load_version(self.settings.model_root, self.settings.version)
+        from pipelines.artifact import load_dataset
+        from serving.catalog import Catalog
+
+        self.catalog = Catalog(load_dataset(self.model.dataset_uri))
+
+    # -- recommendations ------------------------------------------------------------------
+
+    @api.get("/recommend/{user_id}")
+    async def recommend_get(
+        self,
+        user_id: str,
+        k: Annotated[int | None, Query(ge=1)] = None,
+        exclude: Annotated[list[str] | None, Query(max_length=1000)] = None,
+        category: str | None = None,
+    ) -> dict[str, Any]:
+        ex = [x for e in exclude or [] for x in e.split(",") if x]
+        return await self._recommend(user_id, k, ex, category)
+
+    @api.post("/recommend")
+    async def recommend_post(self, body: RecommendIn) -> dict[str, Any]:
+        return await self._recommend(
+            str(body.user_id), body.k, [str(x) for x in body.exclude], body.category
+        )
+
+    async def _recommend(
+        self, user_id: str, k: int | None, exclude: list[str], category: str | None
+    ) -> dict[str, Any]:
+        s = self.settings
+        k = k or s.k_default
+        if k > s.k_max:
+            raise HTTPException(422, f"k: must be at most {s.k_max}, got {k}")
+        start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        self.inflight += 1
+        self.metrics.inflight.set(self.inflight)
+        try:
+            plain = not exclude and category is None
+            if plain and s.cache:
+                hit = self._cached(user_id, k)
+                if hit is not None:
+                    hit["request_id"] = request_id
+                    hit["timings_ms"] = {"total": round((time.perf_counter() - start) * 1000, 2)}
+                    self.metrics.observe(hit, time.perf_counter() - start, cache="hit")
+                    return hit
+            out = await self._compute(user_id, k, exclude, category, start, request_id, s)
+            if plain and s.cache and out["stage"] == "rerank" and not out["fallback"]:
+                self.store.cache_put(user_id, out["user_version"], out)
+            self.metrics.observe(out, time.perf_counter() - start, cache="miss" if plain else None)
+            return out
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.set(self.inflight)
+
+    def _cached(self, user_id: str, k: int) -> dict[str, Any] | None:
+        version = self.store.version(user_id)
+        hit = self.store.cache_get(user_id, version)
+        if hit is None or hit["versions"]["model"] != self.model.version or len(hit["items"]) < k:
+            return None
+        hit["items"] = hit["items"][:k]
+        hit["cached"] = True
+        return hit
+
+    async def _compute(
+        self,
+        user_id: str,
+        k: int,
+        exclude: list[str],
+        category: str | None,
+        start: float,
+        request_id: str,
+        s: LiveSettings,
+        deadline: bool = True,
+    ) -> dict[str, Any]:
+        budget = s.deadline_ms / 1000 if deadline else 60.0
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        call = self.retrieval.retrieve.remote(user_id, exclude, category)
+        try:
+            r: Retrieved = await asyncio.wait_for(call, budget * 0.8)
+        except Exception as e:  # late or failed: popularity answers, on time
+            call.cancel()
+            reason = "retrieval_timeout" if isinstance(e, TimeoutError) else "retrieval_error"
+            log.warning("retrieval fell back (%s): %s", reason, e)
+            fb = await self.cold_start.fallback.remote(user_id, k, exclude)
+            timings["total"] = time.perf_counter() - start
+            return {
+                "user_id": user_id,
+                "request_id": request_id,
+                "stage": "cold_start",
+                "path": "fallback",
+                "fallback": reason,
+                "items": fb["items"],
+                "versions": {"model": fb["model"], "reranker": None},
+                "user_version": None,
+                "timings_ms": {n: round(v * 1000, 2) for n, v in timings.items()},
+                "ignored": {},
+                "cached": False,
+            }
+        timings["retrieval"] = time.perf_counter() - t
+        scores, fallback, rr_version = None, None, None
+        if r.path != "cold_start" and s.rerank and len(r.items) > 1:
+            left = budget - (time.perf_counter() - start) - 0.005
+            t = time.perf_counter()
+            call = self.reranker.score.remote((r.prompt_history, r.items, r.features))
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                scores = await asyncio.wait_for(call, left)
+                rr_version = f"{r.model_version}/reranker"
+            except Exception as e:
+                call.cancel()
+                fallback = "rerank_timeout" if isinstance(e, TimeoutError) else "rerank_error"
+                if fallback == "rerank_error":
+                    log.warning("re-ranker failed, answering from retrieval: %s", e)
+            timings["rerank"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+        return respond(r, k, scores, request_id, fallback, timings, rr_version)
+
+    # -- events, items, users ----------------------------------------------------------
+
+    @api.post("/events")
+    async def post_events(self, body: Annotated[Any, Body()]) -> dict[str, Any]:
+        """One event object, or a list of them."""
+        raw = body if isinstance(body, list) else [body]
+        if len(raw) > self.settings.max_batch_events:
+            raise HTTPException(
+                413,
+                f"body: {len(raw)} events, at most {self.settings.max_batch_events} per "
+                "request; split the batch",
+            )
+        if not raw:
+            raise HTTPException(422, "body: an empty list holds no event")
+        try:
+            batch = _EVENTS.validate_python(raw)
+        except ValidationError as e:
+            raise HTTPException(422, _field_errors(e, isinstance(body, list))) from None
+        now = time.time()
+        events = [
+            Event(
+                str(e.user_id),
+                str(e.item_id),
+                e.type,
+                e.timestamp if e.timestamp is not None else now,
+                e.value,
+                e.event_id,
+                e.request_id,
+            )
+            for e in batch
+        ]
+        stored, duplicates = await self.events.append.remote(events)
+        self.metrics.events.inc(stored)
+        known = self.catalog.item_index
+        if any(e.item_id not in known for e in events):
+            self._refresh_items()
+        unknown = sum(e.item_id not in known for e in events)
+        if self.settings.cache:
+            for user in {e.user_id for e in events}:
+                self._spawn(self._precompute(user))
+        return {"stored": stored, "duplicates": duplicates, "unknown_items": unknown}
+
+    def _refresh_items(self) -> None:
+        self.catalog.add(self.store.items(after=self.catalog.added))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _precompute(self, user_id: str) -> None:
+        """Nearline: the user's next list, re-ranked now and cached under the version it
+        saw; a newer event makes it unservable."""
+        try:
+            s = self.settings
+            out = await self._compute(
+                user_id, s.k_max, [], None, time.perf_counter(), "nearline", s, deadline=False
+            )
+            if out["stage"] == "rerank" and not out["fallback"]:
+                self.store.cache_put(user_id, out["user_version"], out)
+        except Exception as e:  # best effort: the request path recomputes
+            log.warning("nearline precompute for a user failed: %s", e)
+
+    @api.get("/items/{item_id}/similar")
+    async def similar(self, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10):
+        out = await self.retrieval.similar.remote(item_id, k)
+        if out is None:
+            raise HTTPException(404, f"item_id: unknown item '{item_id}'")
+        return {"item_id": item_id, "items": out}
+
+    @api.post("/items", status_code=201)
+    async def add_item(self, body: ItemIn) -> dict[str, Any]:
+        item = StoredItem(str(body.item_id), body.title, body.text or "", body.categories)
+        if item.item_id in self.catalog.item_index:
+            raise HTTPException(409, f"item_id: '{item.item_id}' exists already")
+        if not await self.events.add_item.remote(item):
+            raise HTTPException(409, f"item_id: '{item.item_id}' exists already")
+        self._refresh_items()
+        return {"item_id": item.item_id, "recommendable": True}
+
+    @api.delete("/users/{user_id}")
+    async def delete_user(self, user_id: str) -> dict[str, Any]:
+        removed = await self.events.delete_user.remote(user_id)
+        return {"user_id": user_id, "removed": removed}
+
+    # -- operations ----------------------------------------------------------------------
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self, response: Response) -> dict[str, Any]:
+        try:
+            model = await asyncio.wait_for(self.retrieval.version.remote(), 5)
+            rr = await asyncio.wait_for(self.reranker.version.remote(), 5)
+        except Exception as e:
+            response.status_code = 503
+            return {"ready": False, "reason": str(e)[:200]}
+        return {"ready": True, "model": model, "reranker": rr}
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+
+DEPLOYMENTS = {
+    "Api": Api,
+    "Retrieval": RetrievalDeployment,
+    "Reranker": RerankerDeployment,
+    "ColdStart": ColdStartDeployment,
+    "EventStore": EventStoreDeployment,
+}
+
+
+def build_app(
+    args: dict[str, Any] | None = None, options: dict[str, dict[str, Any]] | None = None
+) -> serve.Application:
+    """The application builder (`import_path: serving.app:build_app`); `args` are the
+    baseline live settings, which each deployment's `user_config` then overrides.
+
+    `options` (per deployment name) are for Python callers that read the same YAML
+    (`serving.deploy`); `serve run`/`serve deploy` apply the YAML's deployments themselves.
+    """
+    settings = LiveSettings.model_validate(args or {}).model_dump()
+    opts = options or {}
+
+    def d(name: str):
+        return DEPLOYMENTS[name].options(**opts[name]) if name in opts else DEPLOYMENTS[name]
+
+    return d("Api").bind(
+        d("Retrieval").bind(settings),
+        d("Reranker").bind(settings),
+        d("ColdStart").bind(settings),
+        d("EventStore").bind(settings),
+        settings,
+    )
+
+
+__all__ = ["EVENT_TYPES", "build_app"]

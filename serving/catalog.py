@@ -1,0 +1,54 @@
+"""External ids, titles and categories of items and users, and what each user did in the
+dataset; grows with items added through the API."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.artifact import Dataset
+from pipelines.item_text import render_item_text
+from pipelines.schema import ITEM_CATEGORIES, ITEM_TEXT
+from serving.events import StoredItem
+
+
+class Catalog:
+    def __init__(self, ds: Dataset):
+        items = ds.items
+        self.item_ids: list[str] = [str(x) for x in items["item_id"].to_pylist()]
+        self.titles: list[str] = [t or "" for t in items["title"].to_pylist()]
+        self.categories: list[list[str]] = [c or [] for c in items[ITEM_CATEGORIES].to_pylist()]
+        self.texts: list[str] = items[ITEM_TEXT].to_pylist()
+        self.item_index = {x: i for i, x in enumerate(self.item_ids)}
+        self.n_base_items = len(self.item_ids)
+        self.user_index = {str(x): i for i, x in enumerate(ds.users["user_id"].to_pylist())}
+        seq = ds.sequences
+        self._indptr, self._items = seq.indptr, seq.items
+        self.added = 0  # items taken from the store so far
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def base_history(self, user: int | None) -> np.ndarray:
+        if user is None:
+            return np.zeros(0, dtype=np.int64)
+        return self._items[self._indptr[user] : self._indptr[user + 1]].astype(np.int64)
+
+    def add(self, items: list[StoredItem]) -> list[str]:
+        """Append new items; returns their texts (in id order) for the models to embed."""
+        texts = []
+        for it in items:
+            if it.item_id in self.item_index:
+                continue
+            self.item_index[it.item_id] = len(self.item_ids)
+            self.item_ids.append(it.item_id)
+            self.titles.append(it.title)
+            self.categories.append(list(it.categories))
+            texts.append(it.text or render_item_text(it.title, it.categories))
+            self.texts.append(texts[-1])
+        self.added += len(items)
+        return texts
+
+    def category_mask(self, category: str) -> np.ndarray:
+        want = category.casefold()
+        return np.array([any(c.casefold() == want for c in cats) for cats in self.categories])

@@ -1,0 +1,25 @@
+"""Live settings of the Serve graph: the `user_config` every deployment's `reconfigure()`
+receives (the Serve config YAML is their single source of truth)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LiveSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_root: str = Field("artifacts/models/ml-100k", description="published model versions")
+    version: str = Field("latest", description="a version folder name, or latest (CURRENT)")
+    store: str = Field("sqlite://artifacts/serving/events.db", description="event store URL")
+    deadline_ms: float = Field(200.0, gt=0, le=60_000, description="per-request budget")
+    rerank: bool = Field(True, description="use the re-ranker when the version has one")
+    candidates: int = Field(50, ge=1, le=1000, description="retrieval candidates per request")
+    k_default: int = Field(10, ge=1, le=100)
+    k_max: int = Field(100, ge=1, le=1000)
+    max_batch_events: int = Field(1000, ge=1, le=100_000, description="POST /events limit")
+    cache: bool = Field(True, description="nearline: serve re-ranked lists computed after events")
+    rerank_threads: int = Field(1, ge=1, le=64, description="torch threads per re-ranker")
+    # Injected delay for the deadline tests and drills (never set in production profiles).
+    rerank_delay_ms: float = Field(0.0, ge=0)
+    rerank_fail: bool = False

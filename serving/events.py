@@ -1,0 +1,237 @@
+"""Durable user events, new items and the nearline cache behind one small interface.
+
+`EventStore` is what every deployment talks to; `SQLiteEventStore` (WAL mode, one file,
+every write committed before it returns) is the single-node default. A Redis or SQL-server
+store for a multi-node cluster implements the same methods.
+
+Every event gets a per-store sequence number; a user's *version* is the sequence number of
+their newest event, so "is this cached list still current?" is one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EVENT_TYPES = ("view", "click", "purchase", "rating", "dislike")
+#: events that make an item part of the user's history (a dislike excludes it instead)
+POSITIVE = ("view", "click", "purchase", "rating")
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: str
+    item_id: str
+    type: str
+    timestamp: float
+    value: float | None = None
+    event_id: str | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class StoredItem:
+    item_id: str
+    title: str
+    text: str
+    categories: list[str]
+
+
+class EventStore(ABC):
+    @abstractmethod
+    def append(self, events: list[Event]) -> tuple[int, int]:
+        """Store events durably (all or none); returns (stored, duplicates ignored)."""
+
+    @abstractmethod
+    def events_of(self, user_id: str) -> list[Event]:
+        """The user's events, oldest first."""
+
+    @abstractmethod
+    def version(self, user_id: str) -> int:
+        """Sequence number of the user's newest event (0: none)."""
+
+    @abstractmethod
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        """Erase everything stored about the user; returns counts per kind."""
+
+    @abstractmethod
+    def add_item(self, item: StoredItem) -> bool:
+        """Store a new item; False when its id exists already."""
+
+    @abstractmethod
+    def items(self, after: int = 0) -> list[StoredItem]:
+        """Items added through the API, in order, from position `after`."""
+
+    @abstractmethod
+    def cache_get(self, user_id: str, version: int) -> dict[str, Any] | None:
+        """The cached response for the user, only if computed at this version."""
+
+    @abstractmethod
+    def cache_put(self, user_id: str, version: int, payload: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def stats(self) -> dict[str, int]: ...
+
+
+class SQLiteEventStore(EventStore):
+    """One SQLite file in WAL mode; safe to open from several processes on one node."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._synchronous = synchronous
+        with self._conn() as c:
+            c.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before append() returns (the acknowledgement).
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def append(self, events: list[Event]) -> tuple[int, int]:
+        c = self._conn()
+        now = time.time()
+        stored = 0
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for e in events:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, value, "
+                    "ts, request_id, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        e.event_id,
+                        e.user_id,
+                        e.item_id,
+                        e.type,
+                        e.value,
+                        e.timestamp,
+                        e.request_id,
+                        now,
+                    ),
+                )
+                stored += cur.rowcount
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return stored, len(events) - stored
+
+    def events_of(self, user_id: str) -> list[Event]:
+        rows = self._conn().execute(
+            "SELECT user_id, item_id, type, ts, value, event_id, request_id FROM events "
+            "WHERE user_id = ? ORDER BY ts, seq",
+            (user_id,),
+        )
+        return [Event(*r) for r in rows]
+
+    def version(self, user_id: str) -> int:
+        row = (
+            self._conn()
+            .execute("SELECT MAX(seq) FROM events WHERE user_id = ?", (user_id,))
+            .fetchone()
+        )
+        return int(row[0] or 0)
+
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            n_events = c.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            n_cache = c.execute("DELETE FROM cache WHERE user_id = ?", (user_id,)).rowcount
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return {"events": n_events, "cached_lists": n_cache}
+
+    def add_item(self, item: StoredItem) -> bool:
+        cur = self._conn().execute(
+            "INSERT OR IGNORE INTO items (item_id, title, text, categories) VALUES (?, ?, ?, ?)",
+            (item.item_id, item.title, item.text, json.dumps(item.categories)),
+        )
+        return cur.rowcount == 1
+
+    def items(self, after: int = 0) -> list[StoredItem]:
+        rows = self._conn().execute(
+            "SELECT item_id, title, text, categories FROM items WHERE pos > ? ORDER BY pos",
+            (after,),
+        )
+        return [StoredItem(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def cache_get(self, user_id: str, version: int) -> dict[str, Any] | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT payload FROM cache WHERE user_id = ? AND version = ?", (user_id, version)
+            )
+            .fetchone()
+        )
+        return None if row is None else json.loads(row[0])
+
+    def cache_put(self, user_id: str, version: int, payload: dict[str, Any]) -> None:
+        # Never replace a newer entry with an older computation.
+        self._conn().execute(
+            "INSERT INTO cache (user_id, version, payload) VALUES (?, ?, ?) "
+            "ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, "
+            "payload = excluded.payload WHERE excluded.version >= cache.version",
+            (user_id, version, json.dumps(payload)),
+        )
+
+    def stats(self) -> dict[str, int]:
+        c = self._conn()
+        return {
+            "events": c.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+            "users": c.execute("SELECT COUNT(DISTINCT user_id) FROM events").fetchone()[0],
+            "items_added": c.execute("SELECT COUNT(*) FROM items").fetchone()[0],
+            "cached_lists": c.execute("SELECT COUNT(*) FROM cache").fetchone()[0],
+        }
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT UNIQUE,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value REAL,
+    ts REAL NOT NULL,
+    request_id TEXT,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq);
+CREATE TABLE IF NOT EXISTS items (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT UNIQUE NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    categories TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cache (
+    user_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+"""
+
+
+def open_store(url: str) -> EventStore:
+    """`sqlite://<path>` (`sqlite:///abs/file.db`, `sqlite://rel/file.db`) or a bare path."""
+    if url.startswith("sqlite://"):
+        return SQLiteEventStore(url[len("sqlite://") :])
+    if "://" in url:
+        raise ValueError(f"unsupported event store '{url}': use sqlite:///<path>")
+    return SQLiteEventStore(url)

@@ -1,0 +1,64 @@
+"""Prometheus metrics of the ingress: latency per stage, fallback, cold-start and cache
+rates, requests in flight. One registry per replica (Prometheus sums the replicas)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "llmrec_stage_seconds",
+            "time per stage of /recommend",
+            ["stage"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "llmrec_recommend_total",
+            "answered /recommend by the stage the list reached",
+            ["stage"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "llmrec_fallback_total",
+            "answers given by a fallback, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.cold = Counter("llmrec_cold_start_total", "cold-start answers", registry=r)
+        self.cache = Counter("llmrec_cache_total", "nearline cache lookups", ["result"], registry=r)
+        self.events = Counter("llmrec_events_stored_total", "events stored", registry=r)
+        self.inflight = Gauge(
+            "llmrec_inflight_requests", "requests in the ingress now (queue depth)", registry=r
+        )
+
+    def observe(self, out: dict[str, Any], seconds: float, cache: str | None) -> None:
+        self.latency.labels("total").observe(seconds)
+        for stage, ms in out.get("timings_ms", {}).items():
+            if stage != "total":
+                self.latency.labels(stage).observe(ms / 1000)
+        self.requests.labels(out["stage"]).inc()
+        if out.get("fallback"):
+            self.fallbacks.labels(out["fallback"]).inc()
+        if out["stage"] == "cold_start":
+            self.cold.inc()
+        if cache is not None:
+            self.cache.labels(cache).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

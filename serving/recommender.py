@@ -1,0 +1,365 @@
+"""What the Serve deployments do, as plain classes (no Ray): a user's state from the dataset
+plus their stored events, candidate retrieval with explanations, re-ranking, and the
+response. The deployments in `serving.app` are thin shells around these; the benchmark
+calls them in-process to measure the Serve overhead."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.artifact import load_dataset
+from pipelines.errors import ArtifactError
+from serving.catalog import Catalog
+from serving.config import LiveSettings
+from serving.events import POSITIVE, EventStore
+from training.candidates import CandidateConfig, Candidates
+from training.publish import ModelVersion
+from training.reranker.examples import subset
+from training.reranker.features import candidate_features, feature_names
+from training.retrieval.base import pad_to, top_n
+from training.retrieval.fusion import fuse, source_ranks
+
+HISTORY_SOURCES = ("transitions", "item-kNN BM25", "content")
+CF_SOURCES = ("ALS", "BPR")
+EXPLAIN_RECENT = 5
+
+
+@dataclass
+class UserState:
+    user_id: str
+    index: int | None  # row in the dataset, None for a user the models never saw
+    history: np.ndarray  # item indices, oldest first (dataset + positive events)
+    dislikes: np.ndarray
+    version: int  # newest stored event's sequence number (0: none)
+    unknown_items: int  # events naming items not in the catalogue (stored, not used yet)
+
+
+@dataclass
+class Retrieved:
+    user_id: str
+    path: str
+    items: np.ndarray  # item indices, fused order
+    item_ids: list[str]
+    titles: list[str]
+    scores: np.ndarray
+    features: np.ndarray
+    prompt_history: np.ndarray
+    explanations: list[dict[str, Any]]
+    user_version: int
+    model_version: str
+    seconds: float
+    ignored: dict[str, int] = field(default_factory=dict)
+
+
+class RetrievalService:
+    def __init__(self, mv: ModelVersion, store: EventStore, settings: LiveSettings):
+        self.mv = mv
+        self.store = store
+        self.settings = settings
+        ds = load_dataset(mv.dataset_uri)
+        if ds.manifest.version != mv.dataset_version:
+            raise ArtifactError(
+                f"model version {mv.version} was built on dataset {mv.dataset_version}, but "
+                f"'{mv.dataset_uri}' is now {ds.manifest.version}: publish a new version"
+            )
+        self.catalog = Catalog(ds)
+        self.stack = mv.stack()
+        self.generator = self.stack.generator(CandidateConfig(n=settings.candidates))
+        self.sources = self.stack.source_names
+        self.features = feature_names(self.sources)
+        # Features are computed over the re-ranker's K candidates, as in training.
+        self.rerank_k = 20
+        if mv.reranker is not None:
+            from training.reranker.model import RerankerConfig, read_meta
+
+            meta = read_meta(mv.reranker)
+            self.rerank_k = RerankerConfig.model_validate(meta["config"]).template.candidates
+        self._folded: dict[int, int] = {}
+        # Load the text encoder now, not on the first new item (seconds).
+        content = self.stack.sources.get("content")
+        if content is not None:
+            content.encoder.encode(["warm-up"])
+        self.sync_items()
+
+    @property
+    def version(self) -> str:
+        return self.mv.version
+
+    def sync_items(self) -> int:
+        """Take items added through the API since the last call; returns how many."""
+        new = self.store.items(after=self.catalog.added)
+        if not new:
+            return 0
+        texts = self.catalog.add(new)
+        n = self.catalog.n_items
+        for model in self.stack.sources.values():
+            model.partial_fit_items(n, texts)
+        self.stack.popularity.partial_fit_items(n, texts)
+        if self.stack.segment is not None:
+            self.stack.segment.partial_fit_items(n, texts)
+        self.generator.n_items = n
+        return len(new)
+
+    def user_state(self, user_id: str) -> UserState:
+        index = self.catalog.user_index.get(user_id)
+        events = self.store.events_of(user_id)
+        version = self.store.version(user_id) if events else 0
+        hist = list(self.catalog.base_history(index))
+        dislikes, unknown = [], 0
+        for e in events:
+            i = self.catalog.item_index.get(e.item_id)
+            if i is None:
+                unknown += 1
+            elif e.type == "dislike":
+                dislikes.append(i)
+            elif e.type in POSITIVE:
+                hist.append(i)
+        return UserState(
+            user_id,
+            index,
+            np.asarray(hist, dtype=np.int64),
+            np.asarray(dislikes, dtype=np.int64),
+            version,
+            unknown,
+        )
+
+    def _refold(self, state: UserState) -> None:
+        """A user's CF vector is recomputed once per new event version (milliseconds)."""
+        if state.index is None or state.version <= self._folded.get(state.index, 0):
+            return
+        for model in self.stack.sources.values():
+            model.partial_fit_users(np.array([state.index]), [state.history])
+        self._folded[state.index] = state.version
+
+    def retrieve(
+        self,
+        user_id: str,
+        exclude: list[str] | None = None,
+        category: str | None = None,
+        history_items: int = 10,
+    ) -> Retrieved:
+        start = time.perf_counter()
+        self.sync_items()
+        state = self.user_state(user_id)
+        self._refold(state)
+        excluded = list(state.dislikes)
+        unknown_excludes = 0
+        for x in exclude or []:
+            i = self.catalog.item_index.get(x)
+            if i is None:
+                unknown_excludes += 1
+            else:
+                excluded.append(i)
+        allowed = self.catalog.category_mask(category) if category else None
+        c = self.generator.generate(
+            state.index,
+            state.history,
+            n=self.settings.candidates,
+            exclude=excluded,
+            allowed=allowed,
+        )
+        head = subset(c, np.arange(min(self.rerank_k, len(c.items))))
+        feats = candidate_features(head, self.sources, self.stack.log_popularity)
+        return Retrieved(
+            user_id=user_id,
+            path=c.path,
+            items=c.items,
+            item_ids=[self.catalog.item_ids[i] for i in c.items],
+            titles=[self.catalog.titles[i] for i in c.items],
+            scores=c.scores,
+            features=feats,
+            prompt_history=state.history[-history_items:],
+            explanations=self.explain(c, state.history),
+            user_version=state.version,
+            model_version=self.version,
+            seconds=time.perf_counter() - start,
+            ignored={
+                "unknown_item_events": state.unknown_items,
+                "unknown_excludes": unknown_excludes,
+            },
+        )
+
+    def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
+        """Items like `item_id` by reciprocal-rank fusion of the item-to-item sources
+        (content similarity places an item added a moment ago). None: unknown item."""
+        self.sync_items()
+        i = self.catalog.item_index.get(item_id)
+        if i is None:
+            return None
+        ranks = {}
+        for s in HISTORY_SOURCES:
+            if s in self.stack.sources:
+                scores = self.stack.sources[s].score(None, np.array([i]))
+                scores = pad_to(scores, self.catalog.n_items)[: self.catalog.n_items].copy()
+                scores[i] = -np.inf
+                ranks[s] = source_ranks(scores, None, 100)
+        fused = fuse(ranks, dict.fromkeys(ranks, 1.0))
+        fused[i] = 0
+        top = top_n(np.where(fused > 0, fused, -np.inf), k)
+        return [
+            {
+                "item_id": self.catalog.item_ids[j],
+                "title": self.catalog.titles[j],
+                "score": float(fused[j]),
+                "sources": [s for s, r in ranks.items() if r[j] > 0],
+            }
+            for j in top
+        ]
+
+    def explain(self, c: Candidates, history: np.ndarray) -> list[dict[str, Any]]:
+        """Per candidate: its sources and one sentence naming what drove it."""
+        recent = history[-EXPLAIN_RECENT:][::-1]
+        contrib = {
+            s: np.stack([self.stack.sources[s].score(None, np.array([h])) for h in recent])
+            for s in HISTORY_SOURCES
+            if s in self.stack.sources and len(recent) and s in c.source_ranks
+        }
+        out = []
+        for k, item in enumerate(c.items):
+            sources = c.sources_of(k)
+            because, sentence = None, None
+            for s in HISTORY_SOURCES:
+                if s in sources and s in contrib:
+                    col = contrib[s][:, item]
+                    if np.isfinite(col).any() and col.max() > -np.inf:
+                        h = int(recent[int(np.argmax(col))])
+                        because = self.catalog.item_ids[h]
+                        title = self.catalog.titles[h]
+                        sentence = (
+                            f"new item similar to {title}"
+                            if item >= self.catalog.n_base_items
+                            else f"because you watched {title}"
+                        )
+                        break
+            if sentence is None:
+                if c.explored is not None and c.explored[k]:
+                    sentence = "new or rarely seen: picked to explore"
+                elif "segment_popular" in sources:
+                    sentence = "popular with users like you"
+                elif any(s in sources for s in CF_SOURCES):
+                    sentence = "liked by users with tastes like yours"
+                elif "recent popular" in sources:
+                    sentence = "popular right now"
+                else:
+                    sentence = "popular overall"
+            out.append({"sources": sources, "because": because, "explanation": sentence})
+        return out
+
+
+class RerankService:
+    """The trained re-ranker for one model version (None when the version has none)."""
+
+    def __init__(
+        self,
+        mv: ModelVersion,
+        store: EventStore,
+        settings: LiveSettings,
+        sources: list[str] | None = None,
+    ):
+        from training.reranker.inference import Reranker
+
+        if mv.reranker is None:
+            raise ArtifactError(f"model version {mv.version} has no re-ranker")
+        self.store = store
+        ds = load_dataset(mv.dataset_uri)
+        self.catalog = Catalog(ds)
+        self.catalog.add(store.items())
+        self.model = Reranker(mv.reranker, self.catalog.texts, threads=settings.rerank_threads)
+        stack_sources = sources or json_sources(mv)
+        if self.model.features != feature_names(stack_sources):
+            raise ArtifactError(
+                f"the re-ranker in {mv.version} was trained on other retrieval features than "
+                "its stack produces; retrain it with this stack"
+            )
+        self.version = f"{mv.version}/{self.model.meta.get('kind') or 'features'}"
+        self.k = self.model.k
+        self.history_items = self.model.template.history_items
+
+    def sync_items(self) -> None:
+        new = self.store.items(after=self.catalog.added)
+        if new:
+            self.model.add_items(self.catalog.add(new))
+
+    def score(self, requests: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """One score array per (history, candidates, features), for the first K candidates."""
+        from training.reranker.examples import Row
+
+        self.sync_items()
+        rows = [
+            Row(
+                -1,
+                np.asarray(h)[-self.history_items :],
+                np.asarray(c)[: self.k],
+                np.asarray(f)[: self.k],
+                -1,
+            )
+            for h, c, f in requests
+        ]
+        return self.model.score_rows(rows, batch_size=len(rows))
+
+
+def json_sources(mv: ModelVersion) -> list[str]:
+    import json
+
+    return json.loads((mv.path / "stack" / "stack.json").read_text())["sources"]
+
+
+def respond(
+    r: Retrieved,
+    k: int,
+    scores: np.ndarray | None,
+    request_id: str,
+    fallback: str | None,
+    timings: dict[str, float],
+    reranker_version: str | None,
+) -> dict[str, Any]:
+    """The JSON response: the re-ranked head (when scores came back), then fused order."""
+    n = len(r.items)
+    order = np.arange(n)
+    stage_of = ["retrieval"] * n
+    final = r.scores.astype(np.float64).copy()
+    if scores is not None and len(scores):
+        head = len(scores)
+        rank = np.lexsort((np.arange(head), -scores))
+        order = np.concatenate([rank, np.arange(head, n)])
+        final[:head] = scores
+        for j in range(head):
+            stage_of[j] = "rerank"
+    if r.path == "cold_start":
+        stage_of = ["cold_start"] * n
+    items = []
+    for j in order[:k]:
+        e = r.explanations[j]
+        items.append(
+            {
+                "item_id": r.item_ids[j],
+                "title": r.titles[j],
+                "score": float(final[j]) if np.isfinite(final[j]) else None,
+                "sources": e["sources"],
+                "stage": stage_of[j],
+                "explanation": e["explanation"],
+                "because": e["because"],
+            }
+        )
+    stage = (
+        "cold_start"
+        if r.path == "cold_start"
+        else ("rerank" if scores is not None else "retrieval")
+    )
+    return {
+        "user_id": r.user_id,
+        "request_id": request_id,
+        "stage": stage,
+        "path": r.path,
+        "fallback": fallback,
+        "items": items,
+        "versions": {"model": r.model_version, "reranker": reranker_version},
+        "user_version": r.user_version,
+        "timings_ms": {s: round(v * 1000, 2) for s, v in timings.items()},
+        "ignored": r.ignored,
+        "cached": False,
+    }
