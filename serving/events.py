@@ -109,8 +109,10 @@ class SQLiteEventStore(EventStore):
         try:
             for e in events:
                 cur = c.execute(
-                    "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, value, "
-                    "ts, request_id, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    # Only a repeated event_id is skipped; any other violation fails loudly.
+                    "INSERT INTO events (event_id, user_id, item_id, type, value, "
+                    "ts, request_id, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(event_id) DO NOTHING",
                     (
                         e.event_id,
                         e.user_id,

@@ -184,8 +184,8 @@ class RetrievalService:
         )
 
     def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
-        """Items like `item_id` by reciprocal-rank fusion of the item-to-item sources
-        (content similarity places an item added a moment ago). None: unknown item."""
+        """Items like `item_id` from the item-to-item sources (content similarity places an
+        item added a moment ago). None: unknown item."""
         self.sync_items()
         i = self.catalog.item_index.get(item_id)
         if i is None:
@@ -197,7 +197,10 @@ class RetrievalService:
                 scores = pad_to(scores, self.catalog.n_items)[: self.catalog.n_items].copy()
                 scores[i] = -np.inf
                 ranks[s] = source_ranks(scores, None, 100)
-        fused = fuse(ranks, dict.fromkeys(ranks, 1.0))
+        # Best rank in any source, so an item only one source can place yet (a new item:
+        # content) competes on equal terms; agreement between sources breaks ties.
+        parts = [fuse({s: r}, {s: 1.0}) for s, r in ranks.items()]
+        fused = np.max(parts, axis=0) + 1e-3 * np.sum(parts, axis=0)
         fused[i] = 0
         top = top_n(np.where(fused > 0, fused, -np.inf), k)
         return [

@@ -29,3 +29,12 @@ def ray_cluster():
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory):
+    """ML-100k with two published model versions (v1, then v2 = CURRENT)."""
+    from tests.serving_setup import ml100k_version
+
+    root = tmp_path_factory.mktemp("published")
+    return ml100k_version(root, ("v1", "v2"))

@@ -1,0 +1,116 @@
+"""The serving logic in-process (no Ray): read-your-writes, dislikes, cold start to
+personalised, new items, explanations, re-ranking and the response."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.config import LiveSettings
+from serving.events import Event, SQLiteEventStore, StoredItem
+from serving.recommender import RerankService, RetrievalService, respond
+from training.publish import load_version
+
+
+@pytest.fixture
+def svc(published, tmp_path):
+    _, models = published
+    store = SQLiteEventStore(tmp_path / "events.db")
+    mv = load_version(models)
+    return RetrievalService(mv, store, LiveSettings(model_root=str(models))), store, mv
+
+
+def click(store, user, item, type_="click", ts=None):
+    store.append([Event(user, item, type_, ts or 2e9 + len(store.events_of(user)))])
+
+
+def test_an_event_changes_the_next_request(svc):
+    s, store, _ = svc
+    before = s.retrieve("1")
+    top = before.item_ids[0]
+    als = s.stack.sources["ALS"]
+    u = s.catalog.user_index["1"]
+    factors = als.user_factors[u].copy()
+    click(store, "1", top)
+    after = s.retrieve("1")
+    assert top not in after.item_ids  # now history: excluded
+    assert s.catalog.item_ids[after.prompt_history[-1]] == top  # the re-ranker sees it
+    assert after.user_version > before.user_version
+    assert not np.allclose(als.user_factors[u], factors)  # CF vector refolded
+    assert after.item_ids != before.item_ids
+
+
+def test_a_dislike_removes_the_item_for_good(svc):
+    s, store, _ = svc
+    target = s.retrieve("2").item_ids[0]
+    click(store, "2", target, "dislike")
+    assert target not in s.retrieve("2").item_ids
+    click(store, "2", target, "view")  # even a later view does not bring it back
+    assert target not in s.retrieve("2").item_ids[:50]
+
+
+def test_a_new_user_goes_from_cold_start_to_personalised(svc):
+    s, store, _ = svc
+    r = s.retrieve("someone-new")
+    assert r.path == "cold_start" and len(r.item_ids) == 50
+    assert all(e["explanation"] for e in r.explanations)
+    for item in ("1", "2", "3"):  # Toy Story, GoldenEye, Four Rooms
+        click(store, "someone-new", item)
+    r = s.retrieve("someone-new")
+    assert r.path == "sparse"
+    assert not {"1", "2", "3"} & set(r.item_ids)
+    for item in ("4", "5", "7", "8"):
+        click(store, "someone-new", item)
+    assert s.retrieve("someone-new").path == "warm"
+
+
+def test_explanations_name_an_item_from_the_users_history(svc):
+    s, _, _ = svc
+    r = s.retrieve("3")
+    hist = {s.catalog.item_ids[i] for i in s.user_state("3").history}
+    named = [e for e in r.explanations if e["because"] is not None]
+    assert named and all(e["because"] in hist for e in named)
+    assert all(e["explanation"].startswith("because you watched") for e in named)
+
+
+def test_a_new_item_is_similar_and_recommendable_at_once(svc):
+    s, store, _ = svc
+    store.add_item(StoredItem("ts5", "Toy Story 5 (2026)", "", ["Animation", "Children's"]))
+    sim = s.similar("1", 10)
+    assert "ts5" in [x["item_id"] for x in sim]
+    click(store, "fan", "1")  # a new user who watched Toy Story
+    r = s.retrieve("fan")
+    assert "ts5" in r.item_ids
+    e = r.explanations[r.item_ids.index("ts5")]
+    assert e["explanation"].startswith("new item similar to")
+    assert s.similar("no-such-item", 5) is None
+
+
+def test_events_for_unknown_items_are_stored_and_counted(svc):
+    s, store, _ = svc
+    click(store, "4", "not-yet-in-catalogue")
+    r = s.retrieve("4", exclude=["also-unknown"])
+    assert r.ignored == {"unknown_item_events": 1, "unknown_excludes": 1}
+    assert len(store.events_of("4")) == 1
+
+
+def test_category_filter_and_exclusions(svc):
+    s, _, _ = svc
+    r = s.retrieve("5", exclude=["50"], category="Horror")
+    assert "50" not in r.item_ids
+    assert all("Horror" in s.catalog.categories[s.catalog.item_index[i]] for i in r.item_ids)
+
+
+def test_reranked_response_orders_the_head_by_the_rerankers_scores(svc):
+    s, store, mv = svc
+    rr = RerankService(mv, store, LiveSettings())
+    r = s.retrieve("6")
+    scores = rr.score([(r.prompt_history, r.items, r.features)])[0]
+    assert scores.shape == (rr.k,) and np.isfinite(scores).all()
+    out = respond(r, 10, scores, "req", None, {"total": 0.01}, "v")
+    assert out["stage"] == "rerank" and len(out["items"]) == 10
+    got = [x["score"] for x in out["items"]]
+    assert got == sorted(got, reverse=True)
+    fallback = respond(r, 10, None, "req", "rerank_timeout", {}, None)
+    assert fallback["stage"] == "retrieval" and fallback["fallback"] == "rerank_timeout"
+    assert [x["item_id"] for x in fallback["items"]] == r.item_ids[:10]

@@ -1,0 +1,68 @@
+"""A published model version on real ML-100k for the serving tests: the retrieval stack
+fitted on all interactions and a hybrid re-ranker on a tiny random causal LM (a real
+checkpoint, saved the way training saves one; its weights are untrained)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pipelines.artifact import load_dataset, write_dataset
+from pipelines.prepare import PrepareConfig, run_local
+from pipelines.sources import load_source
+from tests.tiny_models import tiny_causal
+from training.publish import VERSION_FILE, point_current, publish_version
+from training.reranker.features import feature_names
+from training.reranker.model import (
+    RerankerConfig,
+    build_model,
+    inspect_base,
+    load_tokenizer,
+    make_renderer,
+    save_reranker,
+)
+from training.reranker.prompt import PromptTemplate
+from training.stack import DEFAULT_SOURCES
+
+
+def tiny_reranker(root: Path, texts: list[str], dataset_version: str) -> Path:
+    base = tiny_causal(root / "tiny-lm", texts)
+    cfg = RerankerConfig(
+        base_model=str(base),
+        mode="hybrid",
+        template=PromptTemplate(candidates=20, history_items=10, item_tokens=8),
+    )
+    info = inspect_base(str(base))
+    renderer = make_renderer(info, load_tokenizer(info), cfg.template, texts)
+    features = feature_names(list(DEFAULT_SOURCES))
+    model = build_model(cfg, info, len(features), renderer.index_ids)
+    meta = {
+        "config": cfg.model_dump(mode="json"),
+        "base_model": info.path,
+        "base_fingerprint": info.fingerprint,
+        "kind": info.kind,
+        "model_type": info.model_type,
+        "index_ids": renderer.index_ids,
+        "features": features,
+        "sources": list(DEFAULT_SOURCES),
+        "dataset_version": dataset_version,
+    }
+    save_reranker(model, root / "reranker", meta)
+    return root / "reranker"
+
+
+def ml100k_version(root: Path, versions: tuple[str, ...] = ("v1",)):
+    """(dataset, model root) with the given versions published, the last one CURRENT."""
+    write_dataset(run_local(load_source("ml-100k"), PrepareConfig()), str(root / "ds"))
+    ds = load_dataset(str(root / "ds"))
+    texts = ds.items["text"].to_pylist()
+    rr = tiny_reranker(root, texts, ds.manifest.version)
+    models = root / "models"
+    first = publish_version(ds, models, rr, version=versions[0], progress=False)
+    for v in versions[1:]:  # the same models under another version name (a republish)
+        shutil.copytree(first.path, models / v)
+        info = json.loads((models / v / VERSION_FILE).read_text())
+        (models / v / VERSION_FILE).write_text(json.dumps({**info, "version": v}))
+        point_current(models, v)
+    return ds, models
