@@ -476,6 +476,11 @@ def _serve(
         args["model_root"] = root
     if store:
         args["store"] = store
+    # Replicas may not share this process's working directory: hand them absolute paths.
+    args["model_root"] = str(Path(args.get("model_root", "artifacts/models/ml-100k")).resolve())
+    url = args.get("store", "sqlite://artifacts/serving/events.db")
+    if url.startswith("sqlite://"):
+        args["store"] = f"sqlite://{Path(url[len('sqlite://') :]).resolve()}"
     mv = load_version(
         args.get("model_root", "artifacts/models/ml-100k"), args.get("version", "latest")
     )
@@ -512,10 +517,88 @@ def _serve(
 @user_errors
 def demo(
     root: Annotated[Path, typer.Option(help="where artifacts go")] = DEFAULT_ROOT,
-    engine: Annotated[Engine, typer.Option()] = Engine.ray,
+    engine: Annotated[Engine, typer.Option(help="the prepare stage's engine")] = Engine.ray,
+    full: Annotated[
+        bool, typer.Option(help="train on every example for several epochs (about an hour on CPU)")
+    ] = False,
+    serve_: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="end by serving until Ctrl-C")
+    ] = True,
+    port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """The quick start: prepare MovieLens-100k (offline) and print its summary."""
-    _prepare("ml-100k", str(root / "datasets" / "ml-100k"), engine.value, None, False, {}, {})
+    """The whole system on the embedded MovieLens-100k defaults, reusing what is built:
+    prepare -> train the re-ranker (a few minutes on CPU; --full for the real run) ->
+    evaluate -> publish a model version -> serve on 127.0.0.1 until Ctrl-C."""
+    from pipelines.artifact import MANIFEST
+
+    data = root / "datasets" / "ml-100k"
+    steps = Table(title="llmrec demo")
+    for c in ("stage", "result", "seconds"):
+        steps.add_column(c)
+
+    def step(name: str, fn, done: str | None = None) -> None:
+        start = time.perf_counter()
+        if done is not None:
+            steps.add_row(name, f"reused {done}", "-")
+            console.print(f"[dim]{name}: reusing {done}[/]")
+            return
+        console.rule(name)
+        result = fn()
+        steps.add_row(name, str(result), f"{time.perf_counter() - start:.0f}")
+
+    step(
+        "1. prepare ml-100k",
+        lambda: _prepare("ml-100k", str(data), engine.value, None, False, {}, {}).version,
+        str(data) if (data / MANIFEST).exists() else None,
+    )
+    reranker = root / "rerankers" / "ml-100k" / "hybrid"
+
+    def train_it() -> str:
+        train(
+            data=str(data),
+            out=reranker,
+            storage=str(root / "train-runs"),
+            name=f"demo-{int(time.time())}",
+            full=full,
+            # The CPU default stays within minutes; --full trains on every example.
+            max_examples=3000 if full else 400,
+            epochs=3 if full else 1,
+            val_users=400 if full else 150,
+        )
+        return str(reranker)
+
+    step(
+        "2. train the re-ranker",
+        train_it,
+        str(reranker) if (reranker / "reranker.json").exists() else None,
+    )
+    report = root / "eval" / "ml-100k" / "rerank.json"
+
+    def eval_it() -> str:
+        eval_(
+            data=str(data),
+            out=root / "eval" / "ml-100k",
+            reranker=[f"hybrid={reranker}"],
+            retrievers=False,
+            resamples=1000,
+        )
+        return str(report)
+
+    step("3. evaluate", eval_it)
+    models = root / "models" / "ml-100k"
+
+    def publish_it() -> str:
+        publish(data=str(data), reranker=str(reranker), root=models)
+        return str(models)
+
+    step(
+        "4. publish a model version",
+        publish_it,
+        str(models) if (models / "CURRENT").exists() else None,
+    )
+    console.print(steps)
+    if serve_:
+        _serve("cpu", str(models), f"sqlite://{root / 'serving' / 'events.db'}", port, None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,13 @@ from ray.serve.handle import DeploymentHandle
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, open_store
 from serving.metrics import Metrics
-from serving.recommender import RerankService, RetrievalService, Retrieved, respond
+from serving.recommender import (
+    RerankService,
+    RetrievalService,
+    Retrieved,
+    popularity_answer,
+    respond,
+)
 from training.publish import load_version
 
 log = logging.getLogger("ray.serve")
@@ -215,24 +221,7 @@ class ColdStartDeployment(_Versioned):
 
     def fallback(self, user_id: str, k: int, exclude: list[str]) -> dict[str, Any]:
         version, pop, catalog = self.current
-        banned = {catalog.item_index[x] for x in exclude if x in catalog.item_index}
-        order = np.argsort(-pop.counts, kind="stable")
-        items = [int(i) for i in order if int(i) not in banned][:k]
-        return {
-            "items": [
-                {
-                    "item_id": catalog.item_ids[i],
-                    "title": catalog.titles[i],
-                    "score": float(np.log1p(pop.counts[i])),
-                    "sources": ["popular"],
-                    "stage": "cold_start",
-                    "explanation": "popular overall",
-                    "because": None,
-                }
-                for i in items
-            ],
-            "model": version,
-        }
+        return {"items": popularity_answer(pop.counts, catalog, k, exclude), "model": version}
 
 
 api = FastAPI(
@@ -275,6 +264,11 @@ class Api(_Configured):
         from serving.catalog import Catalog
 
         self.catalog = Catalog(load_dataset(self.model.dataset_uri))
+        from training.retrieval import Retriever
+
+        # The answer of last resort, computed here without a hop when even the cold-start
+        # deployment cannot answer within the deadline.
+        self.popularity = Retriever.load(self.model.path / "stack" / "popularity").counts
 
     # -- recommendations ------------------------------------------------------------------
 
@@ -354,7 +348,16 @@ class Api(_Configured):
             call.cancel()
             reason = "retrieval_timeout" if isinstance(e, TimeoutError) else "retrieval_error"
             log.warning("retrieval fell back (%s): %s", reason, e)
-            fb = await self.cold_start.fallback.remote(user_id, k, exclude)
+            left = budget - (time.perf_counter() - start) - 0.005
+            fb_call = self.cold_start.fallback.remote(user_id, k, exclude)
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                fb = await asyncio.wait_for(fb_call, left)
+            except Exception:
+                fb_call.cancel()
+                items = popularity_answer(self.popularity, self.catalog, k, exclude)
+                fb = {"items": items, "model": self.model.version}
             timings["total"] = time.perf_counter() - start
             return {
                 "user_id": user_id,

@@ -366,3 +366,24 @@ def respond(
         "ignored": r.ignored,
         "cached": False,
     }
+
+
+def popularity_answer(
+    counts: np.ndarray, catalog: Catalog, k: int, exclude: list[str]
+) -> list[dict[str, Any]]:
+    """The most popular items (the last-resort answer: no history, no model, no hop)."""
+    banned = {catalog.item_index[x] for x in exclude if x in catalog.item_index}
+    order = np.argsort(-counts, kind="stable")
+    items = [int(i) for i in order if int(i) not in banned][:k]
+    return [
+        {
+            "item_id": catalog.item_ids[i],
+            "title": catalog.titles[i],
+            "score": float(np.log1p(counts[i])),
+            "sources": ["popular"],
+            "stage": "cold_start",
+            "explanation": "popular overall",
+            "because": None,
+        }
+        for i in items
+    ]

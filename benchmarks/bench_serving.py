@@ -1,0 +1,340 @@
+"""Load on the Serve graph over loopback HTTP: a closed loop at several concurrencies, 90%
+GET /recommend and 10% POST /events over many users, against the same graph without the
+re-ranker and an in-process call of the same logic (the Serve overhead), in one run.
+
+    python benchmarks/bench_serving.py --model-root artifacts/models/ml-100k --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def closed_loop(call, concurrency: int, duration: float, seed: int) -> list[dict]:
+    """`concurrency` workers, each issuing its next request when the previous returns."""
+    out: list[dict] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + duration
+
+    def worker(w: int) -> None:
+        rng = random.Random(seed * 1000 + w)
+        local = []
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            kind, info = call(rng)
+            local.append({"kind": kind, "ms": (time.perf_counter() - t) * 1000, **info})
+        with lock:
+            out.extend(local)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return out
+
+
+def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
+    rec = [r for r in rows if r["kind"] == "recommend"]
+    ms = np.array([r["ms"] for r in rec]) if rec else np.zeros(1)
+    stages: dict[str, int] = {}
+    for r in rec:
+        key = "cache" if r.get("cached") else r.get("stage", "error")
+        if r.get("fallback"):
+            key += f" ({r['fallback']})"
+        stages[key] = stages.get(key, 0) + 1
+    errors = sum(1 for r in rows if r.get("status", 200) >= 500 or r.get("error"))
+    served = [r["ms"] for r in rec if r.get("cached") or r.get("stage") == "retrieval"]
+    return {
+        "requests": len(rows),
+        "throughput_rps": len(rows) / duration,
+        "recommend_p50_ms": float(np.percentile(ms, 50)),
+        "recommend_p95_ms": float(np.percentile(ms, 95)),
+        "recommend_p99_ms": float(np.percentile(ms, 99)),
+        "cache_or_retrieval_p50_ms": float(np.percentile(served, 50)) if served else None,
+        "cache_or_retrieval_p99_ms": float(np.percentile(served, 99)) if served else None,
+        "error_rate": errors / max(len(rows), 1),
+        "past_deadline": sum(1 for r in rec if r.get("server_ms", 0) > deadline_ms),
+        "stage_mix": {k: v / max(len(rec), 1) for k, v in sorted(stages.items())},
+    }
+
+
+def http_call(base: str, users: list[str], items: list[str]):
+    import requests
+
+    session = threading.local()
+
+    def call(rng: random.Random):
+        s = getattr(session, "s", None) or requests.Session()
+        session.s = s
+        user = rng.choice(users)
+        try:
+            if rng.random() < 0.1:
+                r = s.post(
+                    f"{base}/events",
+                    json={"user_id": user, "item_id": rng.choice(items), "type": "click"},
+                    timeout=30,
+                )
+                return "event", {"status": r.status_code}
+            r = s.get(f"{base}/recommend/{user}", params={"k": 10}, timeout=30)
+            if r.status_code != 200:
+                return "recommend", {"status": r.status_code, "error": True}
+            j = r.json()
+            return "recommend", {
+                "status": 200,
+                "stage": j["stage"],
+                "cached": j["cached"],
+                "fallback": j["fallback"],
+                "server_ms": j["timings_ms"].get("total", 0),
+            }
+        except requests.RequestException:
+            return "recommend", {"error": True}
+
+    return call
+
+
+def inprocess_call(retrieval, reranker, store, users, items):
+    from serving.events import Event
+    from serving.recommender import respond
+
+    lock = threading.Lock()  # one model instance, as one replica would have
+
+    def call(rng: random.Random):
+        user = rng.choice(users)
+        if rng.random() < 0.1:
+            store.append([Event(user, rng.choice(items), "click", time.time())])
+            return "event", {"status": 200}
+        t = time.perf_counter()
+        with lock:
+            r = retrieval.retrieve(user)
+            scores = None
+            if r.path != "cold_start" and reranker is not None:
+                scores = reranker.score([(r.prompt_history, r.items, r.features)])[0]
+            out = respond(r, 10, scores, "x", None, {"total": time.perf_counter() - t}, None)
+        return "recommend", {
+            "stage": out["stage"],
+            "cached": False,
+            "fallback": None,
+            "server_ms": out["timings_ms"]["total"],
+        }
+
+    return call
+
+
+def reflection(base: str, trials: int) -> dict:
+    """Time from an event's acknowledgement to a response that already reflects it."""
+    import requests
+
+    ms, reflected = [], 0
+    for i in range(trials):
+        user = f"reflect-{i}"
+        requests.post(f"{base}/events", json={"user_id": user, "item_id": "1", "type": "click"})
+        top = requests.get(f"{base}/recommend/{user}", params={"k": 1}).json()["items"][0]
+        requests.post(
+            f"{base}/events",
+            json={"user_id": user, "item_id": top["item_id"], "type": "click"},
+        )
+        t = time.perf_counter()
+        got = requests.get(f"{base}/recommend/{user}", params={"k": 10}).json()
+        ms.append((time.perf_counter() - t) * 1000)
+        reflected += top["item_id"] not in [x["item_id"] for x in got["items"]]
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "reflected": reflected / trials,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model-root", default="artifacts/models/ml-100k")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds per cell")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--new-users", type=int, default=200, help="unknown users in the mix")
+    p.add_argument("--port", type=int, default=8765)
+    args = p.parse_args()
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from serving.config import LiveSettings
+    from serving.deploy import run_profile
+    from serving.events import SQLiteEventStore
+    from serving.recommender import RerankService, RetrievalService
+    from training.publish import load_version
+
+    console = Console(width=180)
+    mv = load_version(args.model_root)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving"))
+    root = str(Path(args.model_root).resolve())
+    settings = LiveSettings(model_root=root, store=f"sqlite://{tmp / 'events.db'}")
+    deadline = settings.deadline_ms
+
+    retrieval_probe = RetrievalService(mv, SQLiteEventStore(tmp / "probe.db"), settings)
+    known = list(retrieval_probe.catalog.user_index)
+    items = retrieval_probe.catalog.item_ids[:1000]
+    users = known + [f"new-{i}" for i in range(args.new_users)]
+
+    results: dict = {
+        "machine": f"{os.cpu_count()} vCPU {platform.processor() or platform.machine()}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "model_version": mv.version,
+        "deadline_ms": deadline,
+        "duration_s": args.duration,
+        "cells": [],
+    }
+
+    # In-process first (no Ray running): the same logic without Serve.
+    store = SQLiteEventStore(tmp / "inproc.db")
+    retrieval = RetrievalService(mv, store, settings)
+    reranker = RerankService(mv, store, settings) if mv.reranker else None
+    for c in args.concurrency:
+        rows = closed_loop(
+            inprocess_call(retrieval, reranker, store, users, items), c, args.duration, seed=c
+        )
+        results["cells"].append(
+            {
+                "variant": "in-process (same logic, no Serve)",
+                "concurrency": c,
+                **summarize(rows, args.duration, deadline),
+            }
+        )
+        console.print(results["cells"][-1])
+    del retrieval, reranker
+
+    ray.init(log_to_driver=False, include_dashboard=False)
+    base = f"http://127.0.0.1:{args.port}"
+    for variant, live in (
+        ("graph with re-ranker", {}),
+        ("graph without re-ranker", {"rerank": False}),
+    ):
+        run_profile(
+            "cpu",
+            {"model_root": root, "store": f"sqlite://{tmp / (variant[:10] + '.db')}"},
+            user_config=live or None,
+            port=args.port,
+        )
+        _wait(base)
+        for c in args.concurrency:
+            rows = closed_loop(http_call(base, users, items), c, args.duration, seed=c)
+            results["cells"].append(
+                {"variant": variant, "concurrency": c, **summarize(rows, args.duration, deadline)}
+            )
+            console.print(results["cells"][-1])
+        if variant == "graph with re-ranker":
+            results["event_reflection"] = reflection(base, 30)
+        serve.shutdown()
+    ray.shutdown()
+
+    t = Table(
+        title=f"Serve graph under a closed loop, {args.duration:.0f} s per cell, "
+        f"90% recommend / 10% events, deadline {deadline:.0f} ms"
+    )
+    for col in (
+        "variant",
+        "conc.",
+        "req/s",
+        "p50",
+        "p95",
+        "p99",
+        "cache/retrieval p50/p99",
+        "errors",
+        "past deadline",
+        "stage mix",
+    ):
+        t.add_column(col, justify="left" if col in ("variant", "stage mix") else "right")
+    for cell in results["cells"]:
+        cr = (
+            f"{cell['cache_or_retrieval_p50_ms']:.0f}/{cell['cache_or_retrieval_p99_ms']:.0f}"
+            if cell["cache_or_retrieval_p50_ms"] is not None
+            else "-"
+        )
+        t.add_row(
+            cell["variant"],
+            str(cell["concurrency"]),
+            f"{cell['throughput_rps']:.1f}",
+            f"{cell['recommend_p50_ms']:.0f}",
+            f"{cell['recommend_p95_ms']:.0f}",
+            f"{cell['recommend_p99_ms']:.0f}",
+            cr,
+            f"{cell['error_rate']:.1%}",
+            str(cell["past_deadline"]),
+            ", ".join(f"{k} {v:.0%}" for k, v in cell["stage_mix"].items()),
+        )
+    console.print(t)
+    if "event_reflection" in results:
+        e = results["event_reflection"]
+        console.print(
+            f"event reflected in the next request: {e['reflected']:.0%} of trials, "
+            f"next-request latency p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
+    plot(results, RESULTS / "serving.png")
+    console.print(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'}")
+
+
+def _wait(base: str) -> None:
+    import requests
+
+    for _ in range(240):
+        try:
+            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("graph not ready")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant in dict.fromkeys(c["variant"] for c in results["cells"]):
+        cells = [c for c in results["cells"] if c["variant"] == variant]
+        conc = [c["concurrency"] for c in cells]
+        ax.plot(conc, [c["recommend_p50_ms"] for c in cells], marker="o", label=f"{variant} p50")
+        ax.plot(
+            conc,
+            [c["recommend_p99_ms"] for c in cells],
+            marker="x",
+            linestyle="--",
+            label=f"{variant} p99",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrency (closed loop)")
+    ax.set_ylabel("/recommend latency, ms")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
