@@ -174,7 +174,9 @@ def training_throughput(ds, args, meta) -> list[dict]:
         for workers, cpus in ((1, 2), (2, 1)):
             s = settings.model_copy(update={"workers": workers, "cpus_per_worker": cpus})
             t = time.perf_counter()
-            res = train_reranker(prepared, cfg, s, Path(tmp) / f"w{workers}", tmp, f"w{workers}")
+            res = train_reranker(
+                prepared, cfg, s, Path(tmp) / f"out-{workers}", Path(tmp) / "runs", f"w{workers}"
+            )
             h = res.history[0]
             out.append(
                 {

@@ -93,7 +93,13 @@ def submit(head, *args: str) -> subprocess.CompletedProcess:
         "prepare",
         *args,
     ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # The job agent can come up seconds after the dashboard on a loaded machine.
+    for _ in range(30):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if "No available agent to submit job" not in proc.stderr:
+            return proc
+        time.sleep(2)
+    return proc
 
 
 def test_prepare_as_a_ray_job(head, tmp_path):
