@@ -187,7 +187,12 @@ def main() -> None:
     mv = load_version(args.model_root)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving"))
     root = str(Path(args.model_root).resolve())
-    settings = LiveSettings(model_root=root, store=f"sqlite://{tmp / 'events.db'}")
+    from serving.deploy import read_profile
+
+    # The in-process variant runs the re-ranker with the CPU profile's compression too.
+    profile = read_profile("cpu")["applications"][0]["deployments"]
+    rr_live = next(d for d in profile if d["name"] == "Reranker").get("user_config", {})
+    settings = LiveSettings(model_root=root, store=f"sqlite://{tmp / 'events.db'}", **rr_live)
     deadline = settings.deadline_ms
 
     retrieval_probe = RetrievalService(mv, SQLiteEventStore(tmp / "probe.db"), settings)

@@ -148,7 +148,10 @@ class _Versioned(_Configured):
     def reconfigure(self, cfg: dict[str, Any]) -> None:
         settings = self._merge(cfg)
         mv = load_version(settings.model_root, settings.version)
-        key = f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}"
+        key = (
+            f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}|"
+            f"{settings.rerank_int8}|{settings.rerank_layers}|{settings.rerank_item_tokens}"
+        )
         if key != self.loaded:
             self.current = self.load(mv, settings)
             self.loaded = key

@@ -20,6 +20,10 @@ class LiveSettings(BaseModel):
     max_batch_events: int = Field(1000, ge=1, le=100_000, description="POST /events limit")
     cache: bool = Field(True, description="nearline: serve re-ranked lists computed after events")
     rerank_threads: int = Field(1, ge=1, le=64, description="torch threads per re-ranker")
+    # CPU compression of the re-ranker (benchmarks/bench_reranker.py measures each step).
+    rerank_int8: bool = False
+    rerank_layers: int | None = Field(None, ge=1, description="keep the first N blocks")
+    rerank_item_tokens: int | None = Field(None, ge=2, description="tighter budget per item")
     # Injected delay for the deadline tests and drills (never set in production profiles).
     rerank_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False

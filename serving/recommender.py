@@ -271,7 +271,16 @@ class RerankService:
         ds = load_dataset(mv.dataset_uri)
         self.catalog = Catalog(ds)
         self.catalog.add(store.items())
-        self.model = Reranker(mv.reranker, self.catalog.texts, threads=settings.rerank_threads)
+        from training.reranker.inference import Compression
+
+        compression = Compression(
+            int8=settings.rerank_int8,
+            layers=settings.rerank_layers,
+            item_tokens=settings.rerank_item_tokens,
+        )
+        self.model = Reranker(
+            mv.reranker, self.catalog.texts, compression, threads=settings.rerank_threads
+        )
         stack_sources = sources or json_sources(mv)
         if self.model.features != feature_names(stack_sources):
             raise ArtifactError(
