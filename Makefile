@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench-prepare bench-retrieval eval clean
+.PHONY: demo test test-fast lint bench-prepare bench-retrieval bench-reranker bench-serving eval clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: $(STAMP)
 	$(BIN)/llmrec demo
 
-# Every tier: unit, real data, local Ray cluster, ray job submit, and the slow `llmrec eval`
-# run (about 6 minutes on 2 cores after the install).
+# Every tier: unit, real data, local Ray cluster (Ray Data, Ray Train, Serve over HTTP),
+# ray job submit, and the slow `llmrec eval` run.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
@@ -33,8 +33,20 @@ lint: $(STAMP)
 bench-prepare: $(STAMP)
 	$(BIN)/python benchmarks/bench_prepare.py
 
-bench-retrieval: $(STAMP)
+bench-retribench-reranker: $(STAMP)
+	$(BIN)/python benchmarks/bench_reranker.py --reranker artifacts/rerankers/ml-100k/hybrid
+
+bench-serving: $(STAMP)
+	$(BIN)/python benchmarks/bench_serving.py --model-root artifacts/models/ml-100k
+
+eval: $(STAMP)
 	$(BIN)/python benchmarks/bench_retrieval.py
+
+bench-reranker: $(STAMP)
+	$(BIN)/python benchmarks/bench_reranker.py --reranker artifacts/rerankers/ml-100k/hybrid
+
+bench-serving: $(STAMP)
+	$(BIN)/python benchmarks/bench_serving.py --model-root artifacts/models/ml-100k
 
 eval: $(STAMP)
 	$(BIN)/llmrec eval --dataset ml-100k
