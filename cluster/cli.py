@@ -519,7 +519,7 @@ def demo(
     root: Annotated[Path, typer.Option(help="where artifacts go")] = DEFAULT_ROOT,
     engine: Annotated[Engine, typer.Option(help="the prepare stage's engine")] = Engine.ray,
     full: Annotated[
-        bool, typer.Option(help="train on every example for several epochs (about an hour on CPU)")
+        bool, typer.Option(help="train on every example, up to 10 epochs (hours on CPU)")
     ] = False,
     serve_: Annotated[
         bool, typer.Option("--serve/--no-serve", help="end by serving until Ctrl-C")
