@@ -371,8 +371,9 @@ def train(
     with console.status("building examples (retrieval stack on held-out items)"):
         prepared = prepare_examples(ds, cfg, settings, progress=False)
     console.print(
-        f"{len(prepared.train)} training examples ({prepared.skipped} positions skipped: true "
-        f"item not in the fused top-200); {len(prepared.val)}/{prepared.val_total} validation "
+        f"{len(prepared.train)} training examples ({prepared.skipped} positions skipped: the "
+        f"true item not in the fused top-{200 if insert_target else candidates}); "
+        f"{len(prepared.val)}/{prepared.val_total} validation "
         "users have their target among the candidates"
     )
     from cluster.ray_runtime import connect
