@@ -351,6 +351,12 @@ def train_reranker(
 
     if not prepared.train:
         raise LlmrecError("no training examples: the dataset is too small for the re-ranker")
+    # Workers do not run in this process's working directory: hand them absolute paths.
+    if cfg.base_model and Path(cfg.base_model).exists():
+        cfg = cfg.model_copy(update={"base_model": str(Path(cfg.base_model).resolve())})
+    if settings.init_features_from:
+        resolved = str(Path(settings.init_features_from).resolve())
+        settings = settings.model_copy(update={"init_features_from": resolved})
     meta = check_config(cfg, prepared.item_texts)
     meta |= {
         "features": feature_names(prepared.sources),
