@@ -23,18 +23,15 @@ from training.reranker.examples import Row, ranking_row
 from training.reranker.model import load_reranker, load_tokenizer, make_renderer, read_meta
 from training.reranker.scoring import RowScorer, label_ranks
 from training.retrieval import FitData
-from training.retrieval.embeddings import TextEncoder
-from training.stack import DEFAULT_SOURCES, holdout_fusion, stack_from_data
+from training.stack import DEFAULT_SOURCES, fit_stack
 
 CANDIDATES_NAME = "candidates (fused order)"
 TRANSITIONS_NAME = "transitions (full ranking)"
 
 
 def test_rows(ds: Dataset, k: int, history_items: int, progress: bool = True) -> list[Row]:
+    stack, _ = fit_stack(ds, Split.VALIDATION, progress=progress)
     data = FitData.from_dataset(ds, Split.VALIDATION)
-    emb = TextEncoder().encode(data.item_text).astype(np.float32)
-    fusion = holdout_fusion(data, 1, emb, progress)
-    stack = stack_from_data(data, fusion, emb, "validation", progress)
     gen = stack.generator()
     seq = ds.sequences
     targets = seq.items[seq.splits == Split.TEST]

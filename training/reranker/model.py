@@ -346,7 +346,6 @@ def load_reranker(
     expected_template: PromptTemplate | None = None,
 ):
     """(model, meta, info). Refuses a base model or template other than the trained ones."""
-    torch = _torch()
     meta = read_meta(folder)
     cfg = RerankerConfig.model_validate(meta["config"])
     if expected_template is not None and expected_template != cfg.template:
@@ -367,15 +366,22 @@ def load_reranker(
                 f"({info.fingerprint})"
             )
     model = build_model(cfg, info, len(meta["features"]), meta.get("index_ids"))
-    if cfg.mode != "features":
+    load_weights(model, folder)
+    model.eval()
+    return model, meta, info
+
+
+def load_weights(model, folder: str | Path) -> None:
+    """Put a checkpoint's adapter and heads (what `save_reranker` wrote) into `model`."""
+    torch = _torch()
+    folder = Path(folder)
+    if model.lm is not None:
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
-        set_peft_model_state_dict(model.lm, load_peft_weights(str(Path(folder) / "adapter")))
-    heads = torch.load(Path(folder) / "heads.pt", weights_only=True)
+        set_peft_model_state_dict(model.lm, load_peft_weights(str(folder / "adapter")))
+    heads = torch.load(folder / "heads.pt", weights_only=True)
     missing = model.load_state_dict(heads, strict=False)
     bad = [k for k in missing.missing_keys if not k.startswith("lm.")]
     if bad or missing.unexpected_keys:
         raise ArtifactError(f"re-ranker heads in '{folder}' do not match: {bad or missing}")
-    model.eval()
-    return model, meta, info

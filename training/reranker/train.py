@@ -32,6 +32,7 @@ from training.reranker.model import (
     build_model,
     inspect_base,
     load_tokenizer,
+    load_weights,
     make_renderer,
     save_reranker,
 )
@@ -188,7 +189,7 @@ def train_loop(config: dict[str, Any]) -> None:
     opt_state = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            _load_weights(model, Path(d))
+            load_weights(model, d)
             saved = torch.load(Path(d) / "train_state.pt", weights_only=False)
         state, opt_state = saved["state"], saved["optimizer"]
 
@@ -278,17 +279,6 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
         if state["stale"] >= s.patience:
             break
-
-
-def _load_weights(model, folder: Path) -> None:
-    import torch
-
-    if model.lm is not None:
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
-
-        set_peft_model_state_dict(model.lm, load_peft_weights(str(folder / "adapter")))
-    model.load_state_dict(torch.load(folder / "heads.pt", weights_only=True), strict=False)
 
 
 def _init_features(model, folder: Path, features: list[str]) -> None:
