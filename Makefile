@@ -33,13 +33,7 @@ lint: $(STAMP)
 bench-prepare: $(STAMP)
 	$(BIN)/python benchmarks/bench_prepare.py
 
-bench-retribench-reranker: $(STAMP)
-	$(BIN)/python benchmarks/bench_reranker.py --reranker artifacts/rerankers/ml-100k/hybrid
-
-bench-serving: $(STAMP)
-	$(BIN)/python benchmarks/bench_serving.py --model-root artifacts/models/ml-100k
-
-eval: $(STAMP)
+bench-retrieval: $(STAMP)
 	$(BIN)/python benchmarks/bench_retrieval.py
 
 bench-reranker: $(STAMP)
