@@ -6,6 +6,7 @@ Runs locally (`llmrec prepare ...`) or as a Ray job on a cluster, unchanged:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import storage
 from pipelines.errors import LlmrecError
 
 app = typer.Typer(
@@ -186,12 +188,13 @@ def eval_(
         str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="report folder [default: artifacts/eval/<name>]")
+        str | None,
+        typer.Option(help="report folder or URI [default: artifacts/eval/<name>]"),
     ] = None,
     resamples: Annotated[int, typer.Option(min=100, help="bootstrap resamples")] = 1000,
     reranker: Annotated[
         list[str] | None,
-        typer.Option(help="NAME=FOLDER of a trained re-ranker: adds retrieval + re-rank rows"),
+        typer.Option(help="NAME=FOLDER (or URI) of a trained re-ranker: adds re-rank rows"),
     ] = None,
     retrievers: Annotated[
         bool, typer.Option(help="run the retriever comparison (off: re-rank rows only)")
@@ -199,13 +202,26 @@ def eval_(
 ) -> None:
     """Offline evaluation on the leave-one-out protocol (table, JSON, PNG): the retrievers,
     and retrieval + re-rank rows for each --reranker."""
+    if not retrievers and not reranker:
+        raise LlmrecError("nothing to evaluate: --no-retrievers needs at least one --reranker")
+    with contextlib.ExitStack() as stack:
+        rerankers = {
+            name: str(stack.enter_context(storage.staged_input(uri)))
+            for name, uri in _named_uris(reranker or []).items()
+        }
+        for name, folder in rerankers.items():
+            read_meta_or_fail(f"--reranker {name}", folder)  # before any work
+        ds = _load_leave_one_out(dataset, data)
+        target = out or str(DEFAULT_ROOT / "eval" / dataset)
+        with storage.staged_output(target, merge=True) as folder:
+            _evaluate(ds, folder, retrievers, rerankers, resamples)
+        if storage.local_path(target) is None:
+            console.print(f"uploaded the reports to {target}")
+
+
+def _evaluate(ds, folder: Path, retrievers: bool, rerankers: dict[str, str], resamples: int):
     from training.evaluation.report import print_report, write
 
-    rerankers = _named_folders(reranker or [])
-    if not retrievers and not rerankers:
-        raise LlmrecError("nothing to evaluate: --no-retrievers needs at least one --reranker")
-    ds = _load_leave_one_out(dataset, data)
-    folder = out or DEFAULT_ROOT / "eval" / dataset
     if retrievers:
         from training.evaluation.harness import evaluate
 
@@ -226,16 +242,21 @@ def eval_(
         console.print(f"wrote {js} and {png} ({report['seconds']} s)")
 
 
-def _named_folders(specs: list[str]) -> dict[str, str]:
-    from training.reranker.model import read_meta
-
+def _named_uris(specs: list[str]) -> dict[str, str]:
     out = {}
     for spec in specs:
-        name, _, folder = spec.rpartition("=")
-        name = name or Path(folder).name
-        read_meta(folder)  # fails here, before any work, on a folder that holds no re-ranker
-        out[name] = folder
+        name, _, uri = spec.partition("=") if "=" in spec.split("://")[0] else ("", "", spec)
+        out[name or uri.split("?")[0].rstrip("/").rsplit("/", 1)[-1]] = uri
     return out
+
+
+def read_meta_or_fail(what: str, folder: str) -> None:
+    from training.reranker.model import read_meta
+
+    try:
+        read_meta(folder)
+    except LlmrecError as e:
+        raise LlmrecError(f"{what}: {e}") from None
 
 
 class Mode(StrEnum):
@@ -270,8 +291,8 @@ def train(
         str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option(help="re-ranker folder [default: artifacts/rerankers/<name>/<mode>]"),
+        str | None,
+        typer.Option(help="re-ranker folder or URI [default: artifacts/rerankers/<name>/<mode>]"),
     ] = None,
     mode: Annotated[
         Mode, typer.Option(help="hybrid: LM + retrieval features; lm; features (no LM)")
@@ -308,10 +329,14 @@ def train(
     cpus_per_worker: Annotated[int, typer.Option()] = 2,
     gpu: Annotated[bool, typer.Option(help="one GPU per worker, bf16")] = False,
     init_features_from: Annotated[
-        str | None, typer.Option(help="a features-mode re-ranker that starts the hybrid")
+        str | None,
+        typer.Option(help="a features-mode re-ranker (folder or URI) that starts the hybrid"),
     ] = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Ray Train run storage [default: artifacts/train-runs]")
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            "--storage", help="Ray Train run storage, folder or URI [default: artifacts/train-runs]"
+        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="run name; the same name resumes [default: <name>-<mode>]")
@@ -324,12 +349,7 @@ def train(
     """LoRA fine-tuning of the listwise LLM re-ranker with Ray Train (resumes by run name)."""
     from training.reranker.model import RerankerConfig
     from training.reranker.prompt import PromptTemplate
-    from training.reranker.train import (
-        TrainSettings,
-        check_config,
-        prepare_examples,
-        train_reranker,
-    )
+    from training.reranker.train import TrainSettings, check_config
 
     try:
         cfg = RerankerConfig(
@@ -367,7 +387,34 @@ def train(
 
     # Model, tokenizer and template are checked before any example is built.
     check_config(cfg, FitData.from_dataset(ds).item_text[:1])
-    target = out or DEFAULT_ROOT / "rerankers" / dataset / mode.value
+    target = out or str(DEFAULT_ROOT / "rerankers" / dataset / mode.value)
+    with contextlib.ExitStack() as stack:
+        if settings.init_features_from:
+            warm = stack.enter_context(storage.staged_input(settings.init_features_from))
+            read_meta_or_fail("--init-features-from", str(warm))
+            settings = settings.model_copy(update={"init_features_from": str(warm)})
+        local = stack.enter_context(storage.staged_output(target))
+        _train(
+            ds,
+            cfg,
+            settings,
+            mode,
+            local,
+            runs or str(DEFAULT_ROOT / "train-runs"),
+            name or f"{dataset}-{mode.value}",
+            address,
+            candidates,
+            insert_target,
+        )
+    if storage.local_path(target) is None:
+        console.print(f"uploaded the re-ranker to {target}")
+
+
+def _train(
+    ds, cfg, settings, mode, target: Path, runs, run_name, address, candidates, insert_target
+) -> None:
+    from training.reranker.train import prepare_examples
+
     with console.status("building examples (retrieval stack on held-out items)"):
         prepared = prepare_examples(ds, cfg, settings, progress=False)
     console.print(
@@ -379,12 +426,12 @@ def train(
     from cluster.ray_runtime import connect
 
     connect(address, dashboard=True)
-    run_name = name or f"{dataset}-{mode.value}"
-    runs = storage or DEFAULT_ROOT / "train-runs"
+    from training.reranker.train import train_reranker
+
     if mode == Mode.hybrid and settings.init_features_from is None:
         # The feature layer trains in a minute on its own; the hybrid starts from it, so
         # its LM only has to learn what the features miss.
-        warm = Path(f"{target}-features")
+        warm = target.with_name(f"{target.name}-features")
         console.print(f"stage 1/2: the feature layer alone -> {warm}")
         first = train_reranker(
             prepared,
@@ -421,31 +468,69 @@ def _print_history(title: str, history: list[dict]) -> None:
 
 @app.command()
 @user_errors
+def fit(
+    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
+        "ml-100k"
+    ),
+    data: Annotated[
+        str | None,
+        typer.Option(help="dataset artifact, folder or URI [default: artifacts/datasets/<name>]"),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="stack folder or URI [default: artifacts/stacks/<name>]"),
+    ] = None,
+) -> None:
+    """Fit the retrievers (CF, transitions, content, popularity, the learned fusion) on every
+    interaction; `llmrec publish --stack` bundles the result into a model version."""
+    from training.publish import fit_retrievers
+
+    ds = _load_leave_one_out(dataset, data)
+    target = out or str(DEFAULT_ROOT / "stacks" / dataset)
+    start = time.perf_counter()
+    with console.status("fitting the retrieval stack on all interactions"):
+        stack = fit_retrievers(ds, target, progress=False)
+    console.print(
+        f"fitted {', '.join(stack.sources)} on dataset {ds.manifest.version} -> {target} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+
+
+@app.command()
+@user_errors
 def publish(
     dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
         "ml-100k"
     ),
     data: Annotated[
-        str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
+        str | None,
+        typer.Option(help="dataset artifact, folder or URI [default: artifacts/datasets/<name>]"),
     ] = None,
     reranker: Annotated[
-        str | None, typer.Option(help="a trained re-ranker folder to serve (optional)")
+        str | None, typer.Option(help="a trained re-ranker to serve, folder or URI (optional)")
+    ] = None,
+    stack: Annotated[
+        str | None,
+        typer.Option(help="a `llmrec fit` output, folder or URI [default: fit it here]"),
     ] = None,
     root: Annotated[
-        Path | None, typer.Option(help="model versions [default: artifacts/models/<name>]")
+        str | None,
+        typer.Option(help="model versions, folder or URI [default: artifacts/models/<name>]"),
     ] = None,
     version: Annotated[str | None, typer.Option(help="[default: v<UTC time>]")] = None,
 ) -> None:
-    """Fit the retrieval stack on every interaction and publish it (with the re-ranker) as
-    a model version; CURRENT points at it, so `version: latest` serves it."""
+    """Publish the retrieval stack with the re-ranker as a new model version; CURRENT points
+    at it, so a Serve application on `version: latest` swaps to it without downtime."""
     from training.publish import publish_version
 
     ds = _load_leave_one_out(dataset, data)
-    with console.status("fitting the retrieval stack on all interactions"):
-        mv = publish_version(
-            ds, root or DEFAULT_ROOT / "models" / dataset, reranker, version, progress=False
-        )
-    console.print(f"published {mv.version} -> {mv.path} (re-ranker: {mv.reranker or 'none'})")
+    target = root or str(DEFAULT_ROOT / "models" / dataset)
+    doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"
+    with console.status(doing):
+        mv = publish_version(ds, target, reranker, version, progress=False, stack=stack)
+    console.print(
+        f"published {mv.version} -> {mv.uri} (re-ranker: {'yes' if mv.reranker else 'none'})"
+    )
 
 
 @app.command()
@@ -478,7 +563,9 @@ def _serve(
     if store:
         args["store"] = store
     # Replicas may not share this process's working directory: hand them absolute paths.
-    args["model_root"] = str(Path(args.get("model_root", "artifacts/models/ml-100k")).resolve())
+    model_root = args.get("model_root", "artifacts/models/ml-100k")
+    if "://" not in model_root:
+        args["model_root"] = str(Path(model_root).resolve())
     url = args.get("store", "sqlite://artifacts/serving/events.db")
     if url.startswith("sqlite://"):
         args["store"] = f"sqlite://{Path(url[len('sqlite://') :]).resolve()}"
@@ -557,8 +644,8 @@ def demo(
     def train_it() -> str:
         train(
             data=str(data),
-            out=reranker,
-            storage=str(root / "train-runs"),
+            out=str(reranker),
+            runs=str(root / "train-runs"),
             name=f"demo-{int(time.time())}",
             full=full,
             # The CPU default stays within minutes; --full trains on every example.
@@ -589,7 +676,7 @@ def demo(
     models = root / "models" / "ml-100k"
 
     def publish_it() -> str:
-        publish(data=str(data), reranker=str(reranker), root=models)
+        publish(data=str(data), reranker=str(reranker), root=str(models))
         return str(models)
 
     step(

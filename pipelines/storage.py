@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +121,20 @@ def temp_sibling(path: str, tag: str) -> str:
 
 
 def publish_dir(fs: pafs.FileSystem, tmp: str, final: str) -> None:
-    """Replace `final` by the finished folder `tmp`; the old one is removed only afterwards."""
+    """Replace `final` by the finished folder `tmp`.
+
+    On file systems with renames the old folder is removed only afterwards. Object stores
+    (S3, GCS) cannot rename folders: there the old objects are deleted and the new ones
+    copied, so a reader can briefly see no folder, never a mix of the two."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        if exists(fs, final):
+            fs.delete_dir(final)
+        try:
+            pafs.copy_files(tmp, final, source_filesystem=fs, destination_filesystem=fs)
+        except Exception as e:
+            raise ArtifactError(f"could not publish '{final}': {e}") from e
+        fs.delete_dir(tmp)
+        return
     old = None
     if exists(fs, final):
         old = temp_sibling(final, "old")
@@ -131,3 +147,108 @@ def publish_dir(fs: pafs.FileSystem, tmp: str, final: str) -> None:
         raise ArtifactError(f"could not publish '{final}': {e}") from e
     if old is not None:
         fs.delete_dir(old)
+
+
+# -- folders at any URI: stage them locally for code that needs files (models, torch) -------
+
+
+def local_path(uri: str | os.PathLike) -> str | None:
+    """The local path behind `uri` (a path or file://), or None for a remote filesystem."""
+    fs, path = resolve(uri)
+    return path if isinstance(fs, pafs.LocalFileSystem) else None
+
+
+def join(uri: str | os.PathLike, *parts: str) -> str:
+    """Append path parts to a path or URI, keeping a URI's query string (?endpoint=...)."""
+    uri = os.fspath(uri)
+    base, sep, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + (sep + query if sep else "")
+
+
+def download_dir(uri: str | os.PathLike, local: str | os.PathLike) -> Path:
+    fs, path = resolve(uri)
+    if not is_dir(fs, path):
+        raise ArtifactError(f"'{uri}' is not a folder (missing, or not written yet)")
+    Path(local).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        path, os.fspath(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
+    return Path(local)
+
+
+def upload_dir(local: str | os.PathLike, uri: str | os.PathLike) -> None:
+    """Copy a finished local folder to `uri`, replacing what was there."""
+    fs, path = resolve(uri)
+    local_fs = pafs.LocalFileSystem()
+    if not isinstance(fs, pafs.LocalFileSystem):  # object stores: no renames, upload in place
+        if exists(fs, path):
+            fs.delete_dir(path)
+        pafs.copy_files(
+            os.fspath(local), path, source_filesystem=local_fs, destination_filesystem=fs
+        )
+        return
+    tmp = temp_sibling(path, "upload")
+    fs.create_dir(tmp, recursive=True)
+    pafs.copy_files(
+        os.fspath(local), tmp, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )
+    publish_dir(fs, tmp, path)
+
+
+@contextlib.contextmanager
+def staged_input(uri: str | os.PathLike) -> Iterator[Path]:
+    """A local folder with the content of `uri`: the folder itself when it is local, a fresh
+    temporary copy otherwise (inputs such as a re-ranker may be rewritten at the same URI)."""
+    local = local_path(uri)
+    if local is not None:
+        yield Path(local)
+        return
+    with tempfile.TemporaryDirectory(prefix="llmrec-in-") as tmp:
+        yield download_dir(uri, Path(tmp) / "dir")
+
+
+@contextlib.contextmanager
+def staged_output(uri: str | os.PathLike, merge: bool = False) -> Iterator[Path]:
+    """A local folder to write into; uploaded to `uri` when the block succeeds, replacing
+    the folder there (or, with `merge`, adding and overwriting files beside the others).
+    Local targets are written in place (their writers already replace folders atomically)."""
+    local = local_path(uri)
+    if local is not None:
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        yield Path(local)
+        return
+    with tempfile.TemporaryDirectory(prefix="llmrec-out-") as tmp:
+        out = Path(tmp) / "dir"
+        yield out
+        if merge:
+            fs, path = resolve(uri)
+            fs.create_dir(path, recursive=True)
+            pafs.copy_files(
+                os.fspath(out),
+                path,
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
+        else:
+            upload_dir(out, uri)
+
+
+def cached_copy(uri: str | os.PathLike) -> Path:
+    """A local copy of an immutable folder (a published model version), downloaded once per
+    machine into the cache; local folders are used where they are."""
+    local = local_path(uri)
+    if local is not None:
+        return Path(local)
+    target = cache_dir() / "remote" / hashlib.sha256(os.fspath(uri).encode()).hexdigest()[:20]
+    if (target / ".complete").exists():
+        return target
+    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+    download_dir(uri, tmp)
+    (tmp / ".complete").write_text(os.fspath(uri))
+    try:
+        tmp.rename(target)
+    except OSError:  # another replica on this machine finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

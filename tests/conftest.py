@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
@@ -38,3 +42,44 @@ def published(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("published")
     return ml100k_version(root, ("v1", "v2"))
+
+
+@pytest.fixture(scope="session")
+def s3_uri():
+    """A bucket on a local S3 endpoint (moto's server, its own process): the object-store
+    path of every stage that takes a URI, without a cloud account. Credentials go through
+    the environment, as on a cluster, so CLI subprocesses inherit them."""
+    import pyarrow.fs as pafs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    end = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > end or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the local S3 endpoint (moto_server) did not start")
+            time.sleep(0.2)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+    query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://llmrec?{query}&allow_bucket_creation=true")
+    fs.create_dir("llmrec")
+    yield f"s3://llmrec/run?{query}"
+    proc.terminate()
+    proc.wait(timeout=10)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

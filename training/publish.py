@@ -1,23 +1,26 @@
-"""A model version: what serving loads, as one folder.
+"""A model version: what serving loads, as one folder at a local path or any pyarrow URI.
 
     <root>/<version>/
         version.json     dataset URI and version, when, what is inside
         stack/           the retrieval stack fitted on every interaction (training.stack)
         reranker/        a copy of the trained re-ranker (optional)
-    <root>/CURRENT       the version serving should run (swapped atomically)
+    <root>/CURRENT       the version serving should run (replaced in one write)
 
-Serving picks a new version up through its `user_config` (`version: latest` reads CURRENT).
+Versions are immutable once published, so a replica on another machine downloads one once
+(`pipelines.storage.cached_copy`). Serving picks a new version up through its `user_config`,
+or, with `version: latest`, by watching CURRENT.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import storage
 from pipelines.artifact import Dataset
 from pipelines.errors import ArtifactError
 from pipelines.schema import Split
@@ -30,14 +33,28 @@ CURRENT = "CURRENT"
 
 @dataclass
 class ModelVersion:
-    path: Path
+    path: Path  # a local folder (a cached copy when the root is remote)
     version: str
     dataset_uri: str
     dataset_version: str
     reranker: Path | None
+    uri: str = ""
 
     def stack(self) -> RetrievalStack:
         return RetrievalStack.load(self.path / "stack", self.dataset_version)
+
+
+def fit_retrievers(ds: Dataset, out: str | Path, progress: bool = True) -> RetrievalStack:
+    """The "fit retrievers" stage: the stack fitted on every interaction, written to `out`
+    (a folder or URI) for `publish_version(stack=...)`."""
+    stack, _ = fit_stack(ds, Split.TEST, progress=progress)
+    with storage.staged_output(out) as folder:
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        stack.save(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return stack
 
 
 def publish_version(
@@ -46,28 +63,39 @@ def publish_version(
     reranker: str | Path | None = None,
     version: str | None = None,
     progress: bool = True,
+    stack: str | Path | None = None,
 ) -> ModelVersion:
-    """Fit the stack on all interactions, bundle it with the re-ranker, point CURRENT at it."""
-    root = Path(root)
+    """Bundle the retrieval stack (fitted here, or the `fit_retrievers` output `stack`) with
+    the re-ranker as a new version under `root` (a folder or URI), then point CURRENT at it.
+
+    Everything is checked before anything is written: a failed publish leaves the root as
+    it was."""
+    root = str(root)
     version = version or time.strftime("v%Y%m%d-%H%M%S")
-    if reranker is not None:
-        meta = read_meta(reranker)
-        if meta.get("dataset_version") not in (None, ds.manifest.version):
-            raise ArtifactError(
-                f"re-ranker '{reranker}' was trained on dataset version "
-                f"{meta.get('dataset_version')}, not {ds.manifest.version}; retrain it"
-            )
-    target = root / version
-    if target.exists():
-        raise ArtifactError(f"model version '{target}' exists already; pick another --version")
-    tmp = root / f".{version}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        stack, _ = fit_stack(ds, Split.TEST, progress=progress)
-        stack.save(tmp / "stack")
+    fs, base = storage.resolve(root)
+    if storage.exists(fs, f"{base}/{version}"):
+        raise ArtifactError(
+            f"model version '{storage.join(root, version)}' exists already; pick another --version"
+        )
+    with tempfile.TemporaryDirectory(prefix="llmrec-publish-") as scratch:
+        tmp = Path(scratch) / version
+        tmp.mkdir()
         if reranker is not None:
-            shutil.copytree(reranker, tmp / "reranker")
+            with storage.staged_input(reranker) as rr:
+                meta = read_meta(rr)
+                if meta.get("dataset_version") not in (None, ds.manifest.version):
+                    raise ArtifactError(
+                        f"re-ranker '{reranker}' was trained on dataset version "
+                        f"{meta.get('dataset_version')}, not {ds.manifest.version}; retrain it"
+                    )
+                shutil.copytree(rr, tmp / "reranker")
+        if stack is not None:
+            with storage.staged_input(stack) as st:
+                RetrievalStack.load(st, ds.manifest.version)  # refuses another dataset's
+                shutil.copytree(st, tmp / "stack")
+        else:
+            fit, _ = fit_stack(ds, Split.TEST, progress=progress)
+            fit.save(tmp / "stack")
         info = {
             "version": version,
             "dataset_uri": str(ds.uri),
@@ -76,32 +104,39 @@ def publish_version(
             "reranker": "reranker" if reranker is not None else None,
         }
         (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2))
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fs.create_dir(base, recursive=True)
+        storage.upload_dir(tmp, storage.join(root, version))
     point_current(root, version)
     return load_version(root, version)
 
 
-def point_current(root: Path, version: str) -> None:
-    tmp = root / f".{CURRENT}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, root / CURRENT)
+def point_current(root: str | Path, version: str) -> None:
+    fs, base = storage.resolve(str(root))
+    tmp = f"{base}/.{CURRENT}.{time.time_ns()}.tmp"
+    storage.write_bytes(fs, tmp, (version + "\n").encode())
+    fs.move(tmp, f"{base}/{CURRENT}")  # a rename on local disks and NFS
+
+
+def current_version(root: str | Path) -> str:
+    """The version CURRENT names (what `version: latest` serves)."""
+    fs, base = storage.resolve(str(root))
+    pointer = f"{base}/{CURRENT}"
+    if not storage.exists(fs, pointer):
+        raise ArtifactError(
+            f"no model version at '{root}' ({CURRENT} missing): run `llmrec publish` first"
+        )
+    return storage.read_bytes(fs, pointer).decode().strip()
 
 
 def load_version(root: str | Path, version: str = "latest") -> ModelVersion:
-    root = Path(root)
+    root = str(root)
     if version == "latest":
-        pointer = root / CURRENT
-        if not pointer.exists():
-            raise ArtifactError(
-                f"no model version at '{root}' ({CURRENT} missing): run `llmrec publish` first"
-            )
-        version = pointer.read_text().strip()
-    path = root / version
-    if not (path / VERSION_FILE).exists():
+        version = current_version(root)
+    fs, base = storage.resolve(root)
+    if not storage.exists(fs, f"{base}/{version}/{VERSION_FILE}"):
         raise ArtifactError(f"no model version '{version}' in '{root}'")
+    uri = storage.join(root, version)
+    path = storage.cached_copy(uri)
     info = json.loads((path / VERSION_FILE).read_text())
     return ModelVersion(
         path,
@@ -109,4 +144,5 @@ def load_version(root: str | Path, version: str = "latest") -> ModelVersion:
         info["dataset_uri"],
         info["dataset_version"],
         path / info["reranker"] if info.get("reranker") else None,
+        uri,
     )

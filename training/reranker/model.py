@@ -77,6 +77,11 @@ class RerankerConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch threads per process")
 
     def base_path(self) -> str:
+        """A local folder: a base model at a URI (s3://, gs://) is copied once per machine."""
+        if self.base_model and "://" in self.base_model:
+            from pipelines.storage import cached_copy
+
+            return str(cached_copy(self.base_model))
         if self.base_model:
             return self.base_model
         from training.retrieval.embeddings import default_model_path

@@ -379,7 +379,8 @@ def train_reranker(
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage).resolve()),
+            # A URI (s3://, gs://) is handed to Ray Train as it is: every worker reaches it.
+            storage_path=storage if "://" in str(storage) else str(Path(storage).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )
