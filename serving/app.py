@@ -11,6 +11,7 @@ last event is answered by the Api from the store without any hop.
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -41,7 +42,7 @@ from serving.recommender import (
     popularity_answer,
     respond,
 )
-from training.publish import load_version
+from training.publish import current_version, load_version
 
 log = logging.getLogger("ray.serve")
 Id = StrictStr | StrictInt
@@ -138,15 +139,52 @@ class EventStoreDeployment(_Configured):
         return self.store.stats()
 
 
-class _Versioned(_Configured):
+class _WatchesVersions(_Configured):
+    """With `version: latest`, a daemon thread re-reads CURRENT every `watch_s` seconds and
+    reconfigures the replica when it names another version: `llmrec publish` reaches a
+    running application without a redeploy. Replicas swap independently, within one period;
+    each response names the version that served it."""
+
+    settings: LiveSettings
+    served: str | None = None
+
+    def _init_watch(self, settings: dict[str, Any] | None) -> None:
+        self._base = settings or {}
+        self._user_cfg: dict[str, Any] = {}
+        self._reload = threading.Lock()
+        self.reconfigure({})
+        threading.Thread(target=self._watch, name="llmrec-version-watch", daemon=True).start()
+
+    def reconfigure(self, cfg: dict[str, Any]) -> None:
+        with self._reload:
+            self._user_cfg = cfg or {}
+            self._apply(self._merge(cfg))
+
+    def _apply(self, settings: LiveSettings) -> None:
+        raise NotImplementedError
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.settings.watch_s or 5.0)
+            s = self.settings
+            if s.version != "latest" or not s.watch_s:
+                continue
+            try:
+                if current_version(s.model_root) != self.served:
+                    self.reconfigure(self._user_cfg)
+                    log.warning("%s now serves model version %s", type(self).__name__, self.served)
+            except Exception as e:  # a half-published or unreadable root: keep serving
+                log.warning("model version watch: %s", e)
+
+
+class _Versioned(_WatchesVersions):
     """Loads the model version named by `user_config`; a new version is loaded beside the
     old one and swapped in, so requests in flight finish on the version they started with."""
 
     current: Any = None
     loaded: str | None = None
 
-    def reconfigure(self, cfg: dict[str, Any]) -> None:
-        settings = self._merge(cfg)
+    def _apply(self, settings: LiveSettings) -> None:
         mv = load_version(settings.model_root, settings.version)
         key = (
             f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}|"
@@ -156,6 +194,7 @@ class _Versioned(_Configured):
             self.current = self.load(mv, settings)
             self.loaded = key
         self.settings = settings
+        self.served = mv.version
 
     def load(self, mv, settings: LiveSettings) -> Any:
         raise NotImplementedError
@@ -164,8 +203,7 @@ class _Versioned(_Configured):
 @serve.deployment(name="Retrieval")
 class RetrievalDeployment(_Versioned):
     def __init__(self, settings: dict[str, Any] | None = None):
-        self._base = settings or {}
-        self.reconfigure({})
+        self._init_watch(settings)
 
     def load(self, mv, settings: LiveSettings) -> RetrievalService:
         return RetrievalService(mv, open_store(settings.store), settings)
@@ -183,8 +221,7 @@ class RetrievalDeployment(_Versioned):
 @serve.deployment(name="Reranker")
 class RerankerDeployment(_Versioned):
     def __init__(self, settings: dict[str, Any] | None = None):
-        self._base = settings or {}
-        self.reconfigure({})
+        self._init_watch(settings)
 
     def load(self, mv, settings: LiveSettings) -> RerankService | None:
         if mv.reranker is None or not settings.rerank:
@@ -211,8 +248,7 @@ class ColdStartDeployment(_Versioned):
     """Popularity lists: the answer when retrieval itself fails or is late."""
 
     def __init__(self, settings: dict[str, Any] | None = None):
-        self._base = settings or {}
-        self.reconfigure({})
+        self._init_watch(settings)
 
     def load(self, mv, settings: LiveSettings):
         from pipelines.artifact import load_dataset
@@ -240,7 +276,7 @@ async def _http_error(request: Request, exc: HTTPException):
 
 @serve.deployment(name="Api")
 @serve.ingress(api)
-class Api(_Configured):
+class Api(_WatchesVersions):
     def __init__(
         self,
         retrieval: DeploymentHandle,
@@ -256,22 +292,21 @@ class Api(_Configured):
         self.metrics = Metrics()
         self.inflight = 0
         self._tasks: set[asyncio.Task] = set()
-        self._base = settings or {}
-        self.reconfigure({})
+        self._init_watch(settings)
 
-    def reconfigure(self, cfg: dict[str, Any]) -> None:
-        self.settings = self._merge(cfg)
-        self.store = open_store(self.settings.store)
-        self.model = load_version(self.settings.model_root, self.settings.version)
+    def _apply(self, settings: LiveSettings) -> None:
         from pipelines.artifact import load_dataset
         from serving.catalog import Catalog
-
-        self.catalog = Catalog(load_dataset(self.model.dataset_uri))
         from training.retrieval import Retriever
 
-        # The answer of last resort, computed here without a hop when even the cold-start
-        # deployment cannot answer within the deadline.
-        self.popularity = Retriever.load(self.model.path / "stack" / "popularity").counts
+        store = open_store(settings.store)
+        model = load_version(settings.model_root, settings.version)
+        if model.path != getattr(getattr(self, "model", None), "path", None):
+            self.catalog = Catalog(load_dataset(model.dataset_uri))
+            # The answer of last resort, computed here without a hop when even the
+            # cold-start deployment cannot answer within the deadline.
+            self.popularity = Retriever.load(model.path / "stack" / "popularity").counts
+        self.settings, self.store, self.model, self.served = settings, store, model, model.version
 
     # -- recommendations ------------------------------------------------------------------
 

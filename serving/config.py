@@ -11,6 +11,9 @@ class LiveSettings(BaseModel):
 
     model_root: str = Field("artifacts/models/ml-100k", description="published model versions")
     version: str = Field("latest", description="a version folder name, or latest (CURRENT)")
+    watch_s: float = Field(
+        5.0, ge=0, le=3600, description="with latest: seconds between CURRENT checks; 0 = off"
+    )
     store: str = Field("sqlite://artifacts/serving/events.db", description="event store URL")
     deadline_ms: float = Field(200.0, gt=0, le=60_000, description="per-request budget")
     rerank: bool = Field(True, description="use the re-ranker when the version has one")

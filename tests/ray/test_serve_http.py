@@ -274,6 +274,37 @@ def test_hot_swap_without_dropping_requests(server):
     assert rec(base, "17", exclude="1")["versions"]["model"] == "v2"
 
 
+def test_publishing_moves_a_latest_deployment_without_a_redeploy(server, published):
+    """`version: latest` replicas watch CURRENT: pointing it elsewhere (what `llmrec publish`
+    does last) changes the served version within a few watch periods, with no errors."""
+    from training.publish import point_current
+
+    base, _, deploy = server
+    _, models = published
+    deploy(watch_s=0.5)
+    assert rec(base, "18", exclude="1")["versions"]["model"] == "v2"
+    seen, errors = [], []
+    try:
+        point_current(models, "v1")
+        end = time.time() + 30
+        while time.time() < end:
+            r = requests.get(f"{base}/recommend/18", params={"exclude": "1"}, timeout=30)
+            if r.status_code != 200:
+                errors.append(r.status_code)
+                continue
+            seen.append(r.json()["versions"]["model"])
+            if seen[-3:] == ["v1"] * 3:
+                break
+            time.sleep(0.2)
+        assert seen[-3:] == ["v1"] * 3, seen
+        assert not errors
+        assert requests.get(f"{base}/readyz", timeout=10).json()["model"] == "v1"
+    finally:
+        point_current(models, "v2")
+        deploy()
+    assert rec(base, "18", exclude="1")["versions"]["model"] == "v2"
+
+
 def test_acknowledged_events_survive_killing_the_serving_processes(server):
     import psutil
 
