@@ -553,33 +553,37 @@ def serve(
 def _serve(
     profile: str, root: str | None, store: str | None, port: int | None, address: str | None
 ) -> None:
-    from serving.deploy import read_profile, run_profile
+    from serving.deploy import read_profile, resolved_args, run_profile
     from training.publish import load_version
 
     cfg = read_profile(profile)
-    args = dict(cfg["applications"][0].get("args", {}))
-    if root:
-        args["model_root"] = root
-    if store:
-        args["store"] = store
-    # Replicas may not share this process's working directory: hand them absolute paths.
-    model_root = args.get("model_root", "artifacts/models/ml-100k")
-    if "://" not in model_root:
-        args["model_root"] = str(Path(model_root).resolve())
-    url = args.get("store", "sqlite://artifacts/serving/events.db")
-    if url.startswith("sqlite://"):
-        args["store"] = f"sqlite://{Path(url[len('sqlite://') :]).resolve()}"
-    mv = load_version(
-        args.get("model_root", "artifacts/models/ml-100k"), args.get("version", "latest")
-    )
+    overrides = {k: v for k, v in (("model_root", root), ("store", store)) if v}
+    args = resolved_args(profile, overrides)
+    mv = load_version(args["model_root"], args.get("version", "latest"))
     from cluster.ray_runtime import connect
 
-    connect(address)
-    with console.status(f"starting the Serve graph on model version {mv.version}"):
-        run_profile(profile, args, port=port)
+    owned = connect(address)
+    try:  # Ctrl-C while starting stops as cleanly as Ctrl-C while serving
+        with console.status(f"starting the Serve graph on model version {mv.version}"):
+            run_profile(profile, args, port=port)
+        _print_ready(cfg, port, mv.version)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+        import ray
+        from ray import serve as ray_serve
+
+        if owned:  # our own local cluster: stopping it ends every replica at once
+            ray.shutdown()
+        else:  # someone else's cluster: remove only what this command deployed
+            ray_serve.delete(cfg["applications"][0].get("name", "llmrec"))
+
+
+def _print_ready(cfg: dict, port: int | None, version: str) -> None:
     http = cfg.get("http_options", {})
     base = f"http://{http.get('host', '127.0.0.1')}:{port or http.get('port', 8000)}"
-    console.print(f"[bold green]serving[/] {mv.version} at {base} (OpenAPI docs: {base}/docs)")
+    console.print(f"[bold green]serving[/] {version} at {base} (OpenAPI docs: {base}/docs)")
     console.print("try:", highlight=False)
     for line in (
         f"curl -s '{base}/recommend/1?k=5'",
@@ -592,13 +596,47 @@ def _serve(
     ):
         console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print("Ctrl-C stops serving.")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve as ray_serve
 
-        ray_serve.shutdown()
+
+@app.command(name="serve-config")
+@user_errors
+def serve_config(
+    profile: Annotated[str, typer.Option(help="cpu, gpu, or a Serve config YAML")] = "cpu",
+    out: Annotated[Path, typer.Option(help="where to write the config")] = Path(
+        "serve-config.yaml"
+    ),
+    root: Annotated[str | None, typer.Option(help="model versions, folder or URI")] = None,
+    store: Annotated[str | None, typer.Option(help="event store URL")] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    watch_s: Annotated[
+        float | None, typer.Option(help="seconds between checks of CURRENT (0: off)")
+    ] = None,
+) -> None:
+    """Write the profile as a config for `serve deploy`, with absolute paths (replicas do not
+    run in this folder); `serve deploy` it again to change live settings in place."""
+    import yaml
+    from pydantic import ValidationError as PydanticError
+
+    from serving.deploy import render_config
+
+    overrides = {
+        k: v
+        for k, v in (("model_root", root), ("store", store), ("watch_s", watch_s))
+        if v is not None
+    }
+    try:
+        cfg = render_config(profile, overrides, port=port, host=host)
+    except PydanticError as e:
+        raise LlmrecError(f"invalid settings: {_validation_message(e)}") from None
+    except FileNotFoundError as e:
+        raise LlmrecError(f"no profile '{profile}': {e.strerror}") from None
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    console.print(
+        f"wrote {out}; deploy it with: serve deploy {out} -a http://<head>:8265",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @app.command()

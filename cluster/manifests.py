@@ -163,6 +163,8 @@ def serve_config_problems(cfg: dict[str, Any], where: str) -> list[str]:
     for app in cfg.get("applications", []):
         if app.get("import_path") != "serving.app:build_app":
             problems.append(f"{where}: import_path must be serving.app:build_app")
+        else:
+            problems += builder_problems(app["import_path"], where)
         args = app.get("args") or {}
         for d in app.get("deployments", []):
             if d.get("name") not in DEPLOYMENTS:
@@ -175,6 +177,22 @@ def serve_config_problems(cfg: dict[str, Any], where: str) -> list[str]:
                     f"({'.'.join(map(str, e.errors()[0]['loc']))})"
                 )
     return problems
+
+
+def builder_problems(import_path: str, where: str) -> list[str]:
+    """Serve calls an application builder with exactly one argument (the args dict)."""
+    import importlib
+    import inspect
+
+    module, _, attr = import_path.partition(":")
+    fn = getattr(importlib.import_module(module), attr, None)
+    if fn is None:
+        return [f"{where}: {import_path} does not exist"]
+    if callable(fn) and not hasattr(fn, "_bound_deployment"):
+        params = list(inspect.signature(fn).parameters.values())
+        if len(params) != 1:
+            return [f"{where}: Serve calls {import_path} with one argument; it takes {len(params)}"]
+    return []
 
 
 # -- job entrypoints against the CLI ---------------------------------------------------------

@@ -546,15 +546,19 @@ DEPLOYMENTS = {
 }
 
 
-def build_app(
-    args: dict[str, Any] | None = None, options: dict[str, dict[str, Any]] | None = None
-) -> serve.Application:
-    """The application builder (`import_path: serving.app:build_app`); `args` are the
-    baseline live settings, which each deployment's `user_config` then overrides.
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """The application builder (`import_path: serving.app:build_app`): `args` are the
+    baseline live settings, which each deployment's `user_config` then overrides. Serve
+    calls a builder with exactly one argument; `serve run`/`serve deploy` apply the YAML's
+    deployment options themselves."""
+    return compose(args, None)
 
-    `options` (per deployment name) are for Python callers that read the same YAML
-    (`serving.deploy`); `serve run`/`serve deploy` apply the YAML's deployments themselves.
-    """
+
+def compose(
+    args: dict[str, Any] | None, options: dict[str, dict[str, Any]] | None
+) -> serve.Application:
+    """The graph with per-deployment `options` (for Python callers that read the same YAML,
+    `serving.deploy`)."""
     settings = LiveSettings.model_validate(args or {}).model_dump()
     opts = options or {}
 

@@ -35,7 +35,7 @@ def run_profile(
     ingress handle."""
     from ray import serve
 
-    from serving.app import build_app
+    from serving.app import compose
 
     cfg = read_profile(profile)
     app_cfg = cfg["applications"][0]
@@ -56,8 +56,43 @@ def run_profile(
         options[d["name"]] = o
     merged = {**app_cfg.get("args", {}), **(args or {})}
     return serve.run(
-        build_app(merged, options),
+        compose(merged, options),
         name=app_cfg.get("name", APP_NAME),
         route_prefix=app_cfg.get("route_prefix", "/"),
         blocking=blocking,
     )
+
+
+def resolved_args(profile: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The profile's application args with `overrides`, local paths made absolute: replicas
+    do not run in the caller's working directory (URIs pass through unchanged)."""
+    cfg = read_profile(profile)
+    args = {**cfg["applications"][0].get("args", {}), **(overrides or {})}
+    root = str(args.get("model_root", "artifacts/models/ml-100k"))
+    if "://" not in root:
+        args["model_root"] = str(Path(root).resolve())
+    url = str(args.get("store", "sqlite://artifacts/serving/events.db"))
+    if url.startswith("sqlite://"):
+        args["store"] = f"sqlite://{Path(url[len('sqlite://') :]).resolve()}"
+    return args
+
+
+def render_config(
+    profile: str | Path,
+    overrides: dict[str, Any] | None = None,
+    port: int | None = None,
+    host: str | None = None,
+) -> dict[str, Any]:
+    """A Serve config that `serve deploy` takes as it is: the profile with resolved args."""
+    from serving.config import LiveSettings
+
+    cfg = read_profile(profile)
+    app = cfg["applications"][0]
+    app["args"] = resolved_args(profile, overrides)
+    LiveSettings.model_validate(app["args"])  # a bad override fails here, not in a replica
+    http = cfg.setdefault("http_options", {})
+    if port is not None:
+        http["port"] = port
+    if host is not None:
+        http["host"] = host
+    return cfg

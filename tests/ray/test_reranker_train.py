@@ -89,3 +89,28 @@ def test_the_offline_minilm_trains_through_the_same_path(ray_cluster, setup):
     assert res.history[0]["examples"] == 16
     ranks, _ = rerank_ranks(res.path, prepared.val, prepared.item_texts, miss=99)
     assert np.all(ranks >= 1)
+
+
+def test_the_hybrid_starts_from_a_trained_feature_layer(ray_cluster, setup):
+    """The warm start travels to the workers inside the run's config (workers on other nodes
+    cannot read the driver's folders): with a near-zero head learning rate the hybrid ends
+    with the feature layer it started from."""
+    import torch
+
+    root, _, prepared, settings, cfg = setup
+    one = settings.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2})
+    warm = train_reranker(
+        prepared, cfg.model_copy(update={"mode": "features"}), one, root / "f", root / "runs", "f"
+    )
+    start = {
+        k: v
+        for k, v in torch.load(root / "f" / "heads.pt", weights_only=True).items()
+        if k.startswith("features.")
+    }
+    assert start
+    frozen = one.model_copy(update={"init_features_from": warm.path, "lr_heads": 1e-12})
+    hybrid = train_reranker(prepared, cfg, frozen, root / "h", root / "runs", "h")
+    heads = torch.load(root / "h" / "heads.pt", weights_only=True)
+    for k, v in start.items():
+        assert torch.allclose(heads[k], v, atol=1e-6), k
+    assert hybrid.history

@@ -103,3 +103,11 @@ def test_images_follow_the_ray_version():
     assert m.image_problems("image: ghcr.io/llmrec/llmrec:2.60.0-gpu", "x", "2.60.0") == []
     assert m.image_problems("image: ghcr.io/llmrec/llmrec:2.9.0-gpu", "x", "2.60.0")
     assert m.image_problems('rayVersion: "2.59.0"', "x", "2.60.0")
+
+
+def test_the_application_builder_takes_what_serve_passes():
+    """`serve run`/`serve deploy` call the builder with exactly one argument."""
+    assert m.builder_problems("serving.app:build_app", "x") == []
+    assert m.builder_problems("serving.app:compose", "x") == [
+        "x: Serve calls serving.app:compose with one argument; it takes 2"
+    ]

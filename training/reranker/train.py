@@ -10,6 +10,7 @@ validation NDCG@10. The best checkpoint is published as the re-ranker artifact.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tempfile
@@ -182,8 +183,9 @@ def train_loop(config: dict[str, Any]) -> None:
         pad_id, index_ids = tok.pad_token_id, renderer.index_ids
     model = build_model(cfg, info, n_features, index_ids)
 
-    if s.init_features_from:
-        _init_features(model, Path(s.init_features_from), config["features"])
+    if config.get("init_features"):
+        heads = torch.load(io.BytesIO(config["init_features"]), weights_only=True)
+        model.load_state_dict(heads, strict=False)
     state = {"epoch": 0, "best": -1.0, "stale": 0, "history": []}
     ckpt = ray.train.get_checkpoint()
     opt_state = None
@@ -281,7 +283,9 @@ def train_loop(config: dict[str, Any]) -> None:
             break
 
 
-def _init_features(model, folder: Path, features: list[str]) -> None:
+def feature_layer_bytes(folder: Path, features: list[str]) -> bytes:
+    """The feature layer of a trained re-ranker, serialised on the driver: workers on other
+    nodes cannot read the driver's folders."""
     import torch
 
     from training.reranker.model import read_meta
@@ -290,9 +294,9 @@ def _init_features(model, folder: Path, features: list[str]) -> None:
     if meta["features"] != features:
         raise RerankerError(f"'{folder}' was trained on other features; cannot start from it")
     heads = torch.load(folder / "heads.pt", weights_only=True)
-    model.load_state_dict(
-        {k: v for k, v in heads.items() if k.startswith("features.")}, strict=False
-    )
+    buf = io.BytesIO()
+    torch.save({k: v for k, v in heads.items() if k.startswith("features.")}, buf)
+    return buf.getvalue()
 
 
 # -- the driver --------------------------------------------------------------------------
@@ -344,9 +348,6 @@ def train_reranker(
     # Workers do not run in this process's working directory: hand them absolute paths.
     if cfg.base_model and Path(cfg.base_model).exists():
         cfg = cfg.model_copy(update={"base_model": str(Path(cfg.base_model).resolve())})
-    if settings.init_features_from:
-        resolved = str(Path(settings.init_features_from).resolve())
-        settings = settings.model_copy(update={"init_features_from": resolved})
     meta = check_config(cfg, prepared.item_texts)
     meta |= {
         "features": feature_names(prepared.sources),
@@ -367,6 +368,11 @@ def train_reranker(
         "val_rows": [r.to_dict() for r in prepared.val],
         "val_total": max(prepared.val_total, 1),
         "meta": meta,
+        "init_features": (
+            feature_layer_bytes(Path(settings.init_features_from), meta["features"])
+            if settings.init_features_from
+            else None
+        ),
     }
     resources = {"CPU": settings.cpus_per_worker}
     trainer = TorchTrainer(
