@@ -26,6 +26,8 @@ app = typer.Typer(
     help="llmrec: a real-time recommender on Ray that uses language models where they pay off.\n\n"
     "Stages: prepare (raw logs -> dataset artifact); train (LoRA re-ranker with Ray Train); "
     "eval (retrievers and re-rankers on the leave-one-out protocol); "
+    "fit, publish, serve, serve-config (model versions and the Serve graph); "
+    "report (A/B experiments); "
     "demo (the quick start on the embedded MovieLens-100k defaults).",
     no_args_is_help=True,
     add_completion=False,
@@ -637,6 +639,43 @@ def serve_config(
         soft_wrap=True,
         highlight=False,
     )
+
+
+@app.command()
+@user_errors
+def report(
+    experiment: Annotated[str, typer.Option(help="the experiment's name in the Serve config")],
+    store: Annotated[
+        str, typer.Option(help="event store URL")
+    ] = "sqlite://artifacts/serving/events.db",
+    control: Annotated[
+        str | None, typer.Option(help="variant to compare with [default: 'control' or first]")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder [default: artifacts/experiments/<name>]")
+    ] = None,
+) -> None:
+    """A/B report from the logged impressions and the events attributed to them: CTR and
+    conversion per variant with 95% intervals, and each variant against the control."""
+    import json
+
+    from serving.ab_report import experiment_report, plot_report, print_report
+    from serving.events import open_store
+
+    path = store[len("sqlite://") :] if store.startswith("sqlite://") else store
+    if "://" not in path and not Path(path).exists():
+        raise LlmrecError(f"no event store at '{path}'")
+    try:
+        impressions, events = open_store(store).experiment_log(experiment)
+        rep = experiment_report(experiment, impressions, events, control)
+    except ValueError as e:
+        raise LlmrecError(str(e)) from None
+    print_report(rep, Console(width=160))
+    folder = out or DEFAULT_ROOT / "experiments" / experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(rep, indent=2))
+    plot_report(rep, folder / "report.png")
+    console.print(f"wrote {folder / 'report.json'} and {folder / 'report.png'}")
 
 
 @app.command()

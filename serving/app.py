@@ -34,6 +34,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, open_store
+from serving.experiments import Impression, Variant, assign
 from serving.metrics import Metrics
 from serving.recommender import (
     RerankService,
@@ -336,25 +337,50 @@ class Api(_WatchesVersions):
             raise HTTPException(422, f"k: must be at most {s.k_max}, got {k}")
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
+        variant = assign(s.experiment, user_id) if s.experiment else None
+        if variant is not None and variant.settings:
+            s = s.model_copy(update=variant.settings)
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
         try:
             plain = not exclude and category is None
-            if plain and s.cache:
+            # Cached lists were ranked with the base settings: a variant that changes them
+            # computes its own.
+            cacheable = plain and s.cache and not (variant is not None and variant.settings)
+            if cacheable:
                 hit = self._cached(user_id, k)
                 if hit is not None:
                     hit["request_id"] = request_id
                     hit["timings_ms"] = {"total": round((time.perf_counter() - start) * 1000, 2)}
                     self.metrics.observe(hit, time.perf_counter() - start, cache="hit")
-                    return hit
+                    return self._shown(hit, variant)
             out = await self._compute(user_id, k, exclude, category, start, request_id, s)
-            if plain and s.cache and out["stage"] == "rerank" and not out["fallback"]:
+            if cacheable and out["stage"] == "rerank" and not out["fallback"]:
                 self.store.cache_put(user_id, out["user_version"], out)
             self.metrics.observe(out, time.perf_counter() - start, cache="miss" if plain else None)
-            return out
+            return self._shown(out, variant)
         finally:
             self.inflight -= 1
             self.metrics.inflight.set(self.inflight)
+
+    def _shown(self, out: dict[str, Any], variant: Variant | None) -> dict[str, Any]:
+        """Name the experiment variant in the response and log the impression, off the
+        request path (an impression is analytics, not an acknowledged write)."""
+        exp = self.settings.experiment
+        out["experiment"] = None if variant is None else {"name": exp.name, "variant": variant.name}
+        if self.settings.log_impressions:
+            imp = Impression(
+                request_id=out["request_id"],
+                user_id=out["user_id"],
+                items=[x["item_id"] for x in out["items"]],
+                stage=out["stage"],
+                model=out["versions"]["model"],
+                timestamp=time.time(),
+                experiment=None if variant is None else exp.name,
+                variant=None if variant is None else variant.name,
+            )
+            self._spawn(asyncio.to_thread(self.store.log_impression, imp))
+        return out
 
     def _cached(self, user_id: str, k: int) -> dict[str, Any] | None:
         version = self.store.version(user_id)

@@ -3,7 +3,9 @@ receives (the Serve config YAML is their single source of truth)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.experiments import Experiment
 
 
 class LiveSettings(BaseModel):
@@ -30,3 +32,14 @@ class LiveSettings(BaseModel):
     # Injected delay for the deadline tests and drills (never set in production profiles).
     rerank_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False
+    # A/B testing and impressions (serving/experiments.py).
+    experiment: Experiment | None = Field(None, description="variants and traffic shares")
+    log_impressions: bool = Field(True, description="record what each response showed")
+
+    @model_validator(mode="after")
+    def _variants_are_valid_settings(self) -> LiveSettings:
+        if self.experiment is not None:
+            base = self.model_dump(exclude={"experiment"})
+            for v in self.experiment.variants:
+                type(self).model_validate({**base, **v.settings})
+        return self

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.experiments import Impression
+
 EVENT_TYPES = ("view", "click", "purchase", "rating", "dislike")
 #: events that make an item part of the user's history (a dislike excludes it instead)
 POSITIVE = ("view", "click", "purchase", "rating")
@@ -76,6 +78,14 @@ class EventStore(ABC):
     def cache_put(self, user_id: str, version: int, payload: dict[str, Any]) -> None: ...
 
     @abstractmethod
+    def log_impression(self, impression: Impression) -> None:
+        """Record what a response showed (analytics: not on the acknowledgement path)."""
+
+    @abstractmethod
+    def experiment_log(self, experiment: str) -> tuple[list[Impression], list[Event]]:
+        """The experiment's impressions, and the events attributed to them by request_id."""
+
+    @abstractmethod
     def stats(self) -> dict[str, int]: ...
 
 
@@ -90,15 +100,16 @@ class SQLiteEventStore(EventStore):
         with self._conn() as c:
             c.executescript(_SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    def _conn(self, synchronous: str | None = None) -> sqlite3.Connection:
+        mode = synchronous or self._synchronous
+        conn = getattr(self._local, f"conn_{mode}", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before append() returns (the acknowledgement).
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute(f"PRAGMA synchronous={mode}")
             conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
+            setattr(self._local, f"conn_{mode}", conn)
         return conn
 
     def append(self, events: list[Event]) -> tuple[int, int]:
@@ -153,11 +164,12 @@ class SQLiteEventStore(EventStore):
         try:
             n_events = c.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             n_cache = c.execute("DELETE FROM cache WHERE user_id = ?", (user_id,)).rowcount
+            n_shown = c.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,)).rowcount
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        return {"events": n_events, "cached_lists": n_cache}
+        return {"events": n_events, "cached_lists": n_cache, "impressions": n_shown}
 
     def add_item(self, item: StoredItem) -> bool:
         cur = self._conn().execute(
@@ -192,6 +204,45 @@ class SQLiteEventStore(EventStore):
             (user_id, version, json.dumps(payload)),
         )
 
+    def log_impression(self, impression: Impression) -> None:
+        i = impression
+        # NORMAL: no fsync per impression (analytics); a crash may lose the last few.
+        self._conn("NORMAL").execute(
+            "INSERT OR IGNORE INTO impressions (request_id, user_id, items, stage, model, ts, "
+            "experiment, variant) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                i.request_id,
+                i.user_id,
+                json.dumps(i.items),
+                i.stage,
+                i.model,
+                i.timestamp,
+                i.experiment,
+                i.variant,
+            ),
+        )
+
+    def experiment_log(self, experiment: str) -> tuple[list[Impression], list[Event]]:
+        c = self._conn()
+        shown = [
+            Impression(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7])
+            for r in c.execute(
+                "SELECT request_id, user_id, items, stage, model, ts, experiment, variant "
+                "FROM impressions WHERE experiment = ? ORDER BY ts",
+                (experiment,),
+            )
+        ]
+        events = [
+            Event(*r)
+            for r in c.execute(
+                "SELECT e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id "
+                "FROM events e JOIN impressions i ON e.request_id = i.request_id "
+                "WHERE i.experiment = ? ORDER BY e.seq",
+                (experiment,),
+            )
+        ]
+        return shown, events
+
     def stats(self) -> dict[str, int]:
         c = self._conn()
         return {
@@ -199,6 +250,7 @@ class SQLiteEventStore(EventStore):
             "users": c.execute("SELECT COUNT(DISTINCT user_id) FROM events").fetchone()[0],
             "items_added": c.execute("SELECT COUNT(*) FROM items").fetchone()[0],
             "cached_lists": c.execute("SELECT COUNT(*) FROM cache").fetchone()[0],
+            "impressions": c.execute("SELECT COUNT(*) FROM impressions").fetchone()[0],
         }
 
 
@@ -222,6 +274,19 @@ CREATE TABLE IF NOT EXISTS items (
     text TEXT NOT NULL,
     categories TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_request ON events (request_id) WHERE request_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS impressions (
+    request_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    items TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    model TEXT NOT NULL,
+    ts REAL NOT NULL,
+    experiment TEXT,
+    variant TEXT
+);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
+CREATE INDEX IF NOT EXISTS impressions_experiment ON impressions (experiment, variant);
 CREATE TABLE IF NOT EXISTS cache (
     user_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,

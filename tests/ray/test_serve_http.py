@@ -66,6 +66,23 @@ def post_events(base, events):
     return r.json()
 
 
+def impressions_of(db, user: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT COUNT(*) FROM impressions WHERE user_id = ?", (user,)).fetchone()[
+            0
+        ]
+
+
+def wait_for_impressions(db, user: str, at_least: int = 1) -> None:
+    """Impressions are written off the request path: give the background write a moment."""
+    end = time.time() + 10
+    while impressions_of(db, user) < at_least and time.time() < end:
+        time.sleep(0.1)
+    assert impressions_of(db, user) >= at_least
+
+
 def test_composition_end_to_end(server):
     base, _, _ = server
     assert requests.get(f"{base}/healthz").json() == {"status": "ok"}
@@ -165,9 +182,11 @@ def test_deleting_a_user_removes_their_events_and_state(server):
     base, db, _ = server
     post_events(base, [{"user_id": "gone", "item_id": "1", "type": "click"}] * 2)
     rec(base, "gone")
+    wait_for_impressions(db, "gone")
     r = requests.delete(f"{base}/users/gone").json()
-    assert r["removed"]["events"] == 2
+    assert r["removed"]["events"] == 2 and r["removed"]["impressions"] >= 1
     assert SQLiteEventStore(db).events_of("gone") == []
+    assert impressions_of(db, "gone") == 0
     assert rec(base, "gone")["stage"] == "cold_start"
 
 
@@ -303,6 +322,44 @@ def test_publishing_moves_a_latest_deployment_without_a_redeploy(server, publish
         point_current(models, "v2")
         deploy()
     assert rec(base, "18", exclude="1")["versions"]["model"] == "v2"
+
+
+def test_an_experiment_assigns_variants_and_attributes_events(server):
+    from serving.experiments import Experiment, assign
+
+    base, db, deploy = server
+    exp = {
+        "name": "rerank-on-off",
+        "salt": "t1",
+        "variants": [
+            {"name": "control", "share": 0.5},
+            {"name": "no-rerank", "share": 0.5, "settings": {"rerank": False}},
+        ],
+    }
+    deploy(experiment=exp)
+    try:
+        seen = set()
+        for u in map(str, range(30, 50)):
+            out = rec(base, u, k=5, exclude="1")
+            variant = out["experiment"]["variant"]
+            assert out["experiment"]["name"] == "rerank-on-off"
+            assert variant == assign(Experiment.model_validate(exp), u).name
+            assert out["stage"] == ("rerank" if variant == "control" else "retrieval")
+            assert out["fallback"] is None
+            seen.add(variant)
+        assert seen == {"control", "no-rerank"}
+        out = rec(base, "31", k=5)
+        click = {"user_id": "31", "item_id": out["items"][2]["item_id"], "type": "click"}
+        post_events(base, {**click, "request_id": out["request_id"]})
+        wait_for_impressions(db, "31", 2)
+        shown, events = SQLiteEventStore(db).experiment_log("rerank-on-off")
+        mine = [i for i in shown if i.request_id == out["request_id"]]
+        assert len(mine) == 1 and mine[0].items == [x["item_id"] for x in out["items"]]
+        assert mine[0].variant == out["experiment"]["variant"]
+        assert [e.request_id for e in events] == [out["request_id"]]
+    finally:
+        deploy()
+    assert rec(base, "31", k=5)["experiment"] is None
 
 
 def test_acknowledged_events_survive_killing_the_serving_processes(server):

@@ -55,7 +55,7 @@ def test_delete_user_erases_events_and_cached_lists(tmp_path):
     s = SQLiteEventStore(tmp_path / "e.db")
     s.append([ev(), ev(user="other")])
     s.cache_put("u", 1, {"items": []})
-    assert s.delete_user("u") == {"events": 1, "cached_lists": 1}
+    assert s.delete_user("u") == {"events": 1, "cached_lists": 1, "impressions": 0}
     assert s.events_of("u") == [] and s.cache_get("u", 1) is None
     assert len(s.events_of("other")) == 1
 
