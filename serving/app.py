@@ -126,6 +126,18 @@ class EventStoreDeployment(_Configured):
     def reconfigure(self, cfg: dict[str, Any]) -> None:
         self.settings = self._merge(cfg)
         self.store = open_store(self.settings.store)
+        if self.settings.retention_days and not getattr(self, "_retention", None):
+            self._retention = threading.Thread(target=self._retain, daemon=True)
+            self._retention.start()
+
+    def _retain(self) -> None:
+        """The one writer applies the retention limit: at start, then hourly."""
+        while days := self.settings.retention_days:
+            removed = self.store.purge_before(time.time() - days * 86400)
+            if any(removed.values()):
+                log.warning("retention (%g days) removed %s", days, removed)
+            time.sleep(3600)
+        self._retention = None
 
     def append(self, events: list[Event]) -> tuple[int, int]:
         return self.store.append(events)
@@ -388,6 +400,7 @@ class Api(_WatchesVersions):
         if hit is None or hit["versions"]["model"] != self.model.version or len(hit["items"]) < k:
             return None
         hit["items"] = hit["items"][:k]
+        hit["user_id"] = user_id
         hit["cached"] = True
         return hit
 

@@ -32,6 +32,16 @@ class LiveSettings(BaseModel):
     # Injected delay for the deadline tests and drills (never set in production profiles).
     rerank_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False
+    # "Not interested": look-alikes of recently disliked items are demoted for a while.
+    dislike_similarity: float = Field(
+        0.8, ge=-1, le=1, description="cosine similarity that makes an item a look-alike"
+    )
+    dislike_window_s: float = Field(
+        7 * 86400, ge=0, description="how long a dislike demotes look-alikes; 0 = off"
+    )
+    retention_days: float | None = Field(
+        None, gt=0, description="delete raw events and impressions older than this"
+    )
     # A/B testing and impressions (serving/experiments.py).
     experiment: Experiment | None = Field(None, description="variants and traffic shares")
     log_impressions: bool = Field(True, description="record what each response showed")

@@ -10,7 +10,11 @@ their newest event, so "is this cached list still current?" is one indexed looku
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -72,7 +76,8 @@ class EventStore(ABC):
 
     @abstractmethod
     def cache_get(self, user_id: str, version: int) -> dict[str, Any] | None:
-        """The cached response for the user, only if computed at this version."""
+        """The cached response for the user, only if computed at this version (stored
+        without its `user_id` field: no raw id at rest)."""
 
     @abstractmethod
     def cache_put(self, user_id: str, version: int, payload: dict[str, Any]) -> None: ...
@@ -83,20 +88,54 @@ class EventStore(ABC):
 
     @abstractmethod
     def experiment_log(self, experiment: str) -> tuple[list[Impression], list[Event]]:
-        """The experiment's impressions, and the events attributed to them by request_id."""
+        """The experiment's impressions, and the events attributed to them by request_id
+        (user ids as stored: pseudonyms, enough to match events to impressions)."""
+
+    @abstractmethod
+    def purge_before(self, timestamp: float) -> dict[str, int]:
+        """Retention: delete raw events and impressions older than `timestamp`."""
 
     @abstractmethod
     def stats(self) -> dict[str, int]: ...
 
 
-class SQLiteEventStore(EventStore):
-    """One SQLite file in WAL mode; safe to open from several processes on one node."""
+KEY_ENV = "LLMREC_PSEUDONYM_KEY"
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+
+def pseudonym_key(db_path: str) -> bytes:
+    """The key user ids are pseudonymised with: $LLMREC_PSEUDONYM_KEY, else a random key
+    created once beside the database (`<db>.key`, owner-only). Keep it apart from the data
+    in production; deleting it makes the stored events unlinkable to anyone."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode()
+    path = f"{db_path}.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:  # first opener: every other process reads what it wrote
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    for _ in range(100):  # another process may be between create and write
+        key = Path(path).read_text().strip()
+        if key:
+            return key.encode()
+        time.sleep(0.01)
+    raise RuntimeError(f"pseudonym key file '{path}' is empty")
+
+
+class SQLiteEventStore(EventStore):
+    """One SQLite file in WAL mode; safe to open from several processes on one node.
+
+    User ids are stored pseudonymised (keyed HMAC-SHA256): the file holds no raw user id,
+    and every lookup hashes the id it is given."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL", key: bytes | None = None):
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._synchronous = synchronous
+        self._key = key or pseudonym_key(self.path)
         with self._conn() as c:
             c.executescript(_SCHEMA)
 
@@ -112,6 +151,9 @@ class SQLiteEventStore(EventStore):
             setattr(self._local, f"conn_{mode}", conn)
         return conn
 
+    def pseudonym(self, user_id: str) -> str:
+        return hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
     def append(self, events: list[Event]) -> tuple[int, int]:
         c = self._conn()
         now = time.time()
@@ -126,7 +168,7 @@ class SQLiteEventStore(EventStore):
                     "ON CONFLICT(event_id) DO NOTHING",
                     (
                         e.event_id,
-                        e.user_id,
+                        self.pseudonym(e.user_id),
                         e.item_id,
                         e.type,
                         e.value,
@@ -146,25 +188,26 @@ class SQLiteEventStore(EventStore):
         rows = self._conn().execute(
             "SELECT user_id, item_id, type, ts, value, event_id, request_id FROM events "
             "WHERE user_id = ? ORDER BY ts, seq",
-            (user_id,),
+            (self.pseudonym(user_id),),
         )
-        return [Event(*r) for r in rows]
+        return [Event(user_id, *r[1:]) for r in rows]
 
     def version(self, user_id: str) -> int:
         row = (
             self._conn()
-            .execute("SELECT MAX(seq) FROM events WHERE user_id = ?", (user_id,))
+            .execute("SELECT MAX(seq) FROM events WHERE user_id = ?", (self.pseudonym(user_id),))
             .fetchone()
         )
         return int(row[0] or 0)
 
     def delete_user(self, user_id: str) -> dict[str, int]:
         c = self._conn()
+        who = (self.pseudonym(user_id),)
         c.execute("BEGIN IMMEDIATE")
         try:
-            n_events = c.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
-            n_cache = c.execute("DELETE FROM cache WHERE user_id = ?", (user_id,)).rowcount
-            n_shown = c.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,)).rowcount
+            n_events = c.execute("DELETE FROM events WHERE user_id = ?", who).rowcount
+            n_cache = c.execute("DELETE FROM cache WHERE user_id = ?", who).rowcount
+            n_shown = c.execute("DELETE FROM impressions WHERE user_id = ?", who).rowcount
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -189,7 +232,8 @@ class SQLiteEventStore(EventStore):
         row = (
             self._conn()
             .execute(
-                "SELECT payload FROM cache WHERE user_id = ? AND version = ?", (user_id, version)
+                "SELECT payload FROM cache WHERE user_id = ? AND version = ?",
+                (self.pseudonym(user_id), version),
             )
             .fetchone()
         )
@@ -201,7 +245,11 @@ class SQLiteEventStore(EventStore):
             "INSERT INTO cache (user_id, version, payload) VALUES (?, ?, ?) "
             "ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, "
             "payload = excluded.payload WHERE excluded.version >= cache.version",
-            (user_id, version, json.dumps(payload)),
+            (
+                self.pseudonym(user_id),
+                version,
+                json.dumps({k: v for k, v in payload.items() if k != "user_id"}),
+            ),
         )
 
     def log_impression(self, impression: Impression) -> None:
@@ -212,7 +260,7 @@ class SQLiteEventStore(EventStore):
             "experiment, variant) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 i.request_id,
-                i.user_id,
+                self.pseudonym(i.user_id),
                 json.dumps(i.items),
                 i.stage,
                 i.model,
@@ -242,6 +290,18 @@ class SQLiteEventStore(EventStore):
             )
         ]
         return shown, events
+
+    def purge_before(self, timestamp: float) -> dict[str, int]:
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            events = c.execute("DELETE FROM events WHERE ts < ?", (timestamp,)).rowcount
+            shown = c.execute("DELETE FROM impressions WHERE ts < ?", (timestamp,)).rowcount
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return {"events": events, "impressions": shown}
 
     def stats(self) -> dict[str, int]:
         c = self._conn()

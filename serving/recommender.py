@@ -36,6 +36,7 @@ class UserState:
     dislikes: np.ndarray
     version: int  # newest stored event's sequence number (0: none)
     unknown_items: int  # events naming items not in the catalogue (stored, not used yet)
+    recent_dislikes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -53,6 +54,26 @@ class Retrieved:
     model_version: str
     seconds: float
     ignored: dict[str, int] = field(default_factory=dict)
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), x, 0.0)
+
+
+def demote_near(
+    items: np.ndarray, embeddings: np.ndarray, disliked: np.ndarray, threshold: float
+) -> tuple[np.ndarray, int]:
+    """ "Not interested" reaches look-alikes: candidates whose text embedding is at least
+    `threshold` cosine-similar to a recently disliked item move behind every other candidate
+    (each group keeps its order). Returns (new order, how many moved)."""
+    known = disliked[disliked < len(embeddings)]
+    if not len(known) or not len(items):
+        return np.arange(len(items)), 0
+    inside = items < len(embeddings)
+    sims = np.full(len(items), -1.0, dtype=np.float32)
+    sims[inside] = (embeddings[items[inside]] @ embeddings[known].T).max(axis=1)
+    near = sims >= threshold
+    return np.concatenate([np.flatnonzero(~near), np.flatnonzero(near)]), int(near.sum())
 
 
 class RetrievalService:
@@ -79,6 +100,7 @@ class RetrievalService:
             meta = read_meta(mv.reranker)
             self.rerank_k = RerankerConfig.model_validate(meta["config"]).template.candidates
         self._folded: dict[int, int] = {}
+        self._trained: dict[int, dict[str, np.ndarray]] = {}  # CF vectors before any refold
         # Load the text encoder now, not on the first new item (seconds).
         content = self.stack.sources.get("content")
         if content is not None:
@@ -109,13 +131,16 @@ class RetrievalService:
         events = self.store.events_of(user_id)
         version = self.store.version(user_id) if events else 0
         hist = list(self.catalog.base_history(index))
-        dislikes, unknown = [], 0
+        dislikes, recent, unknown = [], [], 0
+        since = time.time() - self.settings.dislike_window_s
         for e in events:
             i = self.catalog.item_index.get(e.item_id)
             if i is None:
                 unknown += 1
             elif e.type == "dislike":
                 dislikes.append(i)
+                if e.timestamp >= since:
+                    recent.append(i)
             elif e.type in POSITIVE:
                 hist.append(i)
         return UserState(
@@ -125,15 +150,30 @@ class RetrievalService:
             np.asarray(dislikes, dtype=np.int64),
             version,
             unknown,
+            np.asarray(recent, dtype=np.int64),
         )
 
     def _refold(self, state: UserState) -> None:
-        """A user's CF vector is recomputed once per new event version (milliseconds)."""
-        if state.index is None or state.version <= self._folded.get(state.index, 0):
+        """A user's CF vectors are recomputed once per new event version (milliseconds).
+        When the user's events are gone (erased: version 0 again), the vectors the model
+        version was trained with come back: nothing of the erased events stays."""
+        u = state.index
+        if u is None or state.version == self._folded.get(u, 0):
             return
+        if state.version == 0:
+            for name, vector in self._trained.pop(u, {}).items():
+                self.stack.sources[name].user_factors[u] = vector
+            self._folded.pop(u, None)
+            return
+        if u not in self._trained:
+            self._trained[u] = {
+                name: m.user_factors[u].copy()
+                for name, m in self.stack.sources.items()
+                if getattr(m, "user_factors", None) is not None and u < len(m.user_factors)
+            }
         for model in self.stack.sources.values():
-            model.partial_fit_users(np.array([state.index]), [state.history])
-        self._folded[state.index] = state.version
+            model.partial_fit_users(np.array([u]), [state.history])
+        self._folded[u] = state.version
 
     def retrieve(
         self,
@@ -162,6 +202,13 @@ class RetrievalService:
             exclude=excluded,
             allowed=allowed,
         )
+        content = self.stack.sources.get("content")
+        demoted = 0
+        if content is not None and len(state.recent_dislikes) and self.settings.dislike_window_s:
+            order, demoted = demote_near(
+                c.items, content.embeddings, state.recent_dislikes, self.settings.dislike_similarity
+            )
+            c = subset(c, order)
         head = subset(c, np.arange(min(self.rerank_k, len(c.items))))
         feats = candidate_features(head, self.sources, self.stack.log_popularity)
         return Retrieved(
@@ -180,6 +227,7 @@ class RetrievalService:
             ignored={
                 "unknown_item_events": state.unknown_items,
                 "unknown_excludes": unknown_excludes,
+                "demoted_near_dislikes": demoted,
             },
         )
 
@@ -214,23 +262,33 @@ class RetrievalService:
         ]
 
     def explain(self, c: Candidates, history: np.ndarray) -> list[dict[str, Any]]:
-        """Per candidate: its sources and one sentence naming what drove it."""
-        recent = history[-EXPLAIN_RECENT:][::-1]
-        contrib = {
-            s: np.stack([self.stack.sources[s].score(None, np.array([h])) for h in recent])
-            for s in HISTORY_SOURCES
-            if s in self.stack.sources and len(recent) and s in c.source_ranks
-        }
+        """Per candidate: its sources with their scores, and one sentence naming what drove
+        it. The history item named is the top contributor: of the user's recent items, the
+        one whose removal from the history lowers the source's score for the candidate most
+        (leave-one-out, so recency weights and windows count as the source counts them)."""
+        n = self.catalog.n_items
+        positions = np.arange(len(history))[-EXPLAIN_RECENT:]
+        drops = {}
+        for s in HISTORY_SOURCES:
+            if s in self.stack.sources and len(positions) and s in c.source_ranks:
+                model = self.stack.sources[s]
+                full = _finite(pad_to(model.score(None, history), n)[:n])
+                drops[s] = np.stack(
+                    [
+                        full - _finite(pad_to(model.score(None, np.delete(history, p)), n)[:n])
+                        for p in positions
+                    ]
+                )
         out = []
         for k, item in enumerate(c.items):
             sources = c.sources_of(k)
-            because, sentence = None, None
+            because, via, sentence = None, None, None
             for s in HISTORY_SOURCES:
-                if s in sources and s in contrib:
-                    col = contrib[s][:, item]
-                    if np.isfinite(col).any() and col.max() > -np.inf:
-                        h = int(recent[int(np.argmax(col))])
-                        because = self.catalog.item_ids[h]
+                if s in sources and s in drops:
+                    col = drops[s][:, item]
+                    if col.max() > 0:
+                        h = int(history[positions[int(np.argmax(col))]])
+                        because, via = self.catalog.item_ids[h], s
                         title = self.catalog.titles[h]
                         sentence = (
                             f"new item similar to {title}"
@@ -249,7 +307,20 @@ class RetrievalService:
                     sentence = "popular right now"
                 else:
                     sentence = "popular overall"
-            out.append({"sources": sources, "because": because, "explanation": sentence})
+            scores = {
+                src: float(c.source_scores[src][k])
+                for src in sources
+                if src in c.source_scores and np.isfinite(c.source_scores[src][k])
+            }
+            out.append(
+                {
+                    "sources": sources,
+                    "source_scores": scores,
+                    "because": because,
+                    "because_source": via,
+                    "explanation": sentence,
+                }
+            )
         return out
 
 
@@ -343,6 +414,7 @@ def respond(
             stage_of[j] = "rerank"
     if r.path == "cold_start":
         stage_of = ["cold_start"] * n
+    reranked = scores is not None and len(scores) > 0
     items = []
     for j in order[:k]:
         e = r.explanations[j]
@@ -352,9 +424,15 @@ def respond(
                 "title": r.titles[j],
                 "score": float(final[j]) if np.isfinite(final[j]) else None,
                 "sources": e["sources"],
+                "source_scores": e.get("source_scores", {}),
+                "scores": {
+                    "retrieval": float(r.scores[j]) if np.isfinite(r.scores[j]) else None,
+                    "rerank": float(scores[j]) if reranked and j < len(scores) else None,
+                },
                 "stage": stage_of[j],
                 "explanation": e["explanation"],
                 "because": e["because"],
+                "because_source": e.get("because_source"),
             }
         )
     stage = (
@@ -390,6 +468,8 @@ def popularity_answer(
             "title": catalog.titles[i],
             "score": float(np.log1p(counts[i])),
             "sources": ["popular"],
+            "source_scores": {"popular": float(counts[i])},
+            "scores": {"retrieval": float(np.log1p(counts[i])), "rerank": None},
             "stage": "cold_start",
             "explanation": "popular overall",
             "because": None,

@@ -69,10 +69,9 @@ def post_events(base, events):
 def impressions_of(db, user: str) -> int:
     import sqlite3
 
+    who = SQLiteEventStore(db).pseudonym(user)  # ids are pseudonymised at rest
     with sqlite3.connect(db) as c:
-        return c.execute("SELECT COUNT(*) FROM impressions WHERE user_id = ?", (user,)).fetchone()[
-            0
-        ]
+        return c.execute("SELECT COUNT(*) FROM impressions WHERE user_id = ?", (who,)).fetchone()[0]
 
 
 def wait_for_impressions(db, user: str, at_least: int = 1) -> None:
@@ -360,6 +359,20 @@ def test_an_experiment_assigns_variants_and_attributes_events(server):
     finally:
         deploy()
     assert rec(base, "31", k=5)["experiment"] is None
+
+
+def test_no_raw_user_id_reaches_the_database(server):
+    base, db, _ = server
+    user = "alice-private-9f3"
+    out = rec(base, user, k=5)
+    click = {"user_id": user, "item_id": "50", "type": "click"}
+    post_events(base, {**click, "request_id": out["request_id"]})
+    rec(base, user, k=5)
+    wait_for_impressions(db, user, 2)
+    for f in db.parent.glob(f"{db.name}*"):  # the database, its WAL and shared memory
+        if not f.name.endswith(".key"):
+            assert user.encode() not in f.read_bytes(), f.name
+    assert len(SQLiteEventStore(db).events_of(user)) == 1  # still found by its owner's id
 
 
 def test_acknowledged_events_survive_killing_the_serving_processes(server):

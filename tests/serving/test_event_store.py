@@ -80,3 +80,38 @@ def test_items_added_in_order_once(tmp_path):
 def test_unknown_store_urls_are_refused():
     with pytest.raises(ValueError, match="unsupported event store"):
         open_store("redis://localhost")
+
+
+def test_user_ids_are_pseudonymised_at_rest(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.delenv("LLMREC_PSEUDONYM_KEY", raising=False)
+    db = tmp_path / "e.db"
+    s = SQLiteEventStore(db)
+    s.append([Event("bob@example.com", "i1", "click", 1.0)])
+    s.cache_put("bob@example.com", 1, {"user_id": "bob@example.com", "items": []})
+    assert (tmp_path / "e.db.key").stat().st_mode & 0o077 == 0  # owner-only
+    with sqlite3.connect(db) as c:
+        ids = {
+            r[0] for r in c.execute("SELECT user_id FROM events UNION SELECT user_id FROM cache")
+        }
+        payloads = [r[0] for r in c.execute("SELECT payload FROM cache")]
+    assert ids == {s.pseudonym("bob@example.com")} and "bob" not in payloads[0]
+    assert s.events_of("bob@example.com")[0].user_id == "bob@example.com"
+    assert s.cache_get("bob@example.com", 1) == {"items": []}
+    assert SQLiteEventStore(db).pseudonym("x") == s.pseudonym("x")  # one key per database
+    # Another key (or a lost key file) cannot link the stored events to anyone.
+    monkeypatch.setenv("LLMREC_PSEUDONYM_KEY", "another-key")
+    assert SQLiteEventStore(db).events_of("bob@example.com") == []
+
+
+def test_retention_removes_only_old_raw_events(tmp_path):
+    from serving.experiments import Impression
+
+    s = SQLiteEventStore(tmp_path / "e.db")
+    s.append([Event("u", "old", "click", 100.0), Event("u", "new", "click", 300.0)])
+    s.log_impression(Impression("r1", "u", ["a"], "rerank", "v1", 100.0))
+    s.log_impression(Impression("r2", "u", ["a"], "rerank", "v1", 300.0))
+    assert s.purge_before(200.0) == {"events": 1, "impressions": 1}
+    assert [e.item_id for e in s.events_of("u")] == ["new"]
+    assert s.stats()["impressions"] == 1

@@ -40,6 +40,22 @@ def test_an_event_changes_the_next_request(svc):
     assert after.item_ids != before.item_ids
 
 
+def test_erasing_a_user_puts_back_the_trained_vectors(svc):
+    s, store, _ = svc
+    u = s.catalog.user_index["4"]
+    trained = {n: s.stack.sources[n].user_factors[u].copy() for n in ("ALS", "BPR")}
+    before = s.retrieve("4").item_ids
+    click(store, "4", before[0])
+    click(store, "4", before[1], "purchase")
+    s.retrieve("4")
+    assert not np.allclose(s.stack.sources["ALS"].user_factors[u], trained["ALS"])
+    receipt = store.delete_user("4")
+    assert receipt["events"] == 2
+    assert s.retrieve("4").item_ids == before  # as if the events never happened
+    for n, v in trained.items():
+        assert np.array_equal(s.stack.sources[n].user_factors[u], v), n
+
+
 def test_a_dislike_removes_the_item_for_good(svc):
     s, store, _ = svc
     target = s.retrieve("2").item_ids[0]
@@ -47,6 +63,43 @@ def test_a_dislike_removes_the_item_for_good(svc):
     assert target not in s.retrieve("2").item_ids
     click(store, "2", target, "view")  # even a later view does not bring it back
     assert target not in s.retrieve("2").item_ids[:50]
+
+
+def test_demote_near_moves_look_alikes_behind_the_rest():
+    from serving.recommender import demote_near
+
+    emb = np.array([[1, 0], [0.96, 0.28], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    order, moved = demote_near(np.array([1, 2, 3, 9]), emb, np.array([0]), 0.9)
+    assert order.tolist() == [1, 2, 3, 0] and moved == 1  # item 1 (cos .96) goes last
+    order, moved = demote_near(np.array([1, 2]), emb, np.array([], dtype=np.int64), 0.9)
+    assert order.tolist() == [0, 1] and moved == 0
+
+
+def test_a_dislike_demotes_look_alikes_for_a_while(published, tmp_path):
+    import time
+
+    _, models = published
+    mv = load_version(models)
+    store = SQLiteEventStore(tmp_path / "events.db")
+    s = RetrievalService(mv, store, LiveSettings(model_root=str(models), dislike_window_s=3600))
+    before = s.retrieve("3")
+    emb = s.stack.sources["content"].embeddings
+    top = before.items[0]
+    sims = emb[before.items[1:20]] @ emb[top]
+    twin = before.item_ids[int(np.argmax(sims)) + 1]  # the head candidate most like the top
+    s.settings = s.settings.model_copy(update={"dislike_similarity": float(sims.max()) - 1e-4})
+    store.append([Event("3", before.item_ids[0], "dislike", time.time())])
+    after = s.retrieve("3")
+    assert before.item_ids[0] not in after.item_ids
+    moved = after.ignored["demoted_near_dislikes"]
+    assert moved >= 1 and twin in after.item_ids[-moved:]  # behind every other candidate
+    # An old dislike still hides the item itself, but no longer its look-alikes.
+    store2 = SQLiteEventStore(tmp_path / "old.db")
+    old = RetrievalService(mv, store2, s.settings)
+    store2.append([Event("3", before.item_ids[0], "dislike", time.time() - 7200)])
+    late = old.retrieve("3")
+    assert before.item_ids[0] not in late.item_ids
+    assert late.ignored["demoted_near_dislikes"] == 0
 
 
 def test_a_new_user_goes_from_cold_start_to_personalised(svc):
@@ -73,6 +126,34 @@ def test_explanations_name_an_item_from_the_users_history(svc):
     assert all(e["explanation"].startswith("because you watched") for e in named)
 
 
+def test_the_named_history_item_is_the_top_contributor(svc):
+    """Faithfulness: for every "because you watched X", X is in the user's history and,
+    of the recent items, removing X lowers the candidate's source score the most."""
+    from serving.recommender import EXPLAIN_RECENT, HISTORY_SOURCES
+
+    s, _, _ = svc
+    checked = 0
+    for user in ("3", "7", "21"):
+        r = s.retrieve(user)
+        hist = s.user_state(user).history
+        recent = list(range(len(hist)))[-EXPLAIN_RECENT:]
+        for item, e in zip(r.items, r.explanations, strict=True):
+            assert set(e["source_scores"]) <= set(e["sources"])
+            if e["because"] is None:
+                continue
+            named = s.catalog.item_index[e["because"]]
+            assert named in hist
+            assert e["because_source"] in HISTORY_SOURCES and e["because_source"] in e["sources"]
+            model = s.stack.sources[e["because_source"]]
+            full = model.score(None, hist)[item]
+            loss = {p: full - model.score(None, np.delete(hist, p))[item] for p in recent}
+            best = max(loss.values())
+            assert best > 0
+            assert any(hist[p] == named and v == best for p, v in loss.items()), (user, item)
+            checked += 1
+    assert checked >= 10
+
+
 def test_a_new_item_is_similar_and_recommendable_at_once(svc):
     s, store, _ = svc
     store.add_item(StoredItem("ts5", "Toy Story 5 (2026)", "", ["Animation", "Children's"]))
@@ -90,7 +171,11 @@ def test_events_for_unknown_items_are_stored_and_counted(svc):
     s, store, _ = svc
     click(store, "4", "not-yet-in-catalogue")
     r = s.retrieve("4", exclude=["also-unknown"])
-    assert r.ignored == {"unknown_item_events": 1, "unknown_excludes": 1}
+    assert r.ignored == {
+        "unknown_item_events": 1,
+        "unknown_excludes": 1,
+        "demoted_near_dislikes": 0,
+    }
     assert len(store.events_of("4")) == 1
 
 
