@@ -34,7 +34,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, open_store
-from serving.experiments import Impression, Variant, assign
+from serving.experiments import Experiment, Impression, Variant, assign
 from serving.metrics import Metrics
 from serving.recommender import (
     RerankService,
@@ -349,7 +349,8 @@ class Api(_WatchesVersions):
             raise HTTPException(422, f"k: must be at most {s.k_max}, got {k}")
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
-        variant = assign(s.experiment, user_id) if s.experiment else None
+        exp = s.experiment  # this request's experiment, even if a redeploy changes it now
+        variant = assign(exp, user_id) if exp else None
         if variant is not None and variant.settings:
             s = s.model_copy(update=variant.settings)
         self.inflight += 1
@@ -365,20 +366,21 @@ class Api(_WatchesVersions):
                     hit["request_id"] = request_id
                     hit["timings_ms"] = {"total": round((time.perf_counter() - start) * 1000, 2)}
                     self.metrics.observe(hit, time.perf_counter() - start, cache="hit")
-                    return self._shown(hit, variant)
+                    return self._shown(hit, exp, variant)
             out = await self._compute(user_id, k, exclude, category, start, request_id, s)
             if cacheable and out["stage"] == "rerank" and not out["fallback"]:
                 self.store.cache_put(user_id, out["user_version"], out)
             self.metrics.observe(out, time.perf_counter() - start, cache="miss" if plain else None)
-            return self._shown(out, variant)
+            return self._shown(out, exp, variant)
         finally:
             self.inflight -= 1
             self.metrics.inflight.set(self.inflight)
 
-    def _shown(self, out: dict[str, Any], variant: Variant | None) -> dict[str, Any]:
+    def _shown(
+        self, out: dict[str, Any], exp: Experiment | None, variant: Variant | None
+    ) -> dict[str, Any]:
         """Name the experiment variant in the response and log the impression, off the
         request path (an impression is analytics, not an acknowledged write)."""
-        exp = self.settings.experiment
         out["experiment"] = None if variant is None else {"name": exp.name, "variant": variant.name}
         if self.settings.log_impressions:
             imp = Impression(
@@ -451,7 +453,8 @@ class Api(_WatchesVersions):
             }
         timings["retrieval"] = time.perf_counter() - t
         scores, fallback, rr_version = None, None, None
-        if r.path != "cold_start" and s.rerank and len(r.items) > 1:
+        routed = r.path != "cold_start" and r.history_len < s.rerank_min_history
+        if r.path != "cold_start" and s.rerank and len(r.items) > 1 and not routed:
             left = budget - (time.perf_counter() - start) - 0.005
             t = time.perf_counter()
             call = self.reranker.score.remote((r.prompt_history, r.items, r.features))
@@ -467,7 +470,10 @@ class Api(_WatchesVersions):
                     log.warning("re-ranker failed, answering from retrieval: %s", e)
             timings["rerank"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
-        return respond(r, k, scores, request_id, fallback, timings, rr_version)
+        out = respond(r, k, scores, request_id, fallback, timings, rr_version)
+        if routed:  # by measurement, the re-ranker does not help this short a history
+            out["routed"] = "short_history"
+        return out
 
     # -- events, items, users ----------------------------------------------------------
 

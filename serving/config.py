@@ -32,6 +32,9 @@ class LiveSettings(BaseModel):
     # Injected delay for the deadline tests and drills (never set in production profiles).
     rerank_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False
+    rerank_min_history: int = Field(
+        0, ge=0, description="users with shorter histories get retrieval order (routing)"
+    )
     # "Not interested": look-alikes of recently disliked items are demoted for a while.
     dislike_similarity: float = Field(
         0.8, ge=-1, le=1, description="cosine similarity that makes an item a look-alike"

@@ -54,6 +54,7 @@ class Retrieved:
     model_version: str
     seconds: float
     ignored: dict[str, int] = field(default_factory=dict)
+    history_len: int = 0  # items in the user's history (routing by history length)
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -224,6 +225,7 @@ class RetrievalService:
             user_version=state.version,
             model_version=self.version,
             seconds=time.perf_counter() - start,
+            history_len=len(state.history),
             ignored={
                 "unknown_item_events": state.unknown_items,
                 "unknown_excludes": unknown_excludes,

@@ -361,6 +361,20 @@ def test_an_experiment_assigns_variants_and_attributes_events(server):
     assert rec(base, "31", k=5)["experiment"] is None
 
 
+def test_short_histories_are_routed_to_retrieval(server):
+    base, _, deploy = server
+    deploy(rerank_min_history=3)
+    try:
+        post_events(base, [{"user_id": "short-1", "item_id": i, "type": "click"} for i in "12"])
+        short = rec(base, "short-1", k=5)
+        assert short["stage"] == "retrieval" and short["routed"] == "short_history"
+        post_events(base, {"user_id": "short-1", "item_id": "3", "type": "click"})
+        longer = rec(base, "short-1", k=5)
+        assert longer["stage"] == "rerank" and "routed" not in longer
+    finally:
+        deploy()
+
+
 def test_no_raw_user_id_reaches_the_database(server):
     base, db, _ = server
     user = "alice-private-9f3"

@@ -254,3 +254,14 @@ def test_training_rows_insert_the_true_item_shuffled_without_leaking_it():
     ]
     assert len(set(labels)) > 1  # shuffled: the true item is not always in one place
     _ = collate  # collate is exercised through RowScorer above
+
+
+def test_the_routing_threshold_follows_the_measurement():
+    from training.reranker.evaluate import recommend_threshold
+
+    def sl(length, low, high):
+        return {"history": length, "low": low, "high": high}
+
+    # significantly worse at 1 and 2 (interval below zero): route below 3
+    assert recommend_threshold([sl(1, -0.03, -0.01), sl(2, -0.02, -0.001), sl(5, -0.01, 0.02)]) == 3
+    assert recommend_threshold([sl(1, -0.01, 0.01), sl(10, 0.0, 0.03)]) == 0  # never worse
