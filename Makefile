@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench-prepare bench-retrieval bench-reranker bench-serving eval clean
+.PHONY: demo test test-fast lint bench-prepare bench-retrieval bench-reranker bench-serving bench-history-slices eval clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-reranker: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python benchmarks/bench_serving.py --model-root artifacts/models/ml-100k
+
+bench-history-slices: $(STAMP)
+	$(BIN)/python benchmarks/bench_history_slices.py --reranker artifacts/rerankers/ml-100k/hybrid
 
 eval: $(STAMP)
 	$(BIN)/llmrec eval --dataset ml-100k
