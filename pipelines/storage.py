@@ -124,8 +124,10 @@ def publish_dir(fs: pafs.FileSystem, tmp: str, final: str) -> None:
     """Replace `final` by the finished folder `tmp`.
 
     On file systems with renames the old folder is removed only afterwards. Object stores
-    (S3, GCS) cannot rename folders: there the old objects are deleted and the new ones
-    copied, so a reader can briefly see no folder, never a mix of the two."""
+    (S3, GCS) cannot rename folders: there the old objects are deleted before the new ones
+    are copied, so a reader may briefly see a missing or partial folder, never old and new
+    files mixed. Model versions avoid even that: CURRENT names a version only after its
+    upload finished."""
     if not isinstance(fs, pafs.LocalFileSystem):
         if exists(fs, final):
             fs.delete_dir(final)
@@ -189,9 +191,7 @@ def upload_dir(local: str | os.PathLike, uri: str | os.PathLike) -> None:
         return
     tmp = temp_sibling(path, "upload")
     fs.create_dir(tmp, recursive=True)
-    pafs.copy_files(
-        os.fspath(local), tmp, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
-    )
+    pafs.copy_files(os.fspath(local), tmp, source_filesystem=local_fs, destination_filesystem=fs)
     publish_dir(fs, tmp, path)
 
 
