@@ -573,13 +573,36 @@ def _serve(
             time.sleep(3600)
     except KeyboardInterrupt:
         console.print("stopping")
-        import ray
         from ray import serve as ray_serve
 
         if owned:  # our own local cluster: stopping it ends every replica at once
-            ray.shutdown()
+            _stop_local_cluster()
         else:  # someone else's cluster: remove only what this command deployed
             ray_serve.delete(cfg["applications"][0].get("name", "llmrec"))
+
+
+def _stop_local_cluster(timeout_s: float = 20.0) -> None:
+    """`ray.shutdown()`, bounded: it stops each process gracefully and can take a minute
+    with many replicas. Past `timeout_s` the rest of the local cluster is killed and the
+    process exits at once (Ray's exit hook would wait on the same shutdown again)."""
+    import os
+    import sys
+    import threading
+
+    import psutil
+    import ray
+
+    stopper = threading.Thread(target=ray.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
+    if not stopper.is_alive():
+        return
+    console.print(f"the local cluster did not stop within {timeout_s:.0f} s: killing it")
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _print_ready(cfg: dict, port: int | None, version: str) -> None:

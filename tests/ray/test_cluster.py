@@ -410,7 +410,10 @@ def test_llmrec_serve_stops_on_ctrl_c(published, tmp_path):
         children = psutil.Process(proc.pid).children(recursive=True)
         start = time.perf_counter()
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after SIGINT:\n{log.read_text()[-3000:]}")
         took = time.perf_counter() - start
     finally:
         if proc.poll() is None:
