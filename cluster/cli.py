@@ -32,11 +32,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show "[default: ...]" literally
 )
 console = Console()
 err = Console(stderr=True)
 
 DEFAULT_ROOT = Path("artifacts")
+
+
+#: Options every stage that reads a prepared dataset shares.
+DatasetName = Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")]
+DatasetUri = Annotated[
+    str | None,
+    typer.Option(help="dataset artifact, folder or URI [default: artifacts/datasets/<name>]"),
+]
 
 
 class Dataset(StrEnum):
@@ -183,12 +192,8 @@ def prepare(
 @app.command(name="eval")
 @user_errors
 def eval_(
-    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
-        "ml-100k"
-    ),
-    data: Annotated[
-        str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
-    ] = None,
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
     out: Annotated[
         str | None,
         typer.Option(help="report folder or URI [default: artifacts/eval/<name>]"),
@@ -286,12 +291,8 @@ def _load_leave_one_out(dataset: str, data: str | None):
 @app.command()
 @user_errors
 def train(
-    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
-        "ml-100k"
-    ),
-    data: Annotated[
-        str | None, typer.Option(help="dataset artifact [default: artifacts/datasets/<name>]")
-    ] = None,
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
     out: Annotated[
         str | None,
         typer.Option(help="re-ranker folder or URI [default: artifacts/rerankers/<name>/<mode>]"),
@@ -471,13 +472,8 @@ def _print_history(title: str, history: list[dict]) -> None:
 @app.command()
 @user_errors
 def fit(
-    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
-        "ml-100k"
-    ),
-    data: Annotated[
-        str | None,
-        typer.Option(help="dataset artifact, folder or URI [default: artifacts/datasets/<name>]"),
-    ] = None,
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
     out: Annotated[
         str | None,
         typer.Option(help="stack folder or URI [default: artifacts/stacks/<name>]"),
@@ -501,13 +497,8 @@ def fit(
 @app.command()
 @user_errors
 def publish(
-    dataset: Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")] = (
-        "ml-100k"
-    ),
-    data: Annotated[
-        str | None,
-        typer.Option(help="dataset artifact, folder or URI [default: artifacts/datasets/<name>]"),
-    ] = None,
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
     reranker: Annotated[
         str | None, typer.Option(help="a trained re-ranker to serve, folder or URI (optional)")
     ] = None,

@@ -137,6 +137,15 @@ def submit(head: Head, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def publish_job(head: Head, name: str, data, rr, models, version: str):
+    return submit(
+        head,
+        "publish",
+        *("--dataset", name, "--data", str(data), "--reranker", str(rr)),
+        *("--root", str(models), "--version", version),
+    )
+
+
 def assert_succeeded(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
@@ -211,20 +220,7 @@ def batch(head, tmp_path_factory):
     )
     assert_succeeded(proc)
     assert "best checkpoint" in proc.stdout and (rr / "reranker.json").exists()
-    proc = submit(
-        head,
-        "publish",
-        "--dataset",
-        NAME,
-        "--data",
-        str(data),
-        "--reranker",
-        str(rr),
-        "--root",
-        str(models),
-        "--version",
-        "v1",
-    )
+    proc = publish_job(head, NAME, data, rr, models, "v1")
     assert_succeeded(proc)
     return work, data, rr, models
 
@@ -248,20 +244,8 @@ def test_jobs_pointed_at_missing_or_incompatible_artifacts_fail_fast(head, batch
             str(tmp_path / "other-ds"),
         )
     )
-    proc = submit(
-        head,
-        "publish",
-        "--dataset",
-        "ml",  # a MovieLens artifact is named after its folder
-        "--data",
-        str(tmp_path / "other-ds"),
-        "--reranker",
-        str(rr),
-        "--root",
-        str(models),
-        "--version",
-        "v9",
-    )
+    # ("ml": a MovieLens artifact is named after its folder)
+    proc = publish_job(head, "ml", tmp_path / "other-ds", rr, models, "v9")
     assert_failed_cleanly(proc, "was trained on dataset version", "retrain it")
     assert time.perf_counter() - start < 240  # fails before any fitting or training
     assert sorted(p.relative_to(models) for p in models.rglob("*")) == before
@@ -329,20 +313,7 @@ def test_serve_deploy_then_publish_a_new_version_and_stop_cleanly(head, batch, t
     assert stages[-1] == "rerank", stages
 
     # Publish v2 as a job while serving: replicas on `version: latest` swap to it.
-    proc = submit(
-        head,
-        "publish",
-        "--dataset",
-        NAME,
-        "--data",
-        str(data),
-        "--reranker",
-        str(rr),
-        "--root",
-        str(models),
-        "--version",
-        "v2",
-    )
+    proc = publish_job(head, NAME, data, rr, models, "v2")
     assert_succeeded(proc)
     seen, errors = [], []
     deadline = time.time() + 60
