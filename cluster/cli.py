@@ -556,6 +556,7 @@ def _serve(
     from cluster.ray_runtime import connect
 
     owned = connect(address)
+    _stop_on_signals()
     try:  # Ctrl-C while starting stops as cleanly as Ctrl-C while serving
         with console.status(f"starting the Serve graph on model version {mv.version}"):
             run_profile(profile, args, port=port)
@@ -570,6 +571,19 @@ def _serve(
             _stop_local_cluster()
         else:  # someone else's cluster: remove only what this command deployed
             ray_serve.delete(cfg["applications"][0].get("name", "llmrec"))
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (docker stop, kill) both stop serving cleanly. Set explicitly: a
+    process started in the background by a script inherits SIGINT *ignored*, and Python
+    then installs no KeyboardInterrupt handler."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stop_local_cluster(timeout_s: float = 20.0) -> None:
