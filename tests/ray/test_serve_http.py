@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -387,6 +388,47 @@ def test_no_raw_user_id_reaches_the_database(server):
         if not f.name.endswith(".key"):
             assert user.encode() not in f.read_bytes(), f.name
     assert len(SQLiteEventStore(db).events_of(user)) == 1  # still found by its owner's id
+
+
+def test_logs_hold_no_raw_user_id_or_event_text(server):
+    """Every log file of the cluster (proxy, replicas, controller, workers, raylet),
+    after traffic that walks the warning paths too: a failing re-ranker, an unknown item,
+    a bad event."""
+    import ray
+
+    base, _, deploy = server
+    user, text = "bob-private-4c1", "gift-for-bobs-sister"
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    deploy(rerank_fail=True)
+    try:
+        out = rec(base, user, k=5)
+        requests.post(f"{base}/recommend", json={"user_id": user, "k": 3}, timeout=30)
+        post_events(
+            base,
+            [
+                {
+                    "user_id": user,
+                    "item_id": "7",
+                    "type": "click",
+                    "event_id": text,
+                    "request_id": out["request_id"],
+                },
+                {"user_id": user, "item_id": f"{text}-item", "type": "view"},
+            ],
+        )
+        assert rec(base, user, k=5)["fallback"] == "rerank_error"
+        bad = {"user_id": user, "item_id": "7", "type": text}
+        assert requests.post(f"{base}/events", json=bad, timeout=30).status_code == 422
+        requests.delete(f"{base}/users/{user}", timeout=30)
+    finally:
+        deploy()
+    # The scan reaches the replicas' logs: the failure it caused is logged there.
+    api_logs = "".join(f.read_text(errors="replace") for f in logs.rglob("replica_*Api*.log"))
+    assert "re-ranker failed, answering from retrieval" in api_logs
+    for f in (f for f in logs.rglob("*") if f.is_file()):
+        data = f.read_bytes()
+        for secret in (user, text):
+            assert secret.encode() not in data, f"{secret!r} in {f}"
 
 
 def test_acknowledged_events_survive_killing_the_serving_processes(server):
