@@ -192,22 +192,40 @@ class _WatchesVersions(_Configured):
 
 class _Versioned(_WatchesVersions):
     """Loads the model version named by `user_config`; a new version is loaded beside the
-    old one and swapped in, so requests in flight finish on the version they started with."""
+    old one and swapped in, so requests in flight finish on the version they started with.
+    Versions that experiment variants name are loaded beside the base one, and a request
+    names the version it wants (None: the base)."""
 
     current: Any = None
-    loaded: str | None = None
+    services: dict[str, tuple[str, Any]]  # requested version -> (load key, service)
 
     def _apply(self, settings: LiveSettings) -> None:
-        mv = load_version(settings.model_root, settings.version)
-        key = (
-            f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}|"
-            f"{settings.rerank_int8}|{settings.rerank_layers}|{settings.rerank_item_tokens}"
-        )
-        if key != self.loaded:
-            self.current = self.load(mv, settings)
-            self.loaded = key
+        wanted = {settings.version}
+        if settings.experiment is not None:
+            wanted |= settings.experiment.versions()
+        loaded: dict[str, tuple[str, Any]] = {}
+        served = None
+        for name in sorted(wanted):
+            mv = load_version(settings.model_root, name)
+            key = (
+                f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}|"
+                f"{settings.rerank_int8}|{settings.rerank_layers}|{settings.rerank_item_tokens}"
+            )
+            old = getattr(self, "services", {}).get(name)
+            loaded[name] = old if old and old[0] == key else (key, self.load(mv, settings))
+            if name == settings.version:
+                served = mv.version
+        self.services = loaded
+        self.current = loaded[settings.version][1]
         self.settings = settings
-        self.served = mv.version
+        self.served = served
+
+    def service(self, version: str | None) -> Any:
+        if version is None:
+            return self.current
+        if version not in self.services:
+            raise LookupError(f"model version {version} is not loaded by this replica")
+        return self.services[version][1]
 
     def load(self, mv, settings: LiveSettings) -> Any:
         raise NotImplementedError
@@ -221,8 +239,15 @@ class RetrievalDeployment(_Versioned):
     def load(self, mv, settings: LiveSettings) -> RetrievalService:
         return RetrievalService(mv, open_store(settings.store), settings)
 
-    def retrieve(self, user_id: str, exclude: list[str], category: str | None) -> Retrieved:
-        return self.current.retrieve(user_id, exclude, category)
+    def retrieve(
+        self,
+        user_id: str,
+        exclude: list[str],
+        category: str | None,
+        version: str | None = None,
+        candidates: int | None = None,
+    ) -> Retrieved:
+        return self.service(version).retrieve(user_id, exclude, category, n=candidates)
 
     def similar(self, item_id: str, k: int) -> list[dict] | None:
         return self.current.similar(item_id, k)
@@ -246,14 +271,25 @@ class RerankerDeployment(_Versioned):
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def score(self, requests: list[tuple]) -> list[np.ndarray]:
+        """Each request is (history, candidates, features, model version or None)."""
         s = self.settings
         if s.rerank_fail:
             raise RuntimeError("re-ranker failure injected by rerank_fail")
         if s.rerank_delay_ms:
             await asyncio.sleep(s.rerank_delay_ms / 1000)
-        if self.current is None:
-            raise RuntimeError("this model version has no re-ranker")
-        return self.current.score(requests)
+        out: list[np.ndarray | None] = [None] * len(requests)
+        by_version: dict[str | None, list[int]] = {}
+        for j, r in enumerate(requests):
+            by_version.setdefault(r[3], []).append(j)
+        for version, js in by_version.items():
+            svc = self.service(version)
+            if svc is None:  # this version has none (or rerank is off): retrieval order
+                for j in js:
+                    out[j] = np.zeros(0, dtype=np.float32)
+                continue
+            for j, scores in zip(js, svc.score([requests[j][:3] for j in js]), strict=True):
+                out[j] = scores
+        return out
 
 
 @serve.deployment(name="ColdStart")
@@ -420,7 +456,10 @@ class Api(_WatchesVersions):
         budget = s.deadline_ms / 1000 if deadline else 60.0
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        call = self.retrieval.retrieve.remote(user_id, exclude, category)
+        # A variant's model version and candidate count travel with the request.
+        version = s.version if s.version != self.settings.version else None
+        n = s.candidates if s.candidates != self.settings.candidates else None
+        call = self.retrieval.retrieve.remote(user_id, exclude, category, version, n)
         try:
             r: Retrieved = await asyncio.wait_for(call, budget * 0.8)
         except Exception as e:  # late or failed: popularity answers, on time
@@ -457,12 +496,15 @@ class Api(_WatchesVersions):
         if r.path != "cold_start" and s.rerank and len(r.items) > 1 and not routed:
             left = budget - (time.perf_counter() - start) - 0.005
             t = time.perf_counter()
-            call = self.reranker.score.remote((r.prompt_history, r.items, r.features))
+            call = self.reranker.score.remote((r.prompt_history, r.items, r.features, version))
             try:
                 if left <= 0:
                     raise TimeoutError
                 scores = await asyncio.wait_for(call, left)
-                rr_version = f"{r.model_version}/reranker"
+                if len(scores):
+                    rr_version = f"{r.model_version}/reranker"
+                else:  # the version has no re-ranker: retrieval order, not a failure
+                    scores = None
             except Exception as e:
                 call.cancel()
                 fallback = "rerank_timeout" if isinstance(e, TimeoutError) else "rerank_error"

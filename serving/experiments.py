@@ -1,8 +1,9 @@
 """A/B experiments: named variants with traffic shares, assigned by a salted hash of the user
 id (deterministic, so a user stays in one variant across requests and replicas).
 
-A variant changes live settings for the requests of its users: the re-ranker on or off, the
-latency budget, the nearline cache. It lives in the Serve config's `experiment:` setting,
+A variant changes live settings for the requests of its users: the model version that serves
+them, the number of retrieval candidates, the re-ranker on or off, the latency budget, the
+nearline cache. It lives in the Serve config's `experiment:` setting,
 so starting, changing or ending an experiment is a `serve deploy` of the config."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: the live settings a variant may change (each is read per request by the Api)
-VARIANT_SETTINGS = ("rerank", "deadline_ms", "cache")
+VARIANT_SETTINGS = ("version", "candidates", "rerank", "deadline_ms", "cache")
 
 
 class Variant(BaseModel):
@@ -50,6 +51,10 @@ class Experiment(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique: {names}")
         return self
+
+    def versions(self) -> set[str]:
+        """The model versions the variants name besides the base one."""
+        return {v.settings["version"] for v in self.variants if "version" in v.settings}
 
     @property
     def control(self) -> Variant:

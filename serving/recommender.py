@@ -182,7 +182,10 @@ class RetrievalService:
         exclude: list[str] | None = None,
         category: str | None = None,
         history_items: int = 10,
+        n: int | None = None,
     ) -> Retrieved:
+        """`n` candidates (default: the `candidates` setting; an experiment variant may ask
+        for another count)."""
         start = time.perf_counter()
         self.sync_items()
         state = self.user_state(user_id)
@@ -199,7 +202,7 @@ class RetrievalService:
         c = self.generator.generate(
             state.index,
             state.history,
-            n=self.settings.candidates,
+            n=n or self.settings.candidates,
             exclude=excluded,
             allowed=allowed,
         )

@@ -362,6 +362,46 @@ def test_an_experiment_assigns_variants_and_attributes_events(server):
     assert rec(base, "31", k=5)["experiment"] is None
 
 
+def test_variants_compare_model_versions_and_candidate_counts(server):
+    """One replica set serves v2 (the base), v1 and a shorter candidate list side by side;
+    each response names the version that served it and logs it with the impression."""
+    from serving.experiments import Experiment, assign
+
+    base, db, deploy = server
+    exp = {
+        "name": "versions",
+        "salt": "t2",
+        "variants": [
+            {"name": "control", "share": 0.4},
+            {"name": "previous-model", "share": 0.3, "settings": {"version": "v1"}},
+            {"name": "fewer-candidates", "share": 0.3, "settings": {"candidates": 20}},
+        ],
+    }
+    deploy(experiment=exp)
+    try:
+        seen = set()
+        for u in map(str, range(60, 80)):
+            out = rec(base, u, k=30, exclude="1")
+            variant = assign(Experiment.model_validate(exp), u).name
+            assert out["experiment"]["variant"] == variant
+            assert out["stage"] == "rerank" and out["fallback"] is None
+            model = "v1" if variant == "previous-model" else "v2"
+            assert out["versions"]["model"] == model
+            assert out["versions"]["reranker"].startswith(model + "/")
+            assert len(out["items"]) == (20 if variant == "fewer-candidates" else 30)
+            seen.add(variant)
+        assert len(seen) == 3
+        wait_for_impressions(db, u)
+        shown, _ = SQLiteEventStore(db).experiment_log("versions")
+        assert {(i.variant, i.model) for i in shown} == {
+            ("control", "v2"),
+            ("previous-model", "v1"),
+            ("fewer-candidates", "v2"),
+        }
+    finally:
+        deploy()
+
+
 def test_short_histories_are_routed_to_retrieval(server):
     base, _, deploy = server
     deploy(rerank_min_history=3)
