@@ -148,6 +148,9 @@ class EventStoreDeployment(_Configured):
     def delete_user(self, user_id: str) -> dict[str, int]:
         return self.store.delete_user(user_id)
 
+    def set_attributes(self, user_id: str, attributes: dict[str, Any]) -> None:
+        self.store.set_attributes(user_id, attributes)
+
     def stats(self) -> dict[str, int]:
         return self.store.stats()
 
@@ -355,6 +358,9 @@ class Api(_WatchesVersions):
             # The answer of last resort, computed here without a hop when even the
             # cold-start deployment cannot answer within the deadline.
             self.popularity = Retriever.load(model.path / "stack" / "popularity").counts
+            seg = model.path / "stack" / "segment"
+            # What stated user attributes are checked against (None: the data had none).
+            self.segment = Retriever.load(seg) if seg.exists() else None
         self.settings, self.store, self.model, self.served = settings, store, model, model.version
 
     # -- recommendations ------------------------------------------------------------------
@@ -596,6 +602,23 @@ class Api(_WatchesVersions):
             raise HTTPException(409, f"item_id: '{item.item_id}' exists already")
         self._refresh_items()
         return {"item_id": item.item_id, "recommendable": True}
+
+    @api.put("/users/{user_id}/attributes")
+    async def set_attributes(
+        self, user_id: str, body: dict[str, StrictStr | StrictInt | float | None]
+    ) -> dict[str, Any]:
+        """What a user states about themselves (ML-100k: age, gender, occupation): until
+        they have a history, they get what is popular with users who share it."""
+        if self.segment is None:
+            raise HTTPException(422, "body: this model version has no user segments")
+        stated = {a: v for a, v in body.items() if v is not None}
+        try:
+            codes = self.segment.encode(stated)
+        except ValueError as e:
+            raise HTTPException(422, f"body.{e}") from None
+        await self.events.set_attributes.remote(user_id, stated)
+        labels = self.segment.labels
+        return {"user_id": user_id, "segments": {a: labels[a][c] for a, c in codes.items()}}
 
     @api.delete("/users/{user_id}")
     async def delete_user(self, user_id: str) -> dict[str, Any]:

@@ -67,6 +67,14 @@ class EventStore(ABC):
         """Erase everything stored about the user; returns counts per kind."""
 
     @abstractmethod
+    def set_attributes(self, user_id: str, attributes: dict[str, Any]) -> None:
+        """Store what the user stated about themselves (segments for cold start),
+        replacing what was there."""
+
+    @abstractmethod
+    def attributes(self, user_id: str) -> dict[str, Any]: ...
+
+    @abstractmethod
     def add_item(self, item: StoredItem) -> bool:
         """Store a new item; False when its id exists already."""
 
@@ -208,11 +216,35 @@ class SQLiteEventStore(EventStore):
             n_events = c.execute("DELETE FROM events WHERE user_id = ?", who).rowcount
             n_cache = c.execute("DELETE FROM cache WHERE user_id = ?", who).rowcount
             n_shown = c.execute("DELETE FROM impressions WHERE user_id = ?", who).rowcount
+            n_attrs = c.execute("DELETE FROM user_attributes WHERE user_id = ?", who).rowcount
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        return {"events": n_events, "cached_lists": n_cache, "impressions": n_shown}
+        return {
+            "events": n_events,
+            "cached_lists": n_cache,
+            "impressions": n_shown,
+            "attributes": n_attrs,
+        }
+
+    def set_attributes(self, user_id: str, attributes: dict[str, Any]) -> None:
+        self._conn().execute(
+            "INSERT INTO user_attributes (user_id, attributes) VALUES (?, ?) "
+            "ON CONFLICT(user_id) DO UPDATE SET attributes = excluded.attributes",
+            (self.pseudonym(user_id), json.dumps(attributes, sort_keys=True)),
+        )
+
+    def attributes(self, user_id: str) -> dict[str, Any]:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT attributes FROM user_attributes WHERE user_id = ?",
+                (self.pseudonym(user_id),),
+            )
+            .fetchone()
+        )
+        return {} if row is None else json.loads(row[0])
 
     def add_item(self, item: StoredItem) -> bool:
         cur = self._conn().execute(
@@ -347,6 +379,10 @@ CREATE TABLE IF NOT EXISTS impressions (
 );
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
 CREATE INDEX IF NOT EXISTS impressions_experiment ON impressions (experiment, variant);
+CREATE TABLE IF NOT EXISTS user_attributes (
+    user_id TEXT PRIMARY KEY,
+    attributes TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cache (
     user_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,

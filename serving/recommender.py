@@ -37,6 +37,7 @@ class UserState:
     version: int  # newest stored event's sequence number (0: none)
     unknown_items: int  # events naming items not in the catalogue (stored, not used yet)
     recent_dislikes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    segment: dict[str, int] | None = None  # codes of stated attributes (None: dataset's own)
 
 
 @dataclass
@@ -144,6 +145,10 @@ class RetrievalService:
                     recent.append(i)
             elif e.type in POSITIVE:
                 hist.append(i)
+        segment = None
+        if self.stack.segment is not None and (stated := self.store.attributes(user_id)):
+            seg = self.stack.segment
+            segment = {**seg.user_codes(index), **seg.encode(stated, strict=False)}
         return UserState(
             user_id,
             index,
@@ -152,6 +157,7 @@ class RetrievalService:
             version,
             unknown,
             np.asarray(recent, dtype=np.int64),
+            segment,
         )
 
     def _refold(self, state: UserState) -> None:
@@ -205,6 +211,7 @@ class RetrievalService:
             n=n or self.settings.candidates,
             exclude=excluded,
             allowed=allowed,
+            segment=state.segment,
         )
         content = self.stack.sources.get("content")
         demoted = 0
@@ -284,10 +291,13 @@ class RetrievalService:
                         for p in positions
                     ]
                 )
+        segments = [None] * len(c.items)
+        if c.segment and self.stack.segment is not None:
+            segments = self.stack.segment.top_segment(c.segment, c.items)
         out = []
         for k, item in enumerate(c.items):
             sources = c.sources_of(k)
-            because, via, sentence = None, None, None
+            because, via, sentence, segment = None, None, None, None
             for s in HISTORY_SOURCES:
                 if s in sources and s in drops:
                     col = drops[s][:, item]
@@ -304,8 +314,10 @@ class RetrievalService:
             if sentence is None:
                 if c.explored is not None and c.explored[k]:
                     sentence = "new or rarely seen: picked to explore"
-                elif "segment_popular" in sources:
-                    sentence = "popular with users like you"
+                elif "segment_popular" in sources and segments[k] is not None:
+                    attr, value = segments[k]
+                    segment = {"attribute": attr, "value": value}
+                    sentence = f"popular with users like you ({attr}: {value})"
                 elif any(s in sources for s in CF_SOURCES):
                     sentence = "liked by users with tastes like yours"
                 elif "recent popular" in sources:
@@ -323,6 +335,7 @@ class RetrievalService:
                     "source_scores": scores,
                     "because": because,
                     "because_source": via,
+                    "segment": segment,
                     "explanation": sentence,
                 }
             )
@@ -438,6 +451,7 @@ def respond(
                 "explanation": e["explanation"],
                 "because": e["because"],
                 "because_source": e.get("because_source"),
+                "segment": e.get("segment"),
             }
         )
     stage = (

@@ -42,6 +42,8 @@ class Candidates:
     source_scores: dict[str, np.ndarray] = field(default_factory=dict)
     explored: np.ndarray | None = None
     ignored_history: int = 0
+    #: cold start: the user's segment codes the popularity was taken within
+    segment: dict[str, int] | None = None
 
     def sources_of(self, k: int) -> list[str]:
         """The sources that retrieved the k-th candidate."""
@@ -76,12 +78,15 @@ class CandidateGenerator:
         n: int | None = None,
         exclude: np.ndarray | list[int] | None = None,
         allowed: np.ndarray | None = None,
+        segment: dict[str, int] | None = None,
     ) -> Candidates:
         """Candidates for one request.
 
         `history` is the user's items oldest first (dislikes are not history: put them in
         `exclude`); `allowed` is an optional boolean mask over items (category / business
-        filters). Unknown users and empty histories take the cold-start path.
+        filters). Unknown users and empty histories take the cold-start path, with
+        popularity within `segment` (codes of stated attributes; default: the fitted user's
+        own) when the user has any.
         """
         n = check_n(self.config.n if n is None else n)
         hist, ignored = clean_history(history, self.n_items)
@@ -93,7 +98,7 @@ class CandidateGenerator:
             banned |= ~np.asarray(allowed, dtype=bool)[: self.n_items]
         path = self.route(len(hist))
         if path == "cold_start":
-            return self._cold_start(user, n, banned, ignored)
+            return self._cold_start(user, n, banned, ignored, segment)
 
         names = (
             list(self.sources)
@@ -129,10 +134,22 @@ class CandidateGenerator:
             ignored_history=ignored,
         )
 
-    def _cold_start(self, user: int | None, n: int, banned: np.ndarray, ignored: int) -> Candidates:
-        base = self.segment if self.segment is not None else self.popularity
-        name = "segment_popular" if self.segment is not None else "popular"
-        scores = base.score(user, np.zeros(0, dtype=np.int32))
+    def _cold_start(
+        self,
+        user: int | None,
+        n: int,
+        banned: np.ndarray,
+        ignored: int,
+        segment: dict[str, int] | None,
+    ) -> Candidates:
+        codes = {}
+        if self.segment is not None:
+            codes = self.segment.user_codes(user) if segment is None else segment
+        if codes:  # popularity among users who share the user's attributes
+            name, raw = "segment_popular", self.segment.score_codes(codes)
+        else:  # nothing known about the user: overall popularity, named as such
+            name, raw = "popular", self.popularity.score(user, np.zeros(0, dtype=np.int32))
+        scores = pad_to(raw, self.n_items)[: self.n_items]
         n_explore = round(self.config.exploration_share * n)
         items = top_n(scores, n - n_explore, np.flatnonzero(banned))
         explored = np.zeros(0, dtype=np.int32)
@@ -156,4 +173,5 @@ class CandidateGenerator:
             source_scores={name: scores[all_items]},
             explored=np.isin(all_items, explored),
             ignored_history=ignored,
+            segment=codes or None,
         )

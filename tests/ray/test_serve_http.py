@@ -134,6 +134,39 @@ def test_a_new_user_gets_cold_start_then_personalised(server):
     assert not {"1", "2", "3"} & {x["item_id"] for x in out["items"]}
 
 
+def test_stated_attributes_give_segment_popularity_until_erased(server):
+    base, _, _ = server
+    user, url = "new-with-attrs", f"{base}/users/new-with-attrs/attributes"
+    anonymous = rec(base, user, k=10)
+    assert {x["explanation"] for x in anonymous["items"]} <= {
+        "popular overall",
+        "new or rarely seen: picked to explore",
+    }
+    r = requests.put(url, json={"age": 52, "gender": "M", "occupation": "retired"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["segments"] == {"age": "50-55", "gender": "M", "occupation": "retired"}
+    out = rec(base, user, k=10)
+    assert out["stage"] == "cold_start"
+    named = [x["segment"] for x in out["items"] if x["segment"]]
+    assert named and all(
+        (s["attribute"], s["value"])
+        in {("age", "50-55"), ("gender", "M"), ("occupation", "retired")}
+        for s in named
+    )
+    for body, fragment in [
+        ({"occupation": "astronaut"}, "body.occupation: 'astronaut' is not one of"),
+        ({"shoe_size": 42}, "body.shoe_size: not a user attribute"),
+        ({"age": "old"}, "body.age: a number of years"),
+        (["age", 3], "body"),
+    ]:
+        bad = requests.put(url, json=body, timeout=30)
+        assert bad.status_code == 422 and fragment in str(bad.json()["detail"]), bad.text
+    assert rec(base, user, k=10)["items"] == out["items"]  # the refused updates changed nothing
+    receipt = requests.delete(f"{base}/users/{user}", timeout=30).json()["removed"]
+    assert receipt["attributes"] == 1
+    assert rec(base, user, k=10)["items"] == anonymous["items"]
+
+
 def test_a_new_item_appears_in_similar_items(server):
     base, _, _ = server
     r = requests.post(

@@ -55,8 +55,16 @@ def test_delete_user_erases_events_and_cached_lists(tmp_path):
     s = SQLiteEventStore(tmp_path / "e.db")
     s.append([ev(), ev(user="other")])
     s.cache_put("u", 1, {"items": []})
-    assert s.delete_user("u") == {"events": 1, "cached_lists": 1, "impressions": 0}
-    assert s.events_of("u") == [] and s.cache_get("u", 1) is None
+    s.set_attributes("u", {"age": 30})
+    s.set_attributes("other", {"age": 40})
+    assert s.delete_user("u") == {
+        "events": 1,
+        "cached_lists": 1,
+        "impressions": 0,
+        "attributes": 1,
+    }
+    assert s.events_of("u") == [] and s.cache_get("u", 1) is None and s.attributes("u") == {}
+    assert s.attributes("other") == {"age": 40}
     assert len(s.events_of("other")) == 1
 
 

@@ -154,6 +154,36 @@ def test_the_named_history_item_is_the_top_contributor(svc):
     assert checked >= 10
 
 
+def test_popularity_explanations_name_the_segment_that_drove_them(svc):
+    """A new user who states attributes gets popularity within them; each explanation names
+    one of the user's own segments, and the one that lifts the item most."""
+    s, store, _ = svc
+    seg = s.stack.segment
+    anonymous = s.retrieve("new-anonymous")
+    assert anonymous.path == "cold_start"
+    assert all("segment_popular" not in e["sources"] for e in anonymous.explanations)
+    assert all(e["segment"] is None for e in anonymous.explanations)
+
+    stated = {"age": 19, "gender": "F", "occupation": "student"}
+    store.set_attributes("new-student", stated)
+    r = s.retrieve("new-student")
+    assert r.path == "cold_start" and r.item_ids != anonymous.item_ids
+    codes = seg.encode(stated)
+    named = [(i, e) for i, e in zip(r.items, r.explanations, strict=True) if e["segment"]]
+    assert len(named) >= 10
+    mine = {a: seg.labels[a][c] for a, c in codes.items()}
+    assert mine == {"age": "18-24", "gender": "F", "occupation": "student"}
+    for item, e in named:
+        attr, value = e["segment"]["attribute"], e["segment"]["value"]
+        assert mine[attr] == value and f"({attr}: {value})" in e["explanation"]
+        lift = {a: seg.tables[a][c][item] - np.log(seg.overall[item]) for a, c in codes.items()}
+        assert max(lift, key=lift.get) == attr and lift[attr] > 0
+    with pytest.raises(ValueError, match="occupation: 'astronaut' is not one of"):
+        seg.encode({"occupation": "astronaut"})
+    with pytest.raises(ValueError, match="shoe_size: not a user attribute"):
+        seg.encode({"shoe_size": 42})
+
+
 def test_a_new_item_is_similar_and_recommendable_at_once(svc):
     s, store, _ = svc
     store.add_item(StoredItem("ts5", "Toy Story 5 (2026)", "", ["Animation", "Children's"]))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +12,8 @@ from pipelines.schema import ITEM_CATEGORIES, ITEM_TEXT, Split
 from pipelines.transforms import Csr, csr_from_pairs, user_offsets
 
 AGE_BANDS = (18, 25, 35, 45, 50, 56)  # MovieLens' own bands: <18, 18-24, ..., 56+
+AGE_LABELS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+NOT_SEGMENTS = ("user_idx", "user_id", "zip_code")
 
 
 @dataclass
@@ -32,6 +35,8 @@ class FitData:
     user_segments: dict[str, np.ndarray]
     dataset_name: str = ""
     dataset_version: str = ""
+    #: per attribute, the readable value of each segment code
+    segment_labels: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_dataset(cls, ds: Dataset, through: Split = Split.TRAIN) -> FitData:
@@ -55,6 +60,7 @@ class FitData:
             user_segments=user_segments(ds),
             dataset_name=ds.manifest.name,
             dataset_version=ds.manifest.version,
+            segment_labels=segment_labels(ds),
         )
 
     def history(self, user: int) -> np.ndarray:
@@ -92,28 +98,47 @@ class FitData:
         return np.repeat(np.arange(self.n_users), np.diff(self.seq_indptr))
 
 
+def segment_labels(ds: Dataset) -> dict[str, list[str]]:
+    """Per categorical user attribute, its segments' readable values; a segment's code is its
+    position here (age is banded). Attributes with more than 100 values are ids, not
+    segments."""
+    users = ds.users
+    out: dict[str, list[str]] = {}
+    for col in users.column_names:
+        if col in NOT_SEGMENTS:
+            continue
+        if col == "age":
+            out[col] = list(AGE_LABELS)
+            continue
+        vocab = sorted({str(v) for v in users[col].to_pylist() if v is not None})
+        if len(vocab) <= 100:
+            out[col] = vocab
+    return out
+
+
+def segment_code(attribute: str, value: Any, labels: list[str]) -> int:
+    """The segment code of one attribute value: the one encoding shared by the dataset's
+    users and users who state their attributes online. -1: unknown."""
+    if value is None:
+        return -1
+    if attribute == "age":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{attribute}: a number of years, not {value!r}")
+        return int(np.searchsorted(AGE_BANDS, value, side="right"))
+    try:
+        return labels.index(str(value))
+    except ValueError:
+        return -1
+
+
 def user_segments(ds: Dataset) -> dict[str, np.ndarray]:
-    """Integer segment codes per user for each categorical attribute (age is banded).
+    """Integer segment codes per user for each categorical attribute (`segment_labels`).
 
     Code -1 means unknown. Used by segment popularity; empty when users have no attributes.
     """
-    users = ds.users
-    out: dict[str, np.ndarray] = {}
-    for col in users.column_names:
-        if col in ("user_idx", "user_id", "zip_code"):
-            continue
-        values = users[col].to_pylist()
-        if col == "age":
-            codes = np.array(
-                [
-                    -1 if v is None else int(np.searchsorted(AGE_BANDS, v, side="right"))
-                    for v in values
-                ]
-            )
-        else:
-            vocab = {v: k for k, v in enumerate(sorted({v for v in values if v is not None}))}
-            if len(vocab) > 100:  # an id-like column is no segment
-                continue
-            codes = np.array([-1 if v is None else vocab[v] for v in values])
-        out[col] = codes.astype(np.int32)
-    return out
+    return {
+        attr: np.array(
+            [segment_code(attr, v, labels) for v in ds.users[attr].to_pylist()], dtype=np.int32
+        )
+        for attr, labels in segment_labels(ds).items()
+    }
