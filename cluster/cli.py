@@ -27,7 +27,7 @@ app = typer.Typer(
     "Stages: prepare (raw logs -> dataset artifact); train (LoRA re-ranker with Ray Train); "
     "eval (retrievers and re-rankers on the leave-one-out protocol); "
     "fit, publish, serve, serve-config (model versions and the Serve graph); "
-    "report (A/B experiments); "
+    "report (A/B experiments); replay (a candidate model on logged impressions); "
     "demo (the quick start on the embedded MovieLens-100k defaults).",
     no_args_is_help=True,
     add_completion=False,
@@ -704,6 +704,70 @@ def report(
     (folder / "report.json").write_text(json.dumps(rep, indent=2))
     plot_report(rep, folder / "report.png")
     console.print(f"wrote {folder / 'report.json'} and {folder / 'report.png'}")
+
+
+@app.command()
+@user_errors
+def replay(
+    model_root: Annotated[str, typer.Option(help="published model versions")] = str(
+        DEFAULT_ROOT / "models" / "ml-100k"
+    ),
+    version: Annotated[str, typer.Option(help="the candidate model version")] = "latest",
+    store: Annotated[
+        str, typer.Option(help="event store URL holding the logged impressions")
+    ] = "sqlite://artifacts/serving/events.db",
+    experiment: Annotated[
+        str | None, typer.Option(help="only this experiment's impressions [default: all]")
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="only this variant's impressions (e.g. the control)")
+    ] = None,
+    candidates: Annotated[int, typer.Option(min=1, max=1000, help="candidates to rank")] = 100,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder [default: artifacts/replay/<version>]")
+    ] = None,
+) -> None:
+    """Replay evaluation: rank the users of logged, clicked impressions with a candidate
+    model as they were at that moment, and compare with the order that was shown."""
+    import json
+
+    from serving.config import LiveSettings
+    from serving.events import open_store
+    from serving.recommender import RerankService, RetrievalService
+    from serving.replay import (
+        NOTHING_TO_REPLAY,
+        positives,
+        print_replay,
+        replay_cases,
+        replay_report,
+    )
+    from training.publish import load_version
+
+    path = store[len("sqlite://") :] if store.startswith("sqlite://") else store
+    if "://" not in path and not Path(path).exists():
+        raise LlmrecError(f"no event store at '{path}'")
+    log = open_store(store)
+    impressions, events = log.experiment_log(experiment)
+    if variant is not None:
+        impressions = [i for i in impressions if i.variant == variant]
+    if not positives(impressions, events):  # before minutes of model loading
+        raise LlmrecError(NOTHING_TO_REPLAY)
+    mv = load_version(model_root, version)
+    settings = LiveSettings(model_root=model_root, version=version, store=store)
+    console.print(f"replaying {len(impressions)} impressions with model version {mv.version}")
+    retrieval = RetrievalService(mv, log, settings)
+    reranker = RerankService(mv, log, settings) if mv.reranker is not None else None
+    cases, skipped = replay_cases(log, retrieval, reranker, impressions, events, n=candidates)
+    try:
+        rep = replay_report(cases, skipped=skipped)
+    except ValueError as e:
+        raise LlmrecError(str(e)) from None
+    rep.update(version=mv.version, experiment=experiment, variant=variant)
+    print_replay(rep, Console(width=160))
+    folder = out or DEFAULT_ROOT / "replay" / mv.version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "replay.json").write_text(json.dumps(rep, indent=2))
+    console.print(f"wrote {folder / 'replay.json'}")
 
 
 @app.command()

@@ -95,9 +95,17 @@ class EventStore(ABC):
         """Record what a response showed (analytics: not on the acknowledgement path)."""
 
     @abstractmethod
-    def experiment_log(self, experiment: str) -> tuple[list[Impression], list[Event]]:
-        """The experiment's impressions, and the events attributed to them by request_id
-        (user ids as stored: pseudonyms, enough to match events to impressions)."""
+    def experiment_log(self, experiment: str | None) -> tuple[list[Impression], list[Event]]:
+        """The experiment's impressions (None: every impression), and the events attributed
+        to them by request_id (user ids as stored: pseudonyms, enough to match events to
+        impressions)."""
+
+    @abstractmethod
+    def events_by_pseudonym(self, who: str) -> list[Event]:
+        """A user's events, oldest first, found by the pseudonym the logs hold (replay)."""
+
+    @abstractmethod
+    def pseudonym(self, user_id: str) -> str: ...
 
     @abstractmethod
     def purge_before(self, timestamp: float) -> dict[str, int]:
@@ -302,13 +310,21 @@ class SQLiteEventStore(EventStore):
             ),
         )
 
-    def experiment_log(self, experiment: str) -> tuple[list[Impression], list[Event]]:
+    def events_by_pseudonym(self, who: str) -> list[Event]:
+        rows = self._conn().execute(
+            "SELECT user_id, item_id, type, ts, value, event_id, request_id FROM events "
+            "WHERE user_id = ? ORDER BY ts, seq",
+            (who,),
+        )
+        return [Event(*r) for r in rows]
+
+    def experiment_log(self, experiment: str | None) -> tuple[list[Impression], list[Event]]:
         c = self._conn()
         shown = [
             Impression(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7])
             for r in c.execute(
                 "SELECT request_id, user_id, items, stage, model, ts, experiment, variant "
-                "FROM impressions WHERE experiment = ? ORDER BY ts",
+                "FROM impressions WHERE ?1 IS NULL OR experiment = ?1 ORDER BY ts",
                 (experiment,),
             )
         ]
@@ -317,7 +333,7 @@ class SQLiteEventStore(EventStore):
             for r in c.execute(
                 "SELECT e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id "
                 "FROM events e JOIN impressions i ON e.request_id = i.request_id "
-                "WHERE i.experiment = ? ORDER BY e.seq",
+                "WHERE ?1 IS NULL OR i.experiment = ?1 ORDER BY e.seq",
                 (experiment,),
             )
         ]

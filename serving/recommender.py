@@ -15,7 +15,7 @@ from pipelines.artifact import load_dataset
 from pipelines.errors import ArtifactError
 from serving.catalog import Catalog
 from serving.config import LiveSettings
-from serving.events import POSITIVE, EventStore
+from serving.events import POSITIVE, Event, EventStore
 from training.candidates import CandidateConfig, Candidates
 from training.publish import ModelVersion
 from training.reranker.examples import subset
@@ -129,12 +129,26 @@ class RetrievalService:
         return len(new)
 
     def user_state(self, user_id: str) -> UserState:
-        index = self.catalog.user_index.get(user_id)
         events = self.store.events_of(user_id)
         version = self.store.version(user_id) if events else 0
+        stated = self.store.attributes(user_id) if self.stack.segment is not None else {}
+        index = self.catalog.user_index.get(user_id)
+        return self.state_of(user_id, index, events, version, time.time(), stated)
+
+    def state_of(
+        self,
+        user_id: str,
+        index: int | None,
+        events: list[Event],
+        version: int,
+        now: float,
+        stated: dict[str, Any],
+    ) -> UserState:
+        """A user's state from the dataset row `index` and their stored `events` as of
+        `now` (replay passes a past moment and the events before it)."""
         hist = list(self.catalog.base_history(index))
         dislikes, recent, unknown = [], [], 0
-        since = time.time() - self.settings.dislike_window_s
+        since = now - self.settings.dislike_window_s
         for e in events:
             i = self.catalog.item_index.get(e.item_id)
             if i is None:
@@ -146,7 +160,7 @@ class RetrievalService:
             elif e.type in POSITIVE:
                 hist.append(i)
         segment = None
-        if self.stack.segment is not None and (stated := self.store.attributes(user_id)):
+        if self.stack.segment is not None and stated:
             seg = self.stack.segment
             segment = {**seg.user_codes(index), **seg.encode(stated, strict=False)}
         return UserState(
@@ -194,7 +208,22 @@ class RetrievalService:
         for another count)."""
         start = time.perf_counter()
         self.sync_items()
-        state = self.user_state(user_id)
+        return self.retrieve_for(
+            self.user_state(user_id), exclude, category, history_items, n, start
+        )
+
+    def retrieve_for(
+        self,
+        state: UserState,
+        exclude: list[str] | None = None,
+        category: str | None = None,
+        history_items: int = 10,
+        n: int | None = None,
+        start: float | None = None,
+    ) -> Retrieved:
+        """Candidates for a given user state (replay builds past states)."""
+        start = time.perf_counter() if start is None else start
+        user_id = state.user_id
         self._refold(state)
         excluded = list(state.dislikes)
         unknown_excludes = 0
