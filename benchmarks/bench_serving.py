@@ -170,6 +170,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--new-users", type=int, default=200, help="unknown users in the mix")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--shed", type=int, default=3, help="shed_inflight of the load-shedding variant")
     args = p.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -230,13 +231,16 @@ def main() -> None:
 
     ray.init(log_to_driver=False, include_dashboard=False)
     base = f"http://127.0.0.1:{args.port}"
-    for variant, live in (
-        ("graph with re-ranker", {}),
+    graphs = (
+        ("graph with re-ranker", {"shed_inflight": None}),
+        (f"graph with re-ranker, shed above {args.shed}", {"shed_inflight": args.shed}),
         ("graph without re-ranker", {"rerank": False}),
-    ):
+    )
+    for n, (variant, live) in enumerate(graphs, start=1):
         run_profile(
             "cpu",
-            {"model_root": root, "store": f"sqlite://{tmp / (variant[:10] + '.db')}"},
+            # A fresh store per variant: none inherits another's cached lists.
+            {"model_root": root, "store": f"sqlite://{tmp / f'graph-{n}.db'}"},
             user_config=live or None,
             port=args.port,
         )

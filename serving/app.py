@@ -10,6 +10,7 @@ last event is answered by the Api from the store without any hop.
 """
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -344,6 +345,7 @@ class Api(_WatchesVersions):
         self.metrics = Metrics()
         self.inflight = 0
         self._tasks: set[asyncio.Task] = set()
+        self._nearline: dict[str, asyncio.Task] = {}  # per user, the list being precomputed
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -400,10 +402,19 @@ class Api(_WatchesVersions):
         try:
             plain = not exclude and category is None
             # Cached lists were ranked with the base settings: a variant that changes them
-            # computes its own.
-            cacheable = plain and s.cache and not (variant is not None and variant.settings)
+            # computes its own, and turning the re-ranker off stops serving its lists.
+            cacheable = (
+                plain and s.cache and s.rerank and not (variant is not None and variant.settings)
+            )
             if cacheable:
                 hit = self._cached(user_id, k)
+                pending = self._nearline.get(user_id)
+                if hit is None and pending is not None and not pending.done():
+                    # The user's last event started this very list: wait for it rather
+                    # than compute it twice on the same cores (read-your-writes, sooner).
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(pending), s.deadline_ms * 0.6e-3)
+                    hit = self._cached(user_id, k)
                 if hit is not None:
                     hit["request_id"] = request_id
                     hit["timings_ms"] = {"total": round((time.perf_counter() - start) * 1000, 2)}
@@ -499,7 +510,11 @@ class Api(_WatchesVersions):
         timings["retrieval"] = time.perf_counter() - t
         scores, fallback, rr_version = None, None, None
         routed = r.path != "cold_start" and r.history_len < s.rerank_min_history
-        if r.path != "cold_start" and s.rerank and len(r.items) > 1 and not routed:
+        wants = r.path != "cold_start" and s.rerank and len(r.items) > 1 and not routed
+        # Shed load before it queues: past the limit, retrieval answers now, on time.
+        if wants and deadline and s.shed_inflight and self.inflight > s.shed_inflight:
+            wants, fallback = False, "overload"
+        if wants:
             left = budget - (time.perf_counter() - start) - 0.005
             t = time.perf_counter()
             call = self.reranker.score.remote((r.prompt_history, r.items, r.features, version))
@@ -562,16 +577,23 @@ class Api(_WatchesVersions):
         unknown = sum(e.item_id not in known for e in events)
         if self.settings.cache:
             for user in {e.user_id for e in events}:
-                self._spawn(self._precompute(user))
+                task = self._spawn(self._precompute(user))
+                self._nearline[user] = task
+                task.add_done_callback(
+                    lambda t, u=user: (
+                        self._nearline.pop(u, None) if self._nearline.get(u) is t else None
+                    )
+                )
         return {"stored": stored, "duplicates": duplicates, "unknown_items": unknown}
 
     def _refresh_items(self) -> None:
         self.catalog.add(self.store.items(after=self.catalog.added))
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _precompute(self, user_id: str) -> None:
         """Nearline: the user's next list, re-ranked now and cached under the version it

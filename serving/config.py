@@ -32,6 +32,12 @@ class LiveSettings(BaseModel):
     # Injected delay for the deadline tests and drills (never set in production profiles).
     rerank_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False
+    shed_inflight: int | None = Field(
+        None,
+        ge=1,
+        description="above this many requests in flight in one Api replica, new requests "
+        "skip the re-ranker: answered from retrieval, flagged overload (None: never)",
+    )
     rerank_min_history: int = Field(
         0, ge=0, description="users with shorter histories get retrieval order (routing)"
     )

@@ -211,6 +211,51 @@ def test_nearline_cache_serves_only_current_lists(server):
     assert hit["items"][0]["item_id"] not in [x["item_id"] for x in fresh["items"]]
 
 
+def test_the_request_right_after_an_event_joins_its_nearline_list(server):
+    """No sleep: the next request waits for the list the event started (cached, re-ranked,
+    reflecting the event) instead of computing the same list a second time."""
+    base, _, _ = server
+    for n, item in enumerate(("1", "2", "3")):
+        post_events(base, {"user_id": "16", "item_id": item, "type": "click"})
+        out = rec(base, "16", k=10)
+        assert out["cached"] and out["stage"] == "rerank", (n, out["stage"], out["fallback"])
+        assert item not in [x["item_id"] for x in out["items"]]
+
+
+def test_turning_the_reranker_off_stops_serving_its_cached_lists(server):
+    base, _, deploy = server
+    post_events(base, {"user_id": "17", "item_id": "1", "type": "click"})
+    assert rec(base, "17", k=5)["cached"]
+    deploy(rerank=False)
+    try:
+        out = rec(base, "17", k=5)
+        assert not out["cached"] and out["stage"] == "retrieval"
+    finally:
+        deploy()
+
+
+def test_overload_is_shed_to_retrieval_on_time(server):
+    base, _, deploy = server
+    deploy(shed_inflight=1, rerank_delay_ms=400, cache=False)
+    try:
+        outs: list[dict] = []
+
+        def one(u: str) -> None:
+            outs.append(rec(base, u, k=5))
+
+        threads = [threading.Thread(target=one, args=(str(u),)) for u in range(90, 94)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        shed = [o for o in outs if o["fallback"] == "overload"]
+        assert len(outs) == 4 and 1 <= len(shed) <= 3
+        assert all(o["stage"] == "retrieval" and o["timings_ms"]["total"] < 300 for o in shed)
+        assert all(o["stage"] == "rerank" for o in outs if o["fallback"] is None)
+    finally:
+        deploy()
+
+
 def test_deleting_a_user_removes_their_events_and_state(server):
     base, db, _ = server
     post_events(base, [{"user_id": "gone", "item_id": "1", "type": "click"}] * 2)
