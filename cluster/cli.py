@@ -42,6 +42,10 @@ DEFAULT_ROOT = Path("artifacts")
 
 #: Options every stage that reads a prepared dataset shares.
 DatasetName = Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")]
+EventStoreUrl = Annotated[
+    str, typer.Option(help="event store URL holding the events and logged impressions")
+]
+DEFAULT_STORE = "sqlite://artifacts/serving/events.db"
 DatasetUri = Annotated[
     str | None,
     typer.Option(help="dataset artifact, folder or URI [default: artifacts/datasets/<name>]"),
@@ -669,13 +673,21 @@ def serve_config(
     )
 
 
+def _event_store(store: str):
+    """An existing event store (opening a missing SQLite path would create an empty one)."""
+    from serving.events import open_store
+
+    path = store[len("sqlite://") :] if store.startswith("sqlite://") else store
+    if "://" not in path and not Path(path).exists():
+        raise LlmrecError(f"no event store at '{path}'")
+    return open_store(store)
+
+
 @app.command()
 @user_errors
 def report(
     experiment: Annotated[str, typer.Option(help="the experiment's name in the Serve config")],
-    store: Annotated[
-        str, typer.Option(help="event store URL")
-    ] = "sqlite://artifacts/serving/events.db",
+    store: EventStoreUrl = DEFAULT_STORE,
     control: Annotated[
         str | None, typer.Option(help="variant to compare with [default: 'control' or first]")
     ] = None,
@@ -688,13 +700,9 @@ def report(
     import json
 
     from serving.ab_report import experiment_report, plot_report, print_report
-    from serving.events import open_store
 
-    path = store[len("sqlite://") :] if store.startswith("sqlite://") else store
-    if "://" not in path and not Path(path).exists():
-        raise LlmrecError(f"no event store at '{path}'")
     try:
-        impressions, events = open_store(store).experiment_log(experiment)
+        impressions, events = _event_store(store).experiment_log(experiment)
         rep = experiment_report(experiment, impressions, events, control)
     except ValueError as e:
         raise LlmrecError(str(e)) from None
@@ -713,9 +721,7 @@ def replay(
         DEFAULT_ROOT / "models" / "ml-100k"
     ),
     version: Annotated[str, typer.Option(help="the candidate model version")] = "latest",
-    store: Annotated[
-        str, typer.Option(help="event store URL holding the logged impressions")
-    ] = "sqlite://artifacts/serving/events.db",
+    store: EventStoreUrl = DEFAULT_STORE,
     experiment: Annotated[
         str | None, typer.Option(help="only this experiment's impressions [default: all]")
     ] = None,
@@ -732,7 +738,6 @@ def replay(
     import json
 
     from serving.config import LiveSettings
-    from serving.events import open_store
     from serving.recommender import RerankService, RetrievalService
     from serving.replay import (
         NOTHING_TO_REPLAY,
@@ -743,10 +748,7 @@ def replay(
     )
     from training.publish import load_version
 
-    path = store[len("sqlite://") :] if store.startswith("sqlite://") else store
-    if "://" not in path and not Path(path).exists():
-        raise LlmrecError(f"no event store at '{path}'")
-    log = open_store(store)
+    log = _event_store(store)
     impressions, events = log.experiment_log(experiment)
     if variant is not None:
         impressions = [i for i in impressions if i.variant == variant]
