@@ -144,6 +144,7 @@ def reflection(base: str, trials: int) -> dict:
     import requests
 
     ms, reflected = [], 0
+    answered_by: dict[str, int] = {}
     for i in range(trials):
         user = f"reflect-{i}"
         requests.post(f"{base}/events", json={"user_id": user, "item_id": "1", "type": "click"})
@@ -156,10 +157,14 @@ def reflection(base: str, trials: int) -> dict:
         got = requests.get(f"{base}/recommend/{user}", params={"k": 10}).json()
         ms.append((time.perf_counter() - t) * 1000)
         reflected += top["item_id"] not in [x["item_id"] for x in got["items"]]
+        how = "cache" if got["cached"] else got["stage"]
+        how += f" ({got['fallback']})" if got["fallback"] else ""
+        answered_by[how] = answered_by.get(how, 0) + 1
     return {
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "reflected": reflected / trials,
+        "answered_by": answered_by,
     }
 
 
@@ -170,6 +175,13 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--new-users", type=int, default=200, help="unknown users in the mix")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--reflection-only",
+        type=float,
+        nargs="+",
+        metavar="REFLECT_MS",
+        help="only measure event reflection, with reflect_ms unset (0) and at each value given",
+    )
     p.add_argument("--shed", type=int, default=3, help="shed_inflight of the load-shedding variant")
     args = p.parse_args()
 
@@ -200,6 +212,10 @@ def main() -> None:
     known = list(retrieval_probe.catalog.user_index)
     items = retrieval_probe.catalog.item_ids[:1000]
     users = known + [f"new-{i}" for i in range(args.new_users)]
+
+    if args.reflection_only:
+        reflection_only(args, root, tmp, console)
+        return
 
     results: dict = {
         "machine": f"{os.cpu_count()} vCPU {platform.processor() or platform.machine()}",
@@ -302,6 +318,46 @@ def main() -> None:
     (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / "serving.png")
     console.print(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'}")
+
+
+def reflection_only(args, root: str, tmp: Path, console: Console) -> None:
+    """Event reflection with the re-ranker, without and with `reflect_ms` (one run)."""
+    import ray
+    from ray import serve
+
+    from serving.deploy import run_profile
+
+    ray.init(log_to_driver=False, include_dashboard=False)
+    base = f"http://127.0.0.1:{args.port}"
+    out = {
+        "machine": f"{os.cpu_count()} vCPU {platform.processor() or platform.machine()}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "trials": 30,
+        "cells": [],
+    }
+    t = Table(title="Event reflection: the request right after an acknowledged event")
+    for col in ("reflect_ms", "reflected", "p50 ms", "p99 ms", "answered by"):
+        t.add_column(col)
+    for n, value in enumerate(args.reflection_only):
+        live = {"reflect_ms": value or None}
+        store = f"sqlite://{tmp / f'reflect-{n}.db'}"
+        run_profile("cpu", {"model_root": root, "store": store}, user_config=live, port=args.port)
+        _wait(base)
+        cell = {"reflect_ms": value or None, **reflection(base, 30)}
+        out["cells"].append(cell)
+        t.add_row(
+            str(cell["reflect_ms"]),
+            f"{cell['reflected']:.0%}",
+            f"{cell['p50_ms']:.0f}",
+            f"{cell['p99_ms']:.0f}",
+            ", ".join(f"{k} {v}" for k, v in cell["answered_by"].items()),
+        )
+        serve.shutdown()
+    ray.shutdown()
+    console.print(t)
+    (RESULTS / "serving_reflection.json").write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {RESULTS / 'serving_reflection.json'}")
 
 
 def _wait(base: str) -> None:

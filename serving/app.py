@@ -113,6 +113,13 @@ def _field_errors(e: ValidationError, batch: bool) -> str:
     return "; ".join(parts)
 
 
+async def _wait(task: asyncio.Task, seconds: float) -> None:
+    """Wait up to `seconds` for a task that others may wait on too (never cancel it)."""
+    if seconds > 0:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(task), seconds)
+
+
 # -- deployments -----------------------------------------------------------------------------
 
 
@@ -346,6 +353,7 @@ class Api(_WatchesVersions):
         self.inflight = 0
         self._tasks: set[asyncio.Task] = set()
         self._nearline: dict[str, asyncio.Task] = {}  # per user, the list being precomputed
+        self._fresh: dict[str, Retrieved] = {}  # per user, that computation's retrieval
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -412,9 +420,17 @@ class Api(_WatchesVersions):
                 if hit is None and pending is not None and not pending.done():
                     # The user's last event started this very list: wait for it rather
                     # than compute it twice on the same cores (read-your-writes, sooner).
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(asyncio.shield(pending), s.deadline_ms * 0.6e-3)
+                    wait = s.deadline_ms * 0.6e-3
+                    first = min(s.reflect_ms / 1000, wait) if s.reflect_ms else wait
+                    await _wait(pending, first)
                     hit = self._cached(user_id, k)
+                    if hit is None and not pending.done() and s.reflect_ms:
+                        out = self._fresh_answer(user_id, k, request_id, start)
+                        if out is not None:
+                            self.metrics.observe(out, time.perf_counter() - start, cache="miss")
+                            return self._shown(out, exp, variant)
+                        await _wait(pending, wait - first)  # not even retrieved yet
+                        hit = self._cached(user_id, k)
                 if hit is not None:
                     hit["request_id"] = request_id
                     hit["timings_ms"] = {"total": round((time.perf_counter() - start) * 1000, 2)}
@@ -449,6 +465,17 @@ class Api(_WatchesVersions):
             self._spawn(asyncio.to_thread(self.store.log_impression, imp))
         return out
 
+    def _fresh_answer(
+        self, user_id: str, k: int, request_id: str, start: float
+    ) -> dict[str, Any] | None:
+        """The retrieval the pending nearline computation has done for the user's newest
+        event, in retrieval order: the event reflected now, the re-ranked list next time."""
+        r = self._fresh.get(user_id)
+        if r is None or r.user_version != self.store.version(user_id):
+            return None
+        timings = {"total": time.perf_counter() - start}
+        return respond(r, k, None, request_id, "nearline_pending", timings, None)
+
     def _cached(self, user_id: str, k: int) -> dict[str, Any] | None:
         version = self.store.version(user_id)
         hit = self.store.cache_get(user_id, version)
@@ -469,6 +496,7 @@ class Api(_WatchesVersions):
         request_id: str,
         s: LiveSettings,
         deadline: bool = True,
+        on_retrieved: Any = None,
     ) -> dict[str, Any]:
         budget = s.deadline_ms / 1000 if deadline else 60.0
         timings: dict[str, float] = {}
@@ -508,6 +536,8 @@ class Api(_WatchesVersions):
                 "cached": False,
             }
         timings["retrieval"] = time.perf_counter() - t
+        if on_retrieved is not None:
+            on_retrieved(r)
         scores, fallback, rr_version = None, None, None
         routed = r.path != "cold_start" and r.history_len < s.rerank_min_history
         wants = r.path != "cold_start" and s.rerank and len(r.items) > 1 and not routed
@@ -601,12 +631,22 @@ class Api(_WatchesVersions):
         try:
             s = self.settings
             out = await self._compute(
-                user_id, s.k_max, [], None, time.perf_counter(), "nearline", s, deadline=False
+                user_id,
+                s.k_max,
+                [],
+                None,
+                time.perf_counter(),
+                "nearline",
+                s,
+                deadline=False,
+                on_retrieved=lambda r: self._fresh.__setitem__(user_id, r),
             )
             if out["stage"] == "rerank" and not out["fallback"]:
                 self.store.cache_put(user_id, out["user_version"], out)
         except Exception as e:  # best effort: the request path recomputes
             log.warning("nearline precompute for a user failed: %s", e)
+        finally:
+            self._fresh.pop(user_id, None)
 
     @api.get("/items/{item_id}/similar")
     async def similar(self, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10):

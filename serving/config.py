@@ -32,6 +32,14 @@ class LiveSettings(BaseModel):
     # Injected delay for the deadline tests and drills (never set in production profiles).
     rerank_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False
+    reflect_ms: float | None = Field(
+        None,
+        gt=0,
+        le=60_000,
+        description="a request that finds its user's nearline list still being computed "
+        "waits this long for it, then answers from that computation's fresh retrieval, "
+        "flagged nearline_pending (None: wait up to 60% of the deadline)",
+    )
     shed_inflight: int | None = Field(
         None,
         ge=1,

@@ -222,6 +222,24 @@ def test_the_request_right_after_an_event_joins_its_nearline_list(server):
         assert item not in [x["item_id"] for x in out["items"]]
 
 
+def test_reflect_ms_answers_from_the_pending_lists_fresh_retrieval(server):
+    base, _, deploy = server
+    deploy(reflect_ms=300, rerank_delay_ms=1500)
+    try:
+        post_events(base, {"user_id": "19", "item_id": "1", "type": "click"})
+        t = time.perf_counter()
+        now = rec(base, "19", k=10)
+        took = time.perf_counter() - t
+        assert now["stage"] == "retrieval" and now["fallback"] == "nearline_pending", now
+        assert "1" not in [x["item_id"] for x in now["items"]] and took < 1.2
+        time.sleep(2)  # the re-ranked list lands in the cache
+        later = rec(base, "19", k=10)
+        assert later["cached"] and later["stage"] == "rerank"
+        assert later["user_version"] == now["user_version"]
+    finally:
+        deploy()
+
+
 def test_turning_the_reranker_off_stops_serving_its_cached_lists(server):
     base, _, deploy = server
     post_events(base, {"user_id": "17", "item_id": "1", "type": "click"})
