@@ -200,6 +200,9 @@ def main() -> None:
     mv = load_version(args.model_root)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving"))
     root = str(Path(args.model_root).resolve())
+    if args.reflection_only:
+        reflection_only(args, root, tmp, console)
+        return
     from serving.deploy import read_profile
 
     # The in-process variant runs the re-ranker with the CPU profile's compression too.
@@ -213,14 +216,8 @@ def main() -> None:
     items = retrieval_probe.catalog.item_ids[:1000]
     users = known + [f"new-{i}" for i in range(args.new_users)]
 
-    if args.reflection_only:
-        reflection_only(args, root, tmp, console)
-        return
-
     results: dict = {
-        "machine": f"{os.cpu_count()} vCPU {platform.processor() or platform.machine()}",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
+        **run_info(),
         "model_version": mv.version,
         "deadline_ms": deadline,
         "duration_s": args.duration,
@@ -320,6 +317,15 @@ def main() -> None:
     console.print(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'}")
 
 
+def run_info() -> dict[str, str]:
+    """Where, when and how a result was measured."""
+    return {
+        "machine": f"{os.cpu_count()} vCPU {platform.processor() or platform.machine()}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+    }
+
+
 def reflection_only(args, root: str, tmp: Path, console: Console) -> None:
     """Event reflection with the re-ranker, without and with `reflect_ms` (one run)."""
     import ray
@@ -330,9 +336,7 @@ def reflection_only(args, root: str, tmp: Path, console: Console) -> None:
     ray.init(log_to_driver=False, include_dashboard=False)
     base = f"http://127.0.0.1:{args.port}"
     out = {
-        "machine": f"{os.cpu_count()} vCPU {platform.processor() or platform.machine()}",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
+        **run_info(),
         "trials": 30,
         "cells": [],
     }

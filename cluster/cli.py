@@ -42,14 +42,15 @@ DEFAULT_ROOT = Path("artifacts")
 
 #: Options every stage that reads a prepared dataset shares.
 DatasetName = Annotated[str, typer.Option(help="dataset name (its artifact's folder name)")]
-EventStoreUrl = Annotated[
-    str, typer.Option(help="event store URL holding the events and logged impressions")
-]
-DEFAULT_STORE = "sqlite://artifacts/serving/events.db"
 DatasetUri = Annotated[
     str | None,
     typer.Option(help="dataset artifact, folder or URI [default: artifacts/datasets/<name>]"),
 ]
+#: The event store the A/B report and replay read.
+EventStoreUrl = Annotated[
+    str, typer.Option(help="event store URL holding the events and logged impressions")
+]
+DEFAULT_STORE = "sqlite://artifacts/serving/events.db"
 
 
 class Dataset(StrEnum):
@@ -675,12 +676,15 @@ def serve_config(
 
 def _event_store(store: str):
     """An existing event store (opening a missing SQLite path would create an empty one)."""
-    from serving.events import open_store
+    from serving.events import open_store, sqlite_path
 
-    path = store[len("sqlite://") :] if store.startswith("sqlite://") else store
-    if "://" not in path and not Path(path).exists():
+    path = sqlite_path(store)
+    if path is not None and not Path(path).exists():
         raise LlmrecError(f"no event store at '{path}'")
-    return open_store(store)
+    try:
+        return open_store(store)
+    except ValueError as e:
+        raise LlmrecError(str(e)) from None
 
 
 @app.command()

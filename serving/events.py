@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +201,10 @@ class SQLiteEventStore(EventStore):
         return stored, len(events) - stored
 
     def events_of(self, user_id: str) -> list[Event]:
-        rows = self._conn().execute(
-            "SELECT user_id, item_id, type, ts, value, event_id, request_id FROM events "
-            "WHERE user_id = ? ORDER BY ts, seq",
-            (self.pseudonym(user_id),),
-        )
-        return [Event(user_id, *r[1:]) for r in rows]
+        # Handed back under the id asked for, not the pseudonym stored.
+        return [
+            replace(e, user_id=user_id) for e in self.events_by_pseudonym(self.pseudonym(user_id))
+        ]
 
     def version(self, user_id: str) -> int:
         row = (
@@ -407,10 +405,17 @@ CREATE TABLE IF NOT EXISTS cache (
 """
 
 
-def open_store(url: str) -> EventStore:
-    """`sqlite://<path>` (`sqlite:///abs/file.db`, `sqlite://rel/file.db`) or a bare path."""
+def sqlite_path(url: str) -> str | None:
+    """The file of a `sqlite://<path>` URL (`sqlite:///abs/file.db`, `sqlite://rel/file.db`)
+    or a bare path; None for any other scheme."""
     if url.startswith("sqlite://"):
-        return SQLiteEventStore(url[len("sqlite://") :])
-    if "://" in url:
+        return url[len("sqlite://") :]
+    return None if "://" in url else url
+
+
+def open_store(url: str) -> EventStore:
+    """The event store at `url` (see `sqlite_path`)."""
+    path = sqlite_path(url)
+    if path is None:
         raise ValueError(f"unsupported event store '{url}': use sqlite:///<path>")
-    return SQLiteEventStore(url)
+    return SQLiteEventStore(path)

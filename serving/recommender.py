@@ -131,9 +131,17 @@ class RetrievalService:
     def user_state(self, user_id: str) -> UserState:
         events = self.store.events_of(user_id)
         version = self.store.version(user_id) if events else 0
-        stated = self.store.attributes(user_id) if self.stack.segment is not None else {}
         index = self.catalog.user_index.get(user_id)
-        return self.state_of(user_id, index, events, version, time.time(), stated)
+        state = self.state_of(user_id, index, events, version, time.time())
+        # Stated attributes only matter on the cold-start path: read them only then.
+        seg = self.stack.segment
+        if (
+            seg is not None
+            and not len(state.history)
+            and (stated := self.store.attributes(user_id))
+        ):
+            state.segment = {**seg.user_codes(index), **seg.encode(stated, strict=False)}
+        return state
 
     def state_of(
         self,
@@ -142,7 +150,6 @@ class RetrievalService:
         events: list[Event],
         version: int,
         now: float,
-        stated: dict[str, Any],
     ) -> UserState:
         """A user's state from the dataset row `index` and their stored `events` as of
         `now` (replay passes a past moment and the events before it)."""
@@ -159,10 +166,6 @@ class RetrievalService:
                     recent.append(i)
             elif e.type in POSITIVE:
                 hist.append(i)
-        segment = None
-        if self.stack.segment is not None and stated:
-            seg = self.stack.segment
-            segment = {**seg.user_codes(index), **seg.encode(stated, strict=False)}
         return UserState(
             user_id,
             index,
@@ -171,7 +174,6 @@ class RetrievalService:
             version,
             unknown,
             np.asarray(recent, dtype=np.int64),
-            segment,
         )
 
     def _refold(self, state: UserState) -> None:

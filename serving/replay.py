@@ -150,15 +150,14 @@ def replay_cases(
     retrieval.sync_items()
     history: dict[str, list[Event]] = {}
     cases: list[ReplayCase] = []
-    skipped = {"no_click": 0}
     todo = [i for i in impressions if i.request_id in clicked]
-    skipped["no_click"] = len(impressions) - len(todo)
+    skipped = {"no_click": len(impressions) - len(todo)}
     for imp in tqdm(todo, desc="replay", unit="impression", disable=not progress):
         who = imp.user_id
         if who not in history:
             history[who] = store.events_by_pseudonym(who)
         before = [e for e in history[who] if e.timestamp < imp.timestamp]
-        state = retrieval.state_of(who, users.get(who), before, len(before), imp.timestamp, {})
+        state = retrieval.state_of(who, users.get(who), before, len(before), imp.timestamp)
         r = retrieval.retrieve_for(state, n=n)
         scores = None
         if reranker is not None and r.path != "cold_start" and len(r.items) > 1:

@@ -48,6 +48,7 @@ class FitData:
         matrix = csr_from_pairs(users, items, np.ones(len(items), np.float32), (n_users, n_items))
         text = ds.items[ITEM_TEXT].to_pylist()
         cats = [c or [] for c in ds.items[ITEM_CATEGORIES].to_pylist()]
+        labels = segment_labels(ds)
         return cls(
             n_users=n_users,
             n_items=n_items,
@@ -57,10 +58,10 @@ class FitData:
             seq_times=times,
             item_text=text,
             item_categories=cats,
-            user_segments=user_segments(ds),
+            user_segments=user_segments(ds, labels),
             dataset_name=ds.manifest.name,
             dataset_version=ds.manifest.version,
-            segment_labels=segment_labels(ds),
+            segment_labels=labels,
         )
 
     def history(self, user: int) -> np.ndarray:
@@ -131,14 +132,16 @@ def segment_code(attribute: str, value: Any, labels: list[str]) -> int:
         return -1
 
 
-def user_segments(ds: Dataset) -> dict[str, np.ndarray]:
-    """Integer segment codes per user for each categorical attribute (`segment_labels`).
+def user_segments(ds: Dataset, labels: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
+    """Integer segment codes per user for each categorical attribute (`labels`, default
+    `segment_labels(ds)`).
 
     Code -1 means unknown. Used by segment popularity; empty when users have no attributes.
     """
+    labels = segment_labels(ds) if labels is None else labels
     return {
         attr: np.array(
-            [segment_code(attr, v, labels) for v in ds.users[attr].to_pylist()], dtype=np.int32
+            [segment_code(attr, v, values) for v in ds.users[attr].to_pylist()], dtype=np.int32
         )
-        for attr, labels in segment_labels(ds).items()
+        for attr, values in labels.items()
     }
