@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--data", default=None, help="ML-100k artifact (prepared if missing)")
     args = p.parse_args()
 
+    import torch
     from threadpoolctl import threadpool_limits
 
     from pipelines.artifact import MANIFEST, load_dataset, write_dataset
@@ -47,17 +48,9 @@ def main() -> None:
     from pipelines.sources import load_source
     from training.candidates import CandidateConfig, CandidateGenerator
     from training.evaluation.harness import Phase
-    from training.retrieval import (
-        ALS,
-        BPR,
-        Content,
-        FitData,
-        ItemKNN,
-        MostPopular,
-        SegmentPopular,
-        Transitions,
-    )
+    from training.retrieval import FitData, MostPopular, SegmentPopular
     from training.retrieval.fusion import LearnedFusion, source_ranks
+    from training.stack import DEFAULT_SOURCES
 
     console = Console(width=140)
     path = args.data or "/tmp/llmrec-bench/ml-100k"
@@ -66,15 +59,8 @@ def main() -> None:
     ds = load_dataset(path)
     data = FitData.from_dataset(ds, Split.VALIDATION)
     with console.status("fitting sources"):
-        sources = {
-            "transitions": Transitions(window=3, recent=3, recency_decay=0.5, pop_damping=0.0),
-            "als": ALS(factors=32, regularization=1.0, alpha=1.0),
-            "bpr": BPR(factors=64, learning_rate=0.01),
-            "item_knn": ItemKNN(similarity="bm25", neighbours=100),
-            "content": Content(recent=1),
-        }
-        for m in sources.values():
-            m.fit(data)
+        # The serving stack's sources with its parameters (one definition: training.stack).
+        sources = {n: klass(**params).fit(data) for n, (klass, params) in DEFAULT_SOURCES.items()}
         pop, seg = MostPopular().fit(data), SegmentPopular(smoothing=100).fit(data)
         val = Phase.build(ds, Split.VALIDATION)
         # Latency only: the fusion weights need not be the evaluated ones.
@@ -88,13 +74,14 @@ def main() -> None:
     users = [(u, data.history(u)) for u in range(data.n_users)]
     rows = []
     # One thread, as a serving replica would run (LM_NOTES: one thread per replica).
+    torch.set_num_threads(1)  # torch's own pool: threadpoolctl does not reach it
     with threadpool_limits(1):
         for name, m in sources.items():
             ms = timed(lambda u, h, m=m: m.recommend(u, h, args.n), users)
             rows.append((f"{name}.recommend (n={args.n})", ms))
         rows.append(
             (
-                "candidates: warm (5 sources + learned fusion)",
+                f"candidates: warm ({len(sources)} sources + learned fusion)",
                 timed(lambda u, h: gen.generate(u, h), users),
             )
         )
@@ -111,7 +98,7 @@ def main() -> None:
             )
         )
         events = [(u, np.append(h, (h[-1] + 1) % data.n_items)) for u, h in users]
-        for name in ("als", "bpr"):
+        for name in ("ALS", "BPR"):
             m = sources[name]
             rows.append(
                 (

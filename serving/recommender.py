@@ -25,6 +25,9 @@ from training.retrieval.fusion import fuse, source_ranks
 
 HISTORY_SOURCES = ("transitions", "item-kNN BM25", "content")
 CF_SOURCES = ("ALS", "BPR")
+#: Sources that read the order of the whole recent history; they name no single "because"
+#: item (a leave-one-out search over them would cost a model call per history item).
+SEQUENCE_SOURCES = ("SASRec", "transitions (recall)")
 EXPLAIN_RECENT = 5
 
 
@@ -351,6 +354,8 @@ class RetrievalService:
                     sentence = f"popular with users like you ({attr}: {value})"
                 elif any(s in sources for s in CF_SOURCES):
                     sentence = "liked by users with tastes like yours"
+                elif any(s in sources for s in SEQUENCE_SOURCES):
+                    sentence = "often watched after what you watched recently"
                 elif "recent popular" in sources:
                     sentence = "popular right now"
                 else:

@@ -29,6 +29,7 @@ from training.retrieval import (
     MostPopular,
     Retriever,
     SegmentPopular,
+    SelfAttentive,
     Transitions,
 )
 from training.retrieval.embeddings import TextEncoder
@@ -44,6 +45,11 @@ DEFAULT_SOURCES: dict[str, tuple[type[Retriever], dict[str, Any]]] = {
         Transitions,
         {"window": 3, "recent": 3, "recency_decay": 0.5, "pop_damping": 0.0},
     ),
+    "transitions (recall)": (
+        Transitions,
+        {"window": 10, "recent": 10, "recency_decay": 0.8, "pop_damping": 0.3, "both_ways": False},
+    ),
+    "SASRec": (SelfAttentive, {}),
     "BPR": (BPR, {"factors": 64, "learning_rate": 0.01}),
     "ALS": (ALS, {"factors": 32, "regularization": 1.0, "alpha": 1.0}),
     "item-kNN BM25": (ItemKNN, {"similarity": "bm25", "neighbours": 100}),

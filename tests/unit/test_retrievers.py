@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ from training.retrieval import (
     RetrievalError,
     Retriever,
     SegmentPopular,
+    SelfAttentive,
     Transitions,
 )
 from training.retrieval.base import MAX_N
@@ -35,8 +38,10 @@ FACTORIES = {
     "item_knn_bm25": lambda: ItemKNN(similarity="bm25"),
     "item_knn_cosine": lambda: ItemKNN(similarity="cosine"),
     "content": lambda: Content(),
+    "transitions_both_ways": lambda: Transitions(window=5, both_ways=True),
+    "sasrec": lambda: SelfAttentive(dim=16, max_len=20, epochs=3),
 }
-HISTORY_BASED = {"transitions", "item_knn_bm25", "item_knn_cosine", "content"}
+HISTORY_BASED = {"transitions", "item_knn_bm25", "item_knn_cosine", "content", "sasrec"}
 POPULARITY = {"most_popular", "recent_popular", "segment_popular"}
 
 
@@ -184,3 +189,39 @@ def test_new_item_is_retrievable_through_content(data):
 def test_unknown_parameter_is_refused():
     with pytest.raises(RetrievalError, match="unknown parameter"):
         Transitions(windw=3)
+
+
+def _cyclic_walks(data: FitData, n_items: int = 30, users: int = 40, length: int = 30) -> FitData:
+    """Every user walks item i -> i + 1 (mod n_items) from a random start."""
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, n_items, users)
+    seqs = [(s + np.arange(length)) % n_items for s in starts]
+    return replace(
+        data,
+        n_users=users,
+        n_items=n_items,
+        seq_items=np.concatenate(seqs).astype(np.int32),
+        seq_indptr=np.arange(users + 1, dtype=np.int64) * length,
+    )
+
+
+def test_sasrec_learns_the_next_item_of_a_sequence(data):
+    walks = _cyclic_walks(data)
+    model = SelfAttentive(dim=16, max_len=10, epochs=40, batch_size=16, seed=1).fit(walks)
+    hits = [
+        model.recommend(None, [(last - 2) % 30, (last - 1) % 30, last], n=1).items[0]
+        == (last + 1) % 30
+        for last in range(30)
+    ]
+    assert np.mean(hits) > 0.9  # chance is 1/27
+    again = SelfAttentive(dim=16, max_len=10, epochs=40, batch_size=16, seed=1).fit(walks)
+    assert np.array_equal(model.score(None, [3, 4]), again.score(None, [3, 4])), "seeded"
+
+
+def test_sasrec_leaves_items_added_after_training_unscored(data):
+    model = FACTORIES["sasrec"]().fit(data)
+    model.partial_fit_items(data.n_items + 2)
+    scores = model.score(None, data.history(1))
+    assert len(scores) == data.n_items + 2 and np.all(scores[-2:] == -np.inf)
+    assert np.isfinite(scores[: data.n_items]).all()
+    assert np.array_equal(model.score(None, [data.n_items + 1, 5]), model.score(None, [5]))

@@ -30,6 +30,7 @@ from training.retrieval import (
     MostPopular,
     Retriever,
     SegmentPopular,
+    SelfAttentive,
     Transitions,
 )
 from training.retrieval.fusion import LearnedFusion, source_ranks
@@ -94,6 +95,8 @@ class ModelSpec:
     name: str
     build: Callable[[dict[str, Any]], Retriever]
     grid: list[dict[str, Any]]
+    #: what validation selects on: NDCG@10 for a ranking, Recall@50 for a candidate source
+    metric: str = "NDCG@10"
 
 
 def grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
@@ -135,7 +138,22 @@ def default_specs(encoder=None) -> list[ModelSpec]:
                 window=[1, 2, 3], recent=[1, 3, 5], recency_decay=[0.5], pop_damping=[0.0, 0.3, 0.6]
             ),
         ),
+        # A second transitions source for the candidate set: wider windows, chosen for recall.
+        ModelSpec(
+            "transitions (recall)",
+            lambda p: Transitions(**p),
+            grid(
+                window=[5, 10],
+                recent=[5, 10],
+                recency_decay=[0.8],
+                pop_damping=[0.3],
+                both_ways=[False, True],
+            ),
+            metric="Recall@50",
+        ),
         ModelSpec("content", content, grid(recent=[1, 5, 20], recency_decay=[0.8])),
+        # One point, not a grid: each fit costs about 80 s on 2 cores (docs/BENCHMARKS.md).
+        ModelSpec("SASRec", lambda p: SelfAttentive(**p), [{}]),
     ]
 
 
@@ -155,6 +173,8 @@ class _CachedContent(Content):
 
 FUSION_SOURCES = (
     "transitions",
+    "transitions (recall)",
+    "SASRec",
     "ALS",
     "BPR",
     "item-kNN BM25",
@@ -181,11 +201,13 @@ def select_and_test(spec: ModelSpec, val: Phase, test: Phase, keep_scores: bool)
     best: tuple[float, dict[str, Any], np.ndarray] | None = None
     for params in spec.grid:
         s = val.score_matrix(spec.build(params).fit(val.fit))
-        ndcg = float(metrics_from_ranks(val.ranks(s))["NDCG@10"].mean())
-        if best is None or ndcg > best[0]:
-            best = (ndcg, params, s)
+        ranks = val.ranks(s)
+        chosen = float(metrics_from_ranks(ranks)[spec.metric].mean())
+        if best is None or chosen > best[0]:
+            best = (chosen, params, s, ranks)
     assert best is not None
-    ndcg, params, val_scores = best
+    _, params, val_scores, val_ranks = best
+    ndcg = float(metrics_from_ranks(val_ranks)["NDCG@10"].mean())
     test_scores = test.score_matrix(spec.build(params).fit(test.fit))
     return ModelResult(
         spec.name,

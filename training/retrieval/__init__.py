@@ -5,10 +5,21 @@ from training.retrieval.cf import ALS, BPR, ItemKNN
 from training.retrieval.content import Content
 from training.retrieval.data import FitData
 from training.retrieval.popularity import MostPopular, SegmentPopular
+from training.retrieval.sequential import SelfAttentive
 from training.retrieval.transitions import Transitions
 
 RETRIEVERS: dict[str, type[Retriever]] = {
-    k.kind: k for k in (MostPopular, SegmentPopular, Transitions, ALS, BPR, ItemKNN, Content)
+    k.kind: k
+    for k in (
+        MostPopular,
+        SegmentPopular,
+        Transitions,
+        ALS,
+        BPR,
+        ItemKNN,
+        Content,
+        SelfAttentive,
+    )
 }
 
 __all__ = [
@@ -23,5 +34,6 @@ __all__ = [
     "RetrievalError",
     "Retriever",
     "SegmentPopular",
+    "SelfAttentive",
     "Transitions",
 ]

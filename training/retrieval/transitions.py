@@ -13,7 +13,9 @@ from training.retrieval.data import FitData
 
 class Transitions(Retriever):
     """Item-to-item scores from forward co-occurrence within `window` steps of each user's
-    chronological sequence (weight 1/distance), damped by the target's popularity.
+    chronological sequence (weight 1/distance), damped by the target's popularity. With
+    `both_ways`, co-occurrence counts in both directions: items rated in one sitting have an
+    arbitrary order, so the item that "comes next" may sit just before.
 
     A user is scored from their `recent` last items, the newest weighted 1, the one before
     `recency_decay`, and so on. Stateless per user: a new event changes the next request.
@@ -23,7 +25,13 @@ class Transitions(Retriever):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"window": 3, "recent": 5, "recency_decay": 0.6, "pop_damping": 0.3}
+        return {
+            "window": 3,
+            "recent": 5,
+            "recency_decay": 0.6,
+            "pop_damping": 0.3,
+            "both_ways": False,
+        }
 
     def fit(self, data: FitData) -> Self:
         items = data.seq_items.astype(np.int64)
@@ -39,6 +47,8 @@ class Transitions(Retriever):
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
         )
         c.sum_duplicates()
+        if self.params["both_ways"]:
+            c = (c + c.T).tocsr()
         c.setdiag(0)
         c.eliminate_zeros()
         pop = np.bincount(items, minlength=n).astype(np.float32)
