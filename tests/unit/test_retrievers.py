@@ -225,3 +225,19 @@ def test_sasrec_leaves_items_added_after_training_unscored(data):
     assert len(scores) == data.n_items + 2 and np.all(scores[-2:] == -np.inf)
     assert np.isfinite(scores[: data.n_items]).all()
     assert np.array_equal(model.score(None, [data.n_items + 1, 5]), model.score(None, [5]))
+
+
+def test_sasrec_numpy_inference_matches_the_trained_torch_network(data):
+    import torch
+
+    from training.retrieval.sequential import _Network
+
+    model = SelfAttentive(dim=16, max_len=20, epochs=2, heads=2, layers=2).fit(data)
+    net = _Network(model.trained_items, model.params)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state().items()})
+    net.eval()
+    for user in (0, 3, 9):
+        seq = data.history(user)[-20:].astype(np.int64) + 1
+        with torch.inference_mode():
+            expected = net.logits(net(torch.from_numpy(seq)[None])[0, -1]).numpy()
+        assert np.allclose(model.score(user, data.history(user)), expected, atol=1e-4)
