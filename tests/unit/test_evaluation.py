@@ -61,6 +61,15 @@ def test_source_ranks_and_rrf():
     assert r.tolist() == [[0, 1, 0, 2]]
     fused = fuse({"a": r, "b": np.array([[1, 0, 0, 0]])}, {"a": 1.0, "b": 1.0}, k=1)
     assert fused[0, 1] == pytest.approx(0.5) and fused[0, 0] == pytest.approx(0.5)
+    # Ties go to the lower id, -inf and excluded items are never ranked, rows independent;
+    # a depth beyond the catalogue ranks every finite item.
+    s = np.array([[2.0, 3.0, 2.0, -np.inf, 3.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    excluded = np.array([[False] * 5, [False, True, False, False, False]])
+    r = source_ranks(s, excluded, depth=3)
+    assert r[0, [1, 4]].tolist() == [1, 2] and sorted(r[0, [0, 2]]) == [0, 3]  # one tie fits
+    assert r[1, 1] == 0 and sorted(r[1]) == [0, 0, 1, 2, 3]
+    assert source_ranks(s, None, depth=9).tolist() == [[3, 1, 4, 0, 2], [1, 2, 3, 4, 5]]
+    assert source_ranks(s[0], None, depth=2).tolist() == [0, 1, 0, 0, 2]
 
 
 def test_learned_fusion_learns_which_source_to_trust(tmp_path):

@@ -11,7 +11,8 @@ def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) ->
     """1-based rank of each item in one source's list (0 = not in its top `depth`).
 
     Works on one user (1-D scores) or many (2-D, one row per user). Unscorable (-inf) items
-    are never ranked; ties go to the lower item id.
+    are never ranked; ties go to the lower item id (of items tied at the depth cut-off, which
+    ones make the cut is deterministic but not by id).
     """
     s = np.atleast_2d(scores).astype(np.float64, copy=True)
     if excluded is not None:
