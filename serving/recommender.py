@@ -415,6 +415,16 @@ class RerankService:
         self.version = f"{mv.version}/{self.model.meta.get('kind') or 'features'}"
         self.k = self.model.k
         self.history_items = self.model.template.history_items
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Score one made-up request at load: the first forward pass pays one-off costs
+        (allocations, kernel selection) that would otherwise land on the first user's
+        request and blow its deadline."""
+        items = np.arange(min(self.k + self.history_items, self.catalog.n_items))
+        history, candidates = items[: self.history_items], items[self.history_items :]
+        features = np.zeros((len(candidates), len(self.model.features)), dtype=np.float32)
+        self.score([(history, candidates, features)])
 
     def sync_items(self) -> None:
         new = self.store.items(after=self.catalog.added)
