@@ -241,3 +241,13 @@ def test_sasrec_numpy_inference_matches_the_trained_torch_network(data):
         with torch.inference_mode():
             expected = net.logits(net(torch.from_numpy(seq)[None])[0, -1]).numpy()
         assert np.allclose(model.score(user, data.history(user)), expected, atol=1e-4)
+
+
+def test_sasrec_without_sequences_is_a_clear_error(data):
+    single = replace(
+        data,
+        seq_items=np.arange(data.n_users, dtype=np.int32) % data.n_items,
+        seq_indptr=np.arange(data.n_users + 1, dtype=np.int64),
+    )
+    with pytest.raises(RetrievalError, match="two interactions or more"):
+        SelfAttentive(epochs=1).fit(single)

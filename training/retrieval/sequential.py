@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.retrieval.base import Retriever, pad_to
+from training.retrieval.base import RetrievalError, Retriever, pad_to
 from training.retrieval.data import FitData
 
 
@@ -87,6 +87,8 @@ class SelfAttentive(Retriever):
     def fit(self, data: FitData) -> Self:
         p = self.params
         windows = torch.from_numpy(training_windows(data, p["max_len"]))
+        if not len(windows):
+            raise RetrievalError("sasrec: no user has two interactions or more to learn from")
         with torch.random.fork_rng():
             torch.manual_seed(p["seed"])
             network = _Network(data.n_items, p)
