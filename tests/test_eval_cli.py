@@ -1,4 +1,4 @@
-"""`llmrec eval` end to end on ML-100k: the table, the JSON and the PNG (slow tier, ~1 min)."""
+"""`llmrec eval` end to end on ML-100k: the table, the JSON and the PNG (slow tier, ~5 min: SASRec fits twice)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from pipelines.sources import load_source
 
 pytestmark = pytest.mark.slow
 
-BASELINES = ("most popular", "recent popular", "ALS", "BPR", "item-kNN BM25", "transitions")
+BASELINES = (
+    "most popular",
+    "recent popular",
+    "ALS",
+    "BPR",
+    "item-kNN BM25",
+    "transitions",
+    "transitions (recall)",
+    "SASRec",
+)
 
 
 def test_llmrec_eval_on_ml100k(tmp_path):
@@ -48,4 +57,7 @@ def test_llmrec_eval_on_ml100k(tmp_path):
         assert ci["low"] <= ci["mean"] <= ci["high"]
     rec = report["models"]["fusion (learned, of sources)"]["candidate_recall"]
     assert rec["fused top-20"] <= rec["fused top-50"] <= rec["fused top-100"]
+    # A regression guard below the measured 0.517 (docs/BENCHMARKS.md; SASRec's numerics
+    # vary by CPU), above the 0.457 the fusion reached before SASRec.
+    assert rec["fused top-50"] >= 0.48
     assert (out / "eval.png").stat().st_size > 10_000
