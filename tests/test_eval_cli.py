@@ -1,4 +1,4 @@
-"""`llmrec eval` end to end on ML-100k: the table, the JSON and the PNG (slow tier, ~5 min: SASRec fits twice)."""
+"""`llmrec eval` end to end on ML-100k: the table, the JSON and the PNG (slow tier, ~5 min)."""
 
 from __future__ import annotations
 
