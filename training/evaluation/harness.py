@@ -198,7 +198,7 @@ class ModelResult:
 
 
 def select_and_test(spec: ModelSpec, val: Phase, test: Phase, keep_scores: bool) -> ModelResult:
-    best: tuple[float, dict[str, Any], np.ndarray] | None = None
+    best: tuple[float, dict[str, Any], np.ndarray, np.ndarray] | None = None
     for params in spec.grid:
         s = val.score_matrix(spec.build(params).fit(val.fit))
         ranks = val.ranks(s)
