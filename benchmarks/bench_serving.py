@@ -182,7 +182,12 @@ def main() -> None:
         metavar="REFLECT_MS",
         help="only measure event reflection, with reflect_ms unset (0) and at each value given",
     )
-    p.add_argument("--shed", type=int, default=3, help="shed_inflight of the load-shedding variant")
+    p.add_argument(
+        "--shed",
+        type=int,
+        default=3,
+        help="shed_inflight of the load-shedding variant (0: skip it)",
+    )
     args = p.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -249,6 +254,7 @@ def main() -> None:
         (f"graph with re-ranker, shed above {args.shed}", {"shed_inflight": args.shed}),
         ("graph without re-ranker", {"rerank": False}),
     )
+    graphs = tuple(g for g in graphs if args.shed or "shed" not in g[0])
     for n, (variant, live) in enumerate(graphs, start=1):
         run_profile(
             "cpu",

@@ -6,7 +6,9 @@ fallback and the event store through `DeploymentHandle`s.
        └──> EventStore                                       POST /events: ack after commit
 
 The hot path walks as few hops as it can: a list the nearline step computed after the user's
-last event is answered by the Api from the store without any hop.
+last event is answered by the Api from the store without any hop, and with
+`retrieval_in_api` (the default) the Api retrieves in its own process, so only the re-ranker
+is a hop away. The Retrieval deployment then stays up for the setting's other value.
 """
 
 import asyncio
@@ -15,6 +17,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -201,6 +206,45 @@ class _WatchesVersions(_Configured):
                 log.warning("model version watch: %s", e)
 
 
+Loaded = dict[str, tuple[str, Any]]  # requested version -> (load key, service)
+
+
+def _load_versions(
+    settings: LiveSettings, old: Loaded, load: Callable[[Any, LiveSettings], Any]
+) -> tuple[Loaded, str]:
+    """The services of the base version and of every version an experiment names; one whose
+    files and settings did not change is kept, not reloaded. Returns them and the base
+    version's name."""
+    wanted = {settings.version}
+    if settings.experiment is not None:
+        wanted |= settings.experiment.versions()
+    loaded: Loaded = {}
+    served = ""
+    for name in sorted(wanted):
+        mv = load_version(settings.model_root, name)
+        key = (
+            f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}|"
+            f"{settings.rerank_int8}|{settings.rerank_layers}|{settings.rerank_item_tokens}"
+        )
+        kept = old.get(name)
+        loaded[name] = kept if kept and kept[0] == key else (key, load(mv, settings))
+        if name == settings.version:
+            served = mv.version
+    return loaded, served
+
+
+def _service(services: Loaded, current: Any, version: str | None) -> Any:
+    if version is None:
+        return current
+    if version not in services:
+        raise LookupError(f"model version {version} is not loaded by this replica")
+    return services[version][1]
+
+
+def _load_retrieval(mv, settings: LiveSettings) -> RetrievalService:
+    return RetrievalService(mv, open_store(settings.store), settings)
+
+
 class _Versioned(_WatchesVersions):
     """Loads the model version named by `user_config`; a new version is loaded beside the
     old one and swapped in, so requests in flight finish on the version they started with.
@@ -211,32 +255,14 @@ class _Versioned(_WatchesVersions):
     services: dict[str, tuple[str, Any]]  # requested version -> (load key, service)
 
     def _apply(self, settings: LiveSettings) -> None:
-        wanted = {settings.version}
-        if settings.experiment is not None:
-            wanted |= settings.experiment.versions()
-        loaded: dict[str, tuple[str, Any]] = {}
-        served = None
-        for name in sorted(wanted):
-            mv = load_version(settings.model_root, name)
-            key = (
-                f"{mv.path}|{settings.store}|{settings.candidates}|{settings.rerank}|"
-                f"{settings.rerank_int8}|{settings.rerank_layers}|{settings.rerank_item_tokens}"
-            )
-            old = getattr(self, "services", {}).get(name)
-            loaded[name] = old if old and old[0] == key else (key, self.load(mv, settings))
-            if name == settings.version:
-                served = mv.version
-        self.services = loaded
-        self.current = loaded[settings.version][1]
+        self.services, self.served = _load_versions(
+            settings, getattr(self, "services", {}), self.load
+        )
+        self.current = self.services[settings.version][1]
         self.settings = settings
-        self.served = served
 
     def service(self, version: str | None) -> Any:
-        if version is None:
-            return self.current
-        if version not in self.services:
-            raise LookupError(f"model version {version} is not loaded by this replica")
-        return self.services[version][1]
+        return _service(self.services, self.current, version)
 
     def load(self, mv, settings: LiveSettings) -> Any:
         raise NotImplementedError
@@ -248,7 +274,7 @@ class RetrievalDeployment(_Versioned):
         self._init_watch(settings)
 
     def load(self, mv, settings: LiveSettings) -> RetrievalService:
-        return RetrievalService(mv, open_store(settings.store), settings)
+        return _load_retrieval(mv, settings)
 
     def retrieve(
         self,
@@ -257,8 +283,12 @@ class RetrievalDeployment(_Versioned):
         category: str | None,
         version: str | None = None,
         candidates: int | None = None,
+        shown: int | None = None,
+        reranked: bool = True,
     ) -> Retrieved:
-        return self.service(version).retrieve(user_id, exclude, category, n=candidates)
+        return self.service(version).retrieve(
+            user_id, exclude, category, n=candidates, shown=shown, reranked=reranked
+        )
 
     def similar(self, item_id: str, k: int) -> list[dict] | None:
         return self.current.similar(item_id, k)
@@ -354,6 +384,11 @@ class Api(_WatchesVersions):
         self._tasks: set[asyncio.Task] = set()
         self._nearline: dict[str, asyncio.Task] = {}  # per user, the list being precomputed
         self._fresh: dict[str, Retrieved] = {}  # per user, that computation's retrieval
+        # With retrieval_in_api: this replica's own retrieval services, run one at a time
+        # off the event loop (a service, like a Retrieval replica, is not shared by threads).
+        self.local: Loaded = {}
+        self._local_current: RetrievalService | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrec-retrieval")
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -371,7 +406,32 @@ class Api(_WatchesVersions):
             seg = model.path / "stack" / "segment"
             # What stated user attributes are checked against (None: the data had none).
             self.segment = Retriever.load(seg) if seg.exists() else None
+        local: Loaded = {}
+        if settings.retrieval_in_api:
+            local, _ = _load_versions(settings, self.local, _load_retrieval)
+        self.local, self._local_current = local, local[settings.version][1] if local else None
         self.settings, self.store, self.model, self.served = settings, store, model, model.version
+
+    def _retrieve(
+        self,
+        user_id: str,
+        exclude: list[str],
+        category: str | None,
+        version: str | None,
+        n: int | None,
+        k: int,
+        reranked: bool,
+    ) -> Any:
+        """An awaitable retrieval of candidates for a list of `k` (`reranked`: the re-ranker
+        may reorder the head): in this process (one hop fewer) or through the Retrieval
+        deployment, as `retrieval_in_api` says."""
+        if self._local_current is None:
+            return self.retrieval.retrieve.remote(
+                user_id, exclude, category, version, n, k, reranked
+            )
+        svc = _service(self.local, self._local_current, version)
+        run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)
+        return asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     # -- recommendations ------------------------------------------------------------------
 
@@ -504,11 +564,13 @@ class Api(_WatchesVersions):
         # A variant's model version and candidate count travel with the request.
         version = s.version if s.version != self.settings.version else None
         n = s.candidates if s.candidates != self.settings.candidates else None
-        call = self.retrieval.retrieve.remote(user_id, exclude, category, version, n)
+        call = None
         try:
+            call = self._retrieve(user_id, exclude, category, version, n, k, s.rerank)
             r: Retrieved = await asyncio.wait_for(call, budget * 0.8)
         except Exception as e:  # late or failed: popularity answers, on time
-            call.cancel()
+            if call is not None:
+                call.cancel()
             reason = "retrieval_timeout" if isinstance(e, TimeoutError) else "retrieval_error"
             log.warning("retrieval fell back (%s): %s", reason, e)
             left = budget - (time.perf_counter() - start) - 0.005
@@ -536,6 +598,7 @@ class Api(_WatchesVersions):
                 "cached": False,
             }
         timings["retrieval"] = time.perf_counter() - t
+        timings["retrieval_service"] = r.seconds  # the work itself, without hop or queue
         if on_retrieved is not None:
             on_retrieved(r)
         scores, fallback, rr_version = None, None, None
@@ -650,7 +713,11 @@ class Api(_WatchesVersions):
 
     @api.get("/items/{item_id}/similar")
     async def similar(self, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10):
-        out = await self.retrieval.similar.remote(item_id, k)
+        if self._local_current is not None:
+            run = partial(self._local_current.similar, item_id, k)
+            out = await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        else:
+            out = await self.retrieval.similar.remote(item_id, k)
         if out is None:
             raise HTTPException(404, f"item_id: unknown item '{item_id}'")
         return {"item_id": item_id, "items": out}
@@ -696,7 +763,11 @@ class Api(_WatchesVersions):
     @api.get("/readyz")
     async def readyz(self, response: Response) -> dict[str, Any]:
         try:
-            model = await asyncio.wait_for(self.retrieval.version.remote(), 5)
+            local = self._local_current  # what answers /recommend here, when it is local
+            if local is not None:
+                model = local.version
+            else:
+                model = await asyncio.wait_for(self.retrieval.version.remote(), 5)
             rr = await asyncio.wait_for(self.reranker.version.remote(), 5)
         except Exception as e:
             response.status_code = 503

@@ -20,6 +20,12 @@ class LiveSettings(BaseModel):
     deadline_ms: float = Field(200.0, gt=0, le=60_000, description="per-request budget")
     rerank: bool = Field(True, description="use the re-ranker when the version has one")
     candidates: int = Field(50, ge=1, le=1000, description="retrieval candidates per request")
+    retrieval_in_api: bool = Field(
+        True,
+        description="the Api replica retrieves in its own process, so a request answered from "
+        "retrieval makes one hop (proxy to Api) instead of two; false: through the Retrieval "
+        "deployment, which then scales apart from the ingress",
+    )
     k_default: int = Field(10, ge=1, le=100)
     k_max: int = Field(100, ge=1, le=1000)
     max_batch_events: int = Field(1000, ge=1, le=100_000, description="POST /events limit")

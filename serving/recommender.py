@@ -208,14 +208,18 @@ class RetrievalService:
         category: str | None = None,
         history_items: int = 10,
         n: int | None = None,
+        shown: int | None = None,
+        reranked: bool = True,
     ) -> Retrieved:
         """`n` candidates (default: the `candidates` setting; an experiment variant may ask
-        for another count)."""
+        for another count). With `shown` (the list's length), only the candidates that can
+        reach the list are explained: the first `shown`, and the head the re-ranker may
+        reorder unless `reranked` is False (the explanations cost more than the rest of
+        retrieval)."""
         start = time.perf_counter()
         self.sync_items()
-        return self.retrieve_for(
-            self.user_state(user_id), exclude, category, history_items, n, start
-        )
+        state = self.user_state(user_id)
+        return self.retrieve_for(state, exclude, category, history_items, n, start, shown, reranked)
 
     def retrieve_for(
         self,
@@ -225,6 +229,8 @@ class RetrievalService:
         history_items: int = 10,
         n: int | None = None,
         start: float | None = None,
+        shown: int | None = None,
+        reranked: bool = True,
     ) -> Retrieved:
         """Candidates for a given user state (replay builds past states)."""
         start = time.perf_counter() if start is None else start
@@ -255,6 +261,9 @@ class RetrievalService:
             )
             c = subset(c, order)
         head = subset(c, np.arange(min(self.rerank_k, len(c.items))))
+        explained = None
+        if shown is not None:
+            explained = max(shown, self.rerank_k if reranked and c.path != "cold_start" else 0)
         feats = candidate_features(head, self.sources, self.stack.log_popularity)
         return Retrieved(
             user_id=user_id,
@@ -265,7 +274,7 @@ class RetrievalService:
             scores=c.scores,
             features=feats,
             prompt_history=state.history[-history_items:],
-            explanations=self.explain(c, state.history),
+            explanations=self.explain(c, state.history, explained),
             user_version=state.version,
             model_version=self.version,
             seconds=time.perf_counter() - start,
@@ -307,34 +316,39 @@ class RetrievalService:
             for j in top
         ]
 
-    def explain(self, c: Candidates, history: np.ndarray) -> list[dict[str, Any]]:
-        """Per candidate: its sources with their scores, and one sentence naming what drove
-        it. The history item named is the top contributor: of the user's recent items, the
-        one whose removal from the history lowers the source's score for the candidate most
-        (leave-one-out, so recency weights and windows count as the source counts them)."""
+    def explain(
+        self, c: Candidates, history: np.ndarray, first: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Per candidate (the `first` ones; None: all): its sources with their scores, and
+        one sentence naming what drove it. The history item named is the top contributor:
+        of the user's recent items, the one whose removal from the history lowers the
+        source's score for the candidate most (leave-one-out, so recency weights and windows
+        count as the source counts them)."""
         n = self.catalog.n_items
+        m = len(c.items) if first is None else min(first, len(c.items))
+        items = c.items[:m]
+        sources_of = [c.sources_of(k) for k in range(m)]
+        used = {s for sources in sources_of for s in sources}
         positions = np.arange(len(history))[-EXPLAIN_RECENT:]
-        drops = {}
+        drops = {}  # source -> (position, candidate) score drop
         for s in HISTORY_SOURCES:
-            if s in self.stack.sources and len(positions) and s in c.source_ranks:
+            if s in self.stack.sources and len(positions) and s in used:
                 model = self.stack.sources[s]
-                full = _finite(pad_to(model.score(None, history), n)[:n])
-                drops[s] = np.stack(
-                    [
-                        full - _finite(pad_to(model.score(None, np.delete(history, p)), n)[:n])
-                        for p in positions
-                    ]
+                histories = [history] + [np.delete(history, p) for p in positions]
+                scores = _finite(
+                    np.stack([pad_to(model.score(None, h), n)[items] for h in histories])
                 )
-        segments = [None] * len(c.items)
+                drops[s] = scores[0] - scores[1:]
+        segments = [None] * m
         if c.segment and self.stack.segment is not None:
-            segments = self.stack.segment.top_segment(c.segment, c.items)
+            segments = self.stack.segment.top_segment(c.segment, items)
         out = []
-        for k, item in enumerate(c.items):
-            sources = c.sources_of(k)
+        for k, item in enumerate(items):
+            sources = sources_of[k]
             because, via, sentence, segment = None, None, None, None
             for s in HISTORY_SOURCES:
                 if s in sources and s in drops:
-                    col = drops[s][:, item]
+                    col = drops[s][:, k]
                     if col.max() > 0:
                         h = int(history[positions[int(np.argmax(col))]])
                         because, via = self.catalog.item_ids[h], s

@@ -126,6 +126,18 @@ def test_explanations_name_an_item_from_the_users_history(svc):
     assert all(e["explanation"].startswith("because you watched") for e in named)
 
 
+def test_only_candidates_that_can_be_shown_are_explained(svc):
+    s, _, _ = svc
+    full = s.retrieve("3")
+    head = s.rerank_k
+    for shown, reranked, want in ((5, True, head), (5, False, 5), (30, True, 30)):
+        r = s.retrieve("3", shown=shown, reranked=reranked)
+        assert r.item_ids == full.item_ids
+        assert r.explanations == full.explanations[:want]
+    cold = s.retrieve("nobody-yet", shown=5)  # the cold-start list is never re-ranked
+    assert len(cold.explanations) == 5
+
+
 def test_the_named_history_item_is_the_top_contributor(svc):
     """Faithfulness: for every "because you watched X", X is in the user's history and,
     of the recent items, removing X lowers the candidate's source score the most."""
