@@ -668,7 +668,9 @@ class Api(_WatchesVersions):
         if any(e.item_id not in known for e in events):
             self._refresh_items()
         unknown = sum(e.item_id not in known for e in events)
-        if self.settings.cache:
+        # Only re-ranked lists are cached: without the re-ranker a precomputed list would
+        # never be served, and would only take the cores from the requests.
+        if self.settings.cache and self.settings.rerank:
             for user in {e.user_id for e in events}:
                 task = self._spawn(self._precompute(user))
                 self._nearline[user] = task
