@@ -249,12 +249,12 @@ def main() -> None:
 
     ray.init(log_to_driver=False, include_dashboard=False)
     base = f"http://127.0.0.1:{args.port}"
-    graphs = (
-        ("graph with re-ranker", {"shed_inflight": None}),
-        (f"graph with re-ranker, shed above {args.shed}", {"shed_inflight": args.shed}),
-        ("graph without re-ranker", {"rerank": False}),
-    )
-    graphs = tuple(g for g in graphs if args.shed or "shed" not in g[0])
+    graphs = [("graph with re-ranker", {"shed_inflight": None})]
+    if args.shed:
+        graphs.append(
+            (f"graph with re-ranker, shed above {args.shed}", {"shed_inflight": args.shed})
+        )
+    graphs.append(("graph without re-ranker", {"rerank": False}))
     for n, (variant, live) in enumerate(graphs, start=1):
         run_profile(
             "cpu",
