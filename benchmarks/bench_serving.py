@@ -56,11 +56,14 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
     rec = [r for r in rows if r["kind"] == "recommend"]
     ms = np.array([r["ms"] for r in rec]) if rec else np.zeros(1)
     stages: dict[str, int] = {}
+    late: dict[str, int] = {}  # what the answers past the deadline were
     for r in rec:
         key = "cache" if r.get("cached") else r.get("stage", "error")
         if r.get("fallback"):
             key += f" ({r['fallback']})"
         stages[key] = stages.get(key, 0) + 1
+        if r.get("server_ms", 0) > deadline_ms:
+            late[key] = late.get(key, 0) + 1
     errors = sum(1 for r in rows if r.get("status", 200) >= 500 or r.get("error"))
     served = [r["ms"] for r in rec if r.get("cached") or r.get("stage") == "retrieval"]
     return {
@@ -72,7 +75,11 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
         "cache_or_retrieval_p50_ms": float(np.percentile(served, 50)) if served else None,
         "cache_or_retrieval_p99_ms": float(np.percentile(served, 99)) if served else None,
         "error_rate": errors / max(len(rows), 1),
-        "past_deadline": sum(1 for r in rec if r.get("server_ms", 0) > deadline_ms),
+        "past_deadline": sum(late.values()),
+        "past_deadline_by_stage": dict(sorted(late.items())),
+        "server_p99_ms": float(np.percentile([r.get("server_ms", 0) for r in rec], 99))
+        if rec
+        else None,
         "stage_mix": {k: v / max(len(rec), 1) for k, v in sorted(stages.items())},
     }
 
@@ -288,6 +295,7 @@ def main() -> None:
         "p99",
         "cache/retrieval p50/p99",
         "errors",
+        "server p99",
         "past deadline",
         "stage mix",
     ):
@@ -307,10 +315,15 @@ def main() -> None:
             f"{cell['recommend_p99_ms']:.0f}",
             cr,
             f"{cell['error_rate']:.1%}",
+            f"{cell['server_p99_ms']:.0f}",
             str(cell["past_deadline"]),
             ", ".join(f"{k} {v:.0%}" for k, v in cell["stage_mix"].items()),
         )
     console.print(t)
+    for cell in results["cells"]:
+        if cell["past_deadline"]:
+            late = ", ".join(f"{k} {v}" for k, v in cell["past_deadline_by_stage"].items())
+            console.print(f"past the deadline, {cell['variant']} at {cell['concurrency']}: {late}")
     if "event_reflection" in results:
         e = results["event_reflection"]
         console.print(

@@ -38,6 +38,7 @@ from pydantic import (
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.admission import WorkerQueue
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, open_store
 from serving.experiments import Experiment, Impression, Variant, assign
@@ -118,7 +119,16 @@ def _field_errors(e: ValidationError, batch: bool) -> str:
     return "; ".join(parts)
 
 
-async def _wait(task: asyncio.Task, seconds: float) -> None:
+class _Overloaded(Exception):
+    """The retrieval queue is too deep for this request's budget."""
+
+
+def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
+    time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
+    return fn()
+
+
+async def _wait(task: asyncio.Future, seconds: float) -> None:
     """Wait up to `seconds` for a task that others may wait on too (never cancel it)."""
     if seconds > 0:
         with contextlib.suppress(Exception):
@@ -286,6 +296,8 @@ class RetrievalDeployment(_Versioned):
         shown: int | None = None,
         reranked: bool = True,
     ) -> Retrieved:
+        if self.settings.retrieval_delay_ms:
+            time.sleep(self.settings.retrieval_delay_ms / 1000)
         return self.service(version).retrieve(
             user_id, exclude, category, n=candidates, shown=shown, reranked=reranked
         )
@@ -383,12 +395,14 @@ class Api(_WatchesVersions):
         self.inflight = 0
         self._tasks: set[asyncio.Task] = set()
         self._nearline: dict[str, asyncio.Task] = {}  # per user, the list being precomputed
-        self._fresh: dict[str, Retrieved] = {}  # per user, that computation's retrieval
+        # Per user, that computation's retrieval: resolved before its re-rank starts.
+        self._fresh: dict[str, asyncio.Future] = {}
         # With retrieval_in_api: this replica's own retrieval services, run one at a time
         # off the event loop (a service, like a Retrieval replica, is not shared by threads).
         self.local: Loaded = {}
         self._local_current: RetrievalService | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrec-retrieval")
+        self._queue = WorkerQueue()  # what the pool has to do, for admission
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -421,17 +435,44 @@ class Api(_WatchesVersions):
         n: int | None,
         k: int,
         reranked: bool,
+        budget_s: float | None,
     ) -> Any:
         """An awaitable retrieval of candidates for a list of `k` (`reranked`: the re-ranker
         may reorder the head): in this process (one hop fewer) or through the Retrieval
-        deployment, as `retrieval_in_api` says."""
+        deployment, as `retrieval_in_api` says. Locally, a retrieval the queue would finish
+        after `budget_s` is refused at once (`_Overloaded`)."""
         if self._local_current is None:
             return self.retrieval.retrieve.remote(
                 user_id, exclude, category, version, n, k, reranked
             )
+        if budget_s is not None and not self._queue.admits(budget_s):
+            raise _Overloaded(
+                f"{self._queue.queued} retrievals queued, ~{self._queue.expected_s() * 1000:.0f}"
+                f" ms to this one, {budget_s * 1000:.0f} ms left"
+            )
         svc = _service(self.local, self._local_current, version)
         run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)
-        return asyncio.get_running_loop().run_in_executor(self._pool, run)
+        if self.settings.retrieval_delay_ms:
+            run = partial(_delayed, run, self.settings.retrieval_delay_ms / 1000)
+        return self._run_local(run, timed=True)
+
+    def _run_local(self, fn: Callable[[], Any], timed: bool) -> asyncio.Future:
+        """`fn` on the retrieval thread, counted in the queue that admission reads;
+        `timed`: its time feeds the service-time estimate."""
+        queue = self._queue
+
+        def job() -> Any:
+            t = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                queue.finished(time.perf_counter() - t if timed else None)
+
+        queue.submitted()
+        done = self._pool.submit(job)
+        # Cancelled before it ran (its request gave up): it leaves the queue unrun.
+        done.add_done_callback(lambda f: queue.finished(None) if f.cancelled() else None)
+        return asyncio.wrap_future(done)
 
     # -- recommendations ------------------------------------------------------------------
 
@@ -480,16 +521,20 @@ class Api(_WatchesVersions):
                 if hit is None and pending is not None and not pending.done():
                     # The user's last event started this very list: wait for it rather
                     # than compute it twice on the same cores (read-your-writes, sooner).
-                    wait = s.deadline_ms * 0.6e-3
-                    first = min(s.reflect_ms / 1000, wait) if s.reflect_ms else wait
-                    await _wait(pending, first)
+                    until = start + s.deadline_ms * 0.6e-3
+                    first = min(s.reflect_ms / 1000, until - start) if s.reflect_ms else None
+                    await _wait(pending, first or until - time.perf_counter())
                     hit = self._cached(user_id, k)
-                    if hit is None and not pending.done() and s.reflect_ms:
+                    if hit is None and not pending.done() and first:
+                        # Not re-ranked yet: its retrieval already reflects the event.
+                        fresh = self._fresh.get(user_id)
+                        if fresh is not None:
+                            await _wait(fresh, until - time.perf_counter())
                         out = self._fresh_answer(user_id, k, request_id, start)
                         if out is not None:
                             self.metrics.observe(out, time.perf_counter() - start, cache="miss")
                             return self._shown(out, exp, variant)
-                        await _wait(pending, wait - first)  # not even retrieved yet
+                        await _wait(pending, until - time.perf_counter())
                         hit = self._cached(user_id, k)
                 if hit is not None:
                     hit["request_id"] = request_id
@@ -530,8 +575,11 @@ class Api(_WatchesVersions):
     ) -> dict[str, Any] | None:
         """The retrieval the pending nearline computation has done for the user's newest
         event, in retrieval order: the event reflected now, the re-ranked list next time."""
-        r = self._fresh.get(user_id)
-        if r is None or r.user_version != self.store.version(user_id):
+        fresh = self._fresh.get(user_id)
+        if fresh is None or not fresh.done() or fresh.cancelled():
+            return None
+        r = fresh.result()
+        if r.user_version != self.store.version(user_id):
             return None
         timings = {"total": time.perf_counter() - start}
         return respond(r, k, None, request_id, "nearline_pending", timings, None)
@@ -558,29 +606,43 @@ class Api(_WatchesVersions):
         deadline: bool = True,
         on_retrieved: Any = None,
     ) -> dict[str, Any]:
-        budget = s.deadline_ms / 1000 if deadline else 60.0
+        # Every stage must be over by `end`: the margin is for answering on time.
+        end = start + (s.deadline_ms - s.deadline_margin_ms) / 1000 if deadline else start + 60
         timings: dict[str, float] = {}
         t = time.perf_counter()
         # A variant's model version and candidate count travel with the request.
         version = s.version if s.version != self.settings.version else None
         n = s.candidates if s.candidates != self.settings.candidates else None
         call = None
+        # Retrieval may take most of the budget, not all: its answer must still be sent.
+        retrieval_s = min(end - t, 0.8 * s.deadline_ms / 1000) if deadline else end - t
+        admit = retrieval_s if deadline else None  # nearline work is never refused
         try:
-            call = self._retrieve(user_id, exclude, category, version, n, k, s.rerank)
-            r: Retrieved = await asyncio.wait_for(call, budget * 0.8)
-        except Exception as e:  # late or failed: popularity answers, on time
+            call = self._retrieve(user_id, exclude, category, version, n, k, s.rerank, admit)
+            r: Retrieved = await asyncio.wait_for(call, retrieval_s)
+        except Exception as e:  # late, refused or failed: popularity answers, on time
             if call is not None:
                 call.cancel()
-            reason = "retrieval_timeout" if isinstance(e, TimeoutError) else "retrieval_error"
-            log.warning("retrieval fell back (%s): %s", reason, e)
-            left = budget - (time.perf_counter() - start) - 0.005
-            fb_call = self.cold_start.fallback.remote(user_id, k, exclude)
-            try:
-                if left <= 0:
-                    raise TimeoutError
-                fb = await asyncio.wait_for(fb_call, left)
-            except Exception:
-                fb_call.cancel()
+            reason = (
+                "retrieval_timeout"
+                if isinstance(e, TimeoutError)
+                else "retrieval_overload"
+                if isinstance(e, _Overloaded)
+                else "retrieval_error"
+            )
+            if reason != "retrieval_overload":  # overload is counted, not worth a log line
+                log.warning("retrieval fell back (%s): %s", reason, e)
+            fb = None
+            left = end - time.perf_counter()
+            # The cold-start deployment is a hop: worth it only for a failure that left
+            # time. Late or refused, the counts this replica holds answer without one.
+            if reason == "retrieval_error" and left > 0:
+                fb_call = self.cold_start.fallback.remote(user_id, k, exclude)
+                try:
+                    fb = await asyncio.wait_for(fb_call, left)
+                except Exception:
+                    fb_call.cancel()
+            if fb is None:
                 items = popularity_answer(self.popularity, self.catalog, k, exclude)
                 fb = {"items": items, "model": self.model.version}
             timings["total"] = time.perf_counter() - start
@@ -608,7 +670,7 @@ class Api(_WatchesVersions):
         if wants and deadline and s.shed_inflight and self.inflight > s.shed_inflight:
             wants, fallback = False, "overload"
         if wants:
-            left = budget - (time.perf_counter() - start) - 0.005
+            left = end - time.perf_counter()
             t = time.perf_counter()
             call = self.reranker.score.remote((r.prompt_history, r.items, r.features, version))
             try:
@@ -671,8 +733,10 @@ class Api(_WatchesVersions):
         # Only re-ranked lists are cached: without the re-ranker a precomputed list would
         # never be served, and would only take the cores from the requests.
         if self.settings.cache and self.settings.rerank:
+            loop = asyncio.get_running_loop()
             for user in {e.user_id for e in events}:
-                task = self._spawn(self._precompute(user))
+                fresh = self._fresh[user] = loop.create_future()
+                task = self._spawn(self._precompute(user, fresh))
                 self._nearline[user] = task
                 task.add_done_callback(
                     lambda t, u=user: (
@@ -690,9 +754,10 @@ class Api(_WatchesVersions):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _precompute(self, user_id: str) -> None:
+    async def _precompute(self, user_id: str, fresh: asyncio.Future) -> None:
         """Nearline: the user's next list, re-ranked now and cached under the version it
-        saw; a newer event makes it unservable."""
+        saw; a newer event makes it unservable. `fresh` gets its retrieval as soon as it
+        exists (what a request answers from while the re-rank runs)."""
         try:
             s = self.settings
             out = await self._compute(
@@ -704,20 +769,22 @@ class Api(_WatchesVersions):
                 "nearline",
                 s,
                 deadline=False,
-                on_retrieved=lambda r: self._fresh.__setitem__(user_id, r),
+                on_retrieved=lambda r: fresh.done() or fresh.set_result(r),
             )
             if out["stage"] == "rerank" and not out["fallback"]:
                 self.store.cache_put(user_id, out["user_version"], out)
         except Exception as e:  # best effort: the request path recomputes
             log.warning("nearline precompute for a user failed: %s", e)
         finally:
-            self._fresh.pop(user_id, None)
+            fresh.cancel()  # nobody waits on a retrieval that never came
+            if self._fresh.get(user_id) is fresh:
+                del self._fresh[user_id]
 
     @api.get("/items/{item_id}/similar")
     async def similar(self, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10):
         if self._local_current is not None:
             run = partial(self._local_current.similar, item_id, k)
-            out = await asyncio.get_running_loop().run_in_executor(self._pool, run)
+            out = await self._run_local(run, timed=False)
         else:
             out = await self.retrieval.similar.remote(item_id, k)
         if out is None:

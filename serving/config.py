@@ -18,6 +18,12 @@ class LiveSettings(BaseModel):
     )
     store: str = Field("sqlite://artifacts/serving/events.db", description="event store URL")
     deadline_ms: float = Field(200.0, gt=0, le=60_000, description="per-request budget")
+    deadline_margin_ms: float = Field(
+        20.0,
+        ge=0,
+        description="kept back from the deadline for answering: a stage still running this "
+        "close to it is given up, since a loaded event loop wakes late",
+    )
     rerank: bool = Field(True, description="use the re-ranker when the version has one")
     candidates: int = Field(50, ge=1, le=1000, description="retrieval candidates per request")
     retrieval_in_api: bool = Field(
@@ -37,6 +43,7 @@ class LiveSettings(BaseModel):
     rerank_item_tokens: int | None = Field(None, ge=2, description="tighter budget per item")
     # Injected delay for the deadline tests and drills (never set in production profiles).
     rerank_delay_ms: float = Field(0.0, ge=0)
+    retrieval_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False
     reflect_ms: float | None = Field(
         None,
@@ -68,6 +75,15 @@ class LiveSettings(BaseModel):
     # A/B testing and impressions (serving/experiments.py).
     experiment: Experiment | None = Field(None, description="variants and traffic shares")
     log_impressions: bool = Field(True, description="record what each response showed")
+
+    @model_validator(mode="after")
+    def _margin_leaves_time(self) -> LiveSettings:
+        if self.deadline_margin_ms >= self.deadline_ms:
+            raise ValueError(
+                f"deadline_margin_ms: must be below deadline_ms ({self.deadline_ms:g}), "
+                f"got {self.deadline_margin_ms:g}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _variants_are_valid_settings(self) -> LiveSettings:

@@ -274,6 +274,33 @@ def test_overload_is_shed_to_retrieval_on_time(server):
         deploy()
 
 
+def test_a_retrieval_queue_past_the_deadline_answers_popularity_at_once(server):
+    """A slow retrieval thread: the requests it could not serve in time are answered from
+    popularity without waiting, and none is past its deadline."""
+    base, _, deploy = server
+    deploy(retrieval_delay_ms=150, deadline_ms=400, rerank=False, cache=False)
+    try:
+        assert rec(base, "95", k=5)["stage"] == "retrieval"  # times the queue: ~150 ms a job
+        outs: list[dict] = []
+
+        def one(u: str) -> None:
+            outs.append(rec(base, u, k=5))
+
+        threads = [threading.Thread(target=one, args=(str(u),)) for u in range(96, 102)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        refused = [o for o in outs if o["fallback"] == "retrieval_overload"]
+        assert len(outs) == 6 and 1 <= len(refused) <= 5, [o["fallback"] for o in outs]
+        assert all(o["stage"] == "cold_start" and len(o["items"]) == 5 for o in refused)
+        assert all(o["timings_ms"]["total"] < 100 for o in refused)  # no wait, no hop
+        assert all(o["timings_ms"]["total"] < 400 for o in outs)
+        assert all(o["stage"] == "retrieval" for o in outs if o["fallback"] is None)
+    finally:
+        deploy()
+
+
 def test_deleting_a_user_removes_their_events_and_state(server):
     base, db, _ = server
     post_events(base, [{"user_id": "gone", "item_id": "1", "type": "click"}] * 2)

@@ -1,0 +1,48 @@
+"""Admission on a deadline: how long a job submitted now to a single worker would take.
+
+A request whose retrieval cannot finish inside its budget is better answered at once from
+popularity than after the budget, when the answer is late anyway and the work it queued
+still takes the cores from the requests behind it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class WorkerQueue:
+    """Jobs queued on one worker thread and a moving average of their service time.
+
+    Thread-safe: jobs are counted in by the event loop and out by the worker.
+    """
+
+    def __init__(self, alpha: float = 0.1):
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha: must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.service_s = 0.0  # admits everything until a job has been timed
+        self._timed = False
+        self.queued = 0  # submitted and not yet finished or cancelled
+        self._lock = threading.Lock()
+
+    def submitted(self) -> None:
+        with self._lock:
+            self.queued += 1
+
+    def finished(self, seconds: float | None) -> None:
+        """A job left the queue: done in `seconds`, or cancelled before it ran (None)."""
+        with self._lock:
+            self.queued = max(self.queued - 1, 0)
+            if seconds is not None:
+                # The first time stands alone: averaged with nothing, not with zero.
+                a = self.alpha if self._timed else 1.0
+                self.service_s += a * (seconds - self.service_s)
+                self._timed = True
+
+    def expected_s(self) -> float:
+        """When a job submitted now would finish: everything ahead of it, then itself."""
+        with self._lock:
+            return (self.queued + 1) * self.service_s
+
+    def admits(self, budget_s: float) -> bool:
+        return self.expected_s() <= budget_s

@@ -1,0 +1,65 @@
+import threading
+
+import pytest
+
+from serving.admission import WorkerQueue
+
+
+def test_an_untimed_queue_admits_everything():
+    q = WorkerQueue()
+    for _ in range(50):
+        q.submitted()
+    assert q.admits(0.001)
+
+
+def test_the_first_time_stands_alone_then_moves_slowly():
+    q = WorkerQueue(alpha=0.5)
+    q.submitted()
+    q.finished(0.010)
+    assert q.service_s == pytest.approx(0.010)
+    q.submitted()
+    q.finished(0.030)
+    assert q.service_s == pytest.approx(0.020)
+
+
+def test_a_job_waits_for_everything_queued_before_it():
+    q = WorkerQueue()
+    q.submitted()
+    q.finished(0.010)
+    assert q.expected_s() == pytest.approx(0.010)
+    for _ in range(4):
+        q.submitted()
+    assert q.expected_s() == pytest.approx(0.050)
+    assert q.admits(0.050) and not q.admits(0.049)
+
+
+def test_cancelled_jobs_leave_the_queue_without_changing_the_time():
+    q = WorkerQueue()
+    q.submitted()
+    q.finished(0.010)
+    q.submitted()
+    q.finished(None)
+    assert q.queued == 0 and q.service_s == pytest.approx(0.010)
+    q.finished(None)  # a stray completion never makes the count negative
+    assert q.queued == 0
+
+
+def test_counts_stay_exact_across_threads():
+    q = WorkerQueue()
+
+    def churn() -> None:
+        for _ in range(2000):
+            q.submitted()
+            q.finished(None)
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert q.queued == 0
+
+
+def test_alpha_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="alpha"):
+        WorkerQueue(alpha=0)
