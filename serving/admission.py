@@ -1,8 +1,8 @@
 """Admission on a deadline: how long a job submitted now to a single worker would take.
 
-A request whose retrieval cannot finish inside its budget is better answered at once from
-popularity than after the budget, when the answer is late anyway and the work it queued
-still takes the cores from the requests behind it.
+A request whose retrieval (or re-rank) cannot finish inside its budget is better answered at
+once by the stage before, than after the budget, when the answer is late anyway and the
+work it queued still takes the cores from the requests behind it.
 """
 
 from __future__ import annotations
@@ -25,18 +25,24 @@ class WorkerQueue:
         self.queued = 0  # submitted and not yet finished or cancelled
         self._lock = threading.Lock()
 
-    def submitted(self) -> None:
+    def submitted(self) -> int:
+        """Count a job in; returns how many were queued ahead of it."""
         with self._lock:
             self.queued += 1
+            return self.queued - 1
 
-    def finished(self, seconds: float | None) -> None:
-        """A job left the queue: done in `seconds`, or cancelled before it ran (None)."""
+    def finished(self, seconds: float | None, ahead: int = 0) -> None:
+        """A job left the queue: `seconds` after it was submitted with `ahead` jobs before
+        it (seconds measured by the worker itself: ahead 0), or untimed (None: cancelled
+        before it ran, or failed)."""
         with self._lock:
             self.queued = max(self.queued - 1, 0)
             if seconds is not None:
+                # A job that waited for others took its share of the whole wait.
+                one = seconds / (ahead + 1)
                 # The first time stands alone: averaged with nothing, not with zero.
                 a = self.alpha if self._timed else 1.0
-                self.service_s += a * (seconds - self.service_s)
+                self.service_s += a * (one - self.service_s)
                 self._timed = True
 
     def expected_s(self) -> float:
@@ -45,4 +51,8 @@ class WorkerQueue:
             return (self.queued + 1) * self.service_s
 
     def admits(self, budget_s: float) -> bool:
-        return self.expected_s() <= budget_s
+        """Whether a job submitted now would finish within `budget_s`. A job with nothing
+        ahead of it is always admitted: a slow spell must not refuse every job for good,
+        and the next timed job is what shows that it has passed."""
+        with self._lock:
+            return self.queued == 0 or (self.queued + 1) * self.service_s <= budget_s

@@ -403,6 +403,7 @@ class Api(_WatchesVersions):
         self._local_current: RetrievalService | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrec-retrieval")
         self._queue = WorkerQueue()  # what the pool has to do, for admission
+        self._rerank_queue = WorkerQueue()  # this replica's calls the re-ranker has not answered
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -666,17 +667,22 @@ class Api(_WatchesVersions):
         scores, fallback, rr_version = None, None, None
         routed = r.path != "cold_start" and r.history_len < s.rerank_min_history
         wants = r.path != "cold_start" and s.rerank and len(r.items) > 1 and not routed
-        # Shed load before it queues: past the limit, retrieval answers now, on time.
-        if wants and deadline and s.shed_inflight and self.inflight > s.shed_inflight:
+        # Shed load before it queues: past the limit, or behind more re-ranks than the
+        # time left allows, retrieval answers now, on time.
+        left = end - time.perf_counter()
+        capped = s.shed_inflight is not None and self.inflight > s.shed_inflight
+        if wants and deadline and (capped or not self._rerank_queue.admits(left)):
             wants, fallback = False, "overload"
         if wants:
-            left = end - time.perf_counter()
             t = time.perf_counter()
+            ahead = self._rerank_queue.submitted()
+            took = None
             call = self.reranker.score.remote((r.prompt_history, r.items, r.features, version))
             try:
                 if left <= 0:
                     raise TimeoutError
                 scores = await asyncio.wait_for(call, left)
+                took = time.perf_counter() - t
                 if len(scores):
                     rr_version = f"{r.model_version}/reranker"
                 else:  # the version has no re-ranker: retrieval order, not a failure
@@ -686,6 +692,10 @@ class Api(_WatchesVersions):
                 fallback = "rerank_timeout" if isinstance(e, TimeoutError) else "rerank_error"
                 if fallback == "rerank_error":
                     log.warning("re-ranker failed, answering from retrieval: %s", e)
+                else:  # at least this long: the estimate must not forget a late re-rank
+                    took = time.perf_counter() - t
+            finally:
+                self._rerank_queue.finished(took, ahead)
             timings["rerank"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         out = respond(r, k, scores, request_id, fallback, timings, rr_version)

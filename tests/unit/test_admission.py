@@ -33,6 +33,16 @@ def test_a_job_waits_for_everything_queued_before_it():
     assert q.admits(0.050) and not q.admits(0.049)
 
 
+def test_a_job_with_nothing_ahead_is_always_admitted():
+    """Else one slow spell would refuse every later job, and no job would show it passed."""
+    q = WorkerQueue()
+    q.submitted()
+    q.finished(5.0)
+    assert q.admits(0.1)
+    q.submitted()
+    assert not q.admits(0.1)
+
+
 def test_cancelled_jobs_leave_the_queue_without_changing_the_time():
     q = WorkerQueue()
     q.submitted()
@@ -63,3 +73,12 @@ def test_counts_stay_exact_across_threads():
 def test_alpha_out_of_range_is_refused():
     with pytest.raises(ValueError, match="alpha"):
         WorkerQueue(alpha=0)
+
+
+def test_a_remote_job_timed_from_its_submission_shares_the_wait():
+    q = WorkerQueue(alpha=1.0)
+    assert q.submitted() == 0
+    assert q.submitted() == 1
+    q.finished(0.020, ahead=0)
+    q.finished(0.040, ahead=1)  # waited for one job, then ran: 20 ms its own
+    assert q.service_s == pytest.approx(0.020) and q.queued == 0
