@@ -195,6 +195,20 @@ def main() -> None:
         default=3,
         help="shed_inflight of the load-shedding variant (0: skip it)",
     )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("in-process", "rerank", "plain"),
+        default=["in-process", "rerank", "plain"],
+        help="which of the in-process call, the graph with and without the re-ranker to run "
+        "(the shedding variant follows --shed)",
+    )
+    p.add_argument(
+        "--live",
+        default="{}",
+        help="JSON live settings applied to every graph variant, e.g. '{\"reflect_ms\": 10}'",
+    )
+    p.add_argument("--name", default="serving", help="results file stem under benchmarks/results")
     args = p.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -240,7 +254,7 @@ def main() -> None:
     store = SQLiteEventStore(tmp / "inproc.db")
     retrieval = RetrievalService(mv, store, settings)
     reranker = RerankService(mv, store, settings) if mv.reranker else None
-    for c in args.concurrency:
+    for c in args.concurrency if "in-process" in args.variants else []:
         rows = closed_loop(
             inprocess_call(retrieval, reranker, store, users, items), c, args.duration, seed=c
         )
@@ -256,12 +270,17 @@ def main() -> None:
 
     ray.init(log_to_driver=False, include_dashboard=False)
     base = f"http://127.0.0.1:{args.port}"
-    graphs = [("graph with re-ranker", {"shed_inflight": None})]
+    graphs = []
+    if "rerank" in args.variants:
+        graphs.append(("graph with re-ranker", {"shed_inflight": None}))
     if args.shed:
         graphs.append(
             (f"graph with re-ranker, shed above {args.shed}", {"shed_inflight": args.shed})
         )
-    graphs.append(("graph without re-ranker", {"rerank": False}))
+    if "plain" in args.variants:
+        graphs.append(("graph without re-ranker", {"rerank": False}))
+    extra = json.loads(args.live)
+    graphs = [(variant, {**live, **extra}) for variant, live in graphs]
     for n, (variant, live) in enumerate(graphs, start=1):
         run_profile(
             "cpu",
@@ -331,9 +350,10 @@ def main() -> None:
             f"next-request latency p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / "serving.png")
-    console.print(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'}")
+    out = RESULTS / f"{args.name}.json"
+    out.write_text(json.dumps(results, indent=2))
+    plot(results, out.with_suffix(".png"))
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 def run_info() -> dict[str, str]:

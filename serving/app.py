@@ -544,7 +544,10 @@ class Api(_WatchesVersions):
                     return self._shown(hit, exp, variant)
             out = await self._compute(user_id, k, exclude, category, start, request_id, s)
             if cacheable and out["stage"] == "rerank" and not out["fallback"]:
-                self.store.cache_put(user_id, out["user_version"], out)
+                # Off the event loop: a write waits for the database's write lock, and the
+                # requests behind this one would wait with it.
+                put = partial(self.store.cache_put, user_id, out["user_version"], dict(out))
+                self._spawn(asyncio.to_thread(put))
             self.metrics.observe(out, time.perf_counter() - start, cache="miss" if plain else None)
             return self._shown(out, exp, variant)
         finally:
@@ -617,7 +620,8 @@ class Api(_WatchesVersions):
         call = None
         # Retrieval may take most of the budget, not all: its answer must still be sent.
         retrieval_s = min(end - t, 0.8 * s.deadline_ms / 1000) if deadline else end - t
-        admit = retrieval_s if deadline else None  # nearline work is never refused
+        # Nearline work is never refused; a request's is, when its queue looks too long.
+        admit = retrieval_s * s.admit_share if deadline else None
         try:
             call = self._retrieve(user_id, exclude, category, version, n, k, s.rerank, admit)
             r: Retrieved = await asyncio.wait_for(call, retrieval_s)
@@ -671,7 +675,7 @@ class Api(_WatchesVersions):
         # time left allows, retrieval answers now, on time.
         left = end - time.perf_counter()
         capped = s.shed_inflight is not None and self.inflight > s.shed_inflight
-        if wants and deadline and (capped or not self._rerank_queue.admits(left)):
+        if wants and deadline and (capped or not self._rerank_queue.admits(left * s.admit_share)):
             wants, fallback = False, "overload"
         if wants:
             t = time.perf_counter()
@@ -782,7 +786,8 @@ class Api(_WatchesVersions):
                 on_retrieved=lambda r: fresh.done() or fresh.set_result(r),
             )
             if out["stage"] == "rerank" and not out["fallback"]:
-                self.store.cache_put(user_id, out["user_version"], out)
+                # Awaited: a request that joined this computation reads the cache next.
+                await asyncio.to_thread(self.store.cache_put, user_id, out["user_version"], out)
         except Exception as e:  # best effort: the request path recomputes
             log.warning("nearline precompute for a user failed: %s", e)
         finally:

@@ -53,6 +53,14 @@ class LiveSettings(BaseModel):
         "waits this long for it, then answers from that computation's fresh retrieval, "
         "flagged nearline_pending (None: wait up to 60% of the deadline)",
     )
+    admit_share: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="a retrieval or re-rank is queued when the queue's estimate of its finish "
+        "is within this share of the time left (the estimate is an average; the late jobs "
+        "are the slow ones); otherwise the stage before answers at once",
+    )
     shed_inflight: int | None = Field(
         None,
         ge=1,

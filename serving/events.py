@@ -278,8 +278,9 @@ class SQLiteEventStore(EventStore):
         return None if row is None else json.loads(row[0])
 
     def cache_put(self, user_id: str, version: int, payload: dict[str, Any]) -> None:
-        # Never replace a newer entry with an older computation.
-        self._conn().execute(
+        # Never replace a newer entry with an older computation. NORMAL: a cached list
+        # can be recomputed, so it is not worth an fsync per write.
+        self._conn("NORMAL").execute(
             "INSERT INTO cache (user_id, version, payload) VALUES (?, ?, ?) "
             "ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, "
             "payload = excluded.payload WHERE excluded.version >= cache.version",
