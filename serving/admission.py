@@ -48,11 +48,15 @@ class WorkerQueue:
     def expected_s(self) -> float:
         """When a job submitted now would finish: everything ahead of it, then itself."""
         with self._lock:
-            return (self.queued + 1) * self.service_s
+            return self._expected()
+
+    def _expected(self) -> float:
+        # The job in service is half done on average (the others have not started).
+        return (self.queued + 0.5) * self.service_s if self.queued else self.service_s
 
     def admits(self, budget_s: float) -> bool:
         """Whether a job submitted now would finish within `budget_s`. A job with nothing
         ahead of it is always admitted: a slow spell must not refuse every job for good,
         and the next timed job is what shows that it has passed."""
         with self._lock:
-            return self.queued == 0 or (self.queued + 1) * self.service_s <= budget_s
+            return self.queued == 0 or self._expected() <= budget_s

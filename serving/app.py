@@ -403,7 +403,7 @@ class Api(_WatchesVersions):
         self._local_current: RetrievalService | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrec-retrieval")
         self._queue = WorkerQueue()  # what the pool has to do, for admission
-        self._rerank_queue = WorkerQueue()  # requests' re-rank calls not answered yet
+        self._rerank_queue = WorkerQueue()  # this replica's calls the re-ranker has not answered
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -679,11 +679,7 @@ class Api(_WatchesVersions):
             wants, fallback = False, "overload"
         if wants:
             t = time.perf_counter()
-            # Only the calls of requests are counted and timed: nearline work is neither
-            # refused nor a reason to refuse (at concurrency 1 it is usually nearly done);
-            # its cost still shows in the times the requests measure.
-            queue = self._rerank_queue if deadline else None
-            ahead = queue.submitted() if queue else 0
+            ahead = self._rerank_queue.submitted()
             took = None
             call = self.reranker.score.remote((r.prompt_history, r.items, r.features, version))
             try:
@@ -703,8 +699,7 @@ class Api(_WatchesVersions):
                 else:  # at least this long: the estimate must not forget a late re-rank
                     took = time.perf_counter() - t
             finally:
-                if queue:
-                    queue.finished(took, ahead)
+                self._rerank_queue.finished(took, ahead)
             timings["rerank"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         out = respond(r, k, scores, request_id, fallback, timings, rr_version)
