@@ -2,7 +2,7 @@
 fallback and the event store through `DeploymentHandle`s.
 
     Api (FastAPI) ──> Retrieval ──> (Api) ──> Reranker      per /recommend, within a deadline
-       │                 └─ fails/late ──> ColdStart         popularity, never errors
+       │                 └─ fails ──> ColdStart              popularity, never errors
        └──> EventStore                                       POST /events: ack after commit
 
 The hot path walks as few hops as it can: a list the nearline step computed after the user's
@@ -347,7 +347,8 @@ class RerankerDeployment(_Versioned):
 
 @serve.deployment(name="ColdStart")
 class ColdStartDeployment(_Versioned):
-    """Popularity lists: the answer when retrieval itself fails or is late."""
+    """Popularity lists: the answer when retrieval itself fails. A late or refused
+    retrieval leaves no time for a hop: the Api answers from its own popularity counts."""
 
     def __init__(self, settings: dict[str, Any] | None = None):
         self._init_watch(settings)

@@ -83,3 +83,13 @@ def test_a_remote_job_timed_from_its_submission_shares_the_wait():
     q.finished(0.020, ahead=0)
     q.finished(0.040, ahead=1)  # waited for one job, then ran: 20 ms its own
     assert q.service_s == pytest.approx(0.020) and q.queued == 0
+
+
+def test_a_margin_that_leaves_no_time_is_refused():
+    from pydantic import ValidationError
+
+    from serving.config import LiveSettings
+
+    with pytest.raises(ValidationError, match="deadline_margin_ms: must be below deadline_ms"):
+        LiveSettings(deadline_ms=100, deadline_margin_ms=100)
+    assert LiveSettings(deadline_ms=100, deadline_margin_ms=99).deadline_margin_ms == 99
