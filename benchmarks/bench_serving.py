@@ -251,22 +251,23 @@ def main() -> None:
     }
 
     # In-process first (no Ray running): the same logic without Serve.
-    store = SQLiteEventStore(tmp / "inproc.db")
-    retrieval = RetrievalService(mv, store, settings)
-    reranker = RerankService(mv, store, settings) if mv.reranker else None
-    for c in args.concurrency if "in-process" in args.variants else []:
-        rows = closed_loop(
-            inprocess_call(retrieval, reranker, store, users, items), c, args.duration, seed=c
-        )
-        results["cells"].append(
-            {
-                "variant": "in-process (same logic, no Serve)",
-                "concurrency": c,
-                **summarize(rows, args.duration, deadline),
-            }
-        )
-        console.print(results["cells"][-1])
-    del retrieval, reranker
+    if "in-process" in args.variants:
+        store = SQLiteEventStore(tmp / "inproc.db")
+        retrieval = RetrievalService(mv, store, settings)
+        reranker = RerankService(mv, store, settings) if mv.reranker else None
+        for c in args.concurrency:
+            rows = closed_loop(
+                inprocess_call(retrieval, reranker, store, users, items), c, args.duration, seed=c
+            )
+            results["cells"].append(
+                {
+                    "variant": "in-process (same logic, no Serve)",
+                    "concurrency": c,
+                    **summarize(rows, args.duration, deadline),
+                }
+            )
+            console.print(results["cells"][-1])
+        del retrieval, reranker
 
     ray.init(log_to_driver=False, include_dashboard=False)
     base = f"http://127.0.0.1:{args.port}"
