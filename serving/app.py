@@ -448,10 +448,7 @@ class Api(_WatchesVersions):
                 user_id, exclude, category, version, n, k, reranked
             )
         if budget_s is not None and not self._queue.admits(budget_s):
-            raise _Overloaded(
-                f"{self._queue.queued} retrievals queued, ~{self._queue.expected_s() * 1000:.0f}"
-                f" ms to this one, {budget_s * 1000:.0f} ms left"
-            )
+            raise _Overloaded  # counted by its fallback reason, never logged: no message
         svc = _service(self.local, self._local_current, version)
         run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)
         if self.settings.retrieval_delay_ms:
