@@ -114,3 +114,18 @@ def test_the_hybrid_starts_from_a_trained_feature_layer(ray_cluster, setup):
     for k, v in start.items():
         assert torch.allclose(heads[k], v, atol=1e-6), k
     assert hybrid.history
+
+
+@pytest.mark.timeout(240)
+def test_workers_that_hold_every_cpu_still_get_their_examples(ray_cluster, setup):
+    """On a 2-core machine `--workers 2 --cpus-per-worker 1` leaves no CPU for Ray Data's
+    tasks; the examples are built before the workers start, so training does not wait
+    forever (it did). Here the workers take every CPU the test cluster has free."""
+    root, _, prepared, settings, cfg = setup
+    free = int(ray_cluster.available_resources().get("CPU", 0))
+    assert 2 <= free <= 4, f"the test cluster should have 2-4 free CPUs, has {free}"
+    s = settings.model_copy(
+        update={"epochs": 1, "workers": free, "cpus_per_worker": 1, "max_steps_per_epoch": 1}
+    )
+    res = train_reranker(prepared, cfg, s, root / "all", root / "runs", "all-cpus")
+    assert res.history[0]["examples"] > 0

@@ -360,6 +360,10 @@ def train_reranker(
     if settings.workers > 1:
         # Equal shards need at least one block per worker.
         train_ds = train_ds.repartition(settings.workers * 4)
+    # Built now, while the CPUs are free: once the workers hold every CPU of a small
+    # cluster (2 workers x 1 CPU on 2 cores), a lazy dataset's tasks never get scheduled
+    # and training waits forever.
+    train_ds = train_ds.materialize()
     config = {
         "settings": settings.model_dump(mode="json"),
         "reranker": cfg.model_dump(mode="json"),
