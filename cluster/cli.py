@@ -323,10 +323,16 @@ def train(
     lr_lora: Annotated[float, typer.Option()] = 5e-4,
     lr_heads: Annotated[float, typer.Option()] = 1e-3,
     max_examples: Annotated[
-        int, typer.Option(help="cap on training examples (CPU default keeps it to minutes)")
+        int,
+        typer.Option(
+            help="cap on the examples an LM trains on (CPU default keeps it to minutes); "
+            "the feature layer alone takes them all"
+        ),
     ] = 2400,
     full: Annotated[bool, typer.Option(help="no cap on examples, more epochs")] = False,
-    val_users: Annotated[int, typer.Option(help="validation users per epoch")] = 400,
+    val_users: Annotated[
+        int, typer.Option(help="validation users per epoch when an LM trains (features: all)")
+    ] = 400,
     holdout: Annotated[int, typer.Option(help="training positions per user")] = 10,
     insert_target: Annotated[
         bool, typer.Option(help="insert the true item when retrieval missed it")
@@ -425,9 +431,14 @@ def _train(
 
     with console.status("building examples (retrieval stack on held-out items)"):
         prepared = prepare_examples(ds, cfg, settings, progress=False)
+    lm = (
+        ""
+        if mode == Mode.features
+        else f" (the LM trains on {len(prepared.capped(settings).train)})"
+    )
     console.print(
-        f"{len(prepared.train)} training examples ({prepared.skipped} positions skipped: the "
-        f"true item not in the fused top-{200 if insert_target else candidates}); "
+        f"{len(prepared.train)} training examples{lm} ({prepared.skipped} positions skipped: "
+        f"the true item not in the fused top-{200 if insert_target else candidates}); "
         f"{len(prepared.val)}/{prepared.val_total} validation "
         "users have their target among the candidates"
     )

@@ -265,3 +265,27 @@ def test_the_routing_threshold_follows_the_measurement():
     # significantly worse at 1 and 2 (interval below zero): route below 3
     assert recommend_threshold([sl(1, -0.03, -0.01), sl(2, -0.02, -0.001), sl(5, -0.01, 0.02)]) == 3
     assert recommend_threshold([sl(1, -0.01, 0.01), sl(10, 0.0, 0.03)]) == 0  # never worse
+
+
+def test_an_lm_trains_on_a_seeded_sample_and_validates_on_sampled_users():
+    from training.reranker.train import PreparedData, TrainSettings
+
+    def row(user: int, label: int) -> Row:
+        return Row(user, np.arange(2), np.arange(5), np.zeros((5, 3), np.float32), label)
+
+    prepared = PreparedData(
+        train=[row(u % 50, 1) for u in range(300)],
+        val=[row(u, 0) for u in range(0, 100, 2)],  # half the users' targets were retrieved
+        val_total=100,
+        skipped=0,
+        item_texts=TEXTS,
+        sources=["a"],
+        dataset_version="v",
+    )
+    s = TrainSettings(max_examples=120, val_users=40, seed=3)
+    lm = prepared.capped(s)
+    assert len(lm.train) == 120 and lm.val_total == 40
+    assert {r.user for r in lm.val} < set(range(0, 100, 2)) and 5 < len(lm.val) < 35
+    assert [r.user for r in prepared.capped(s).train] == [r.user for r in lm.train]
+    assert len(prepared.train) == 300 and prepared.val_total == 100  # untouched
+    assert prepared.capped(TrainSettings(max_examples=None, val_users=None)) == prepared
