@@ -1,0 +1,317 @@
+"""How far the re-ranker's feature layer can go on ML-100k (issue 4), in one run.
+
+The hybrid's gain over the fused order comes from its feature layer (the LM adds nothing
+measurable, docs/BENCHMARKS.md), so this asks what more the layer can get. Each variant is
+the listwise features-only layer (an MLP over each candidate's features, softmax over the
+list), trained in-process with 3 seeds, stopped on every validation user's NDCG@10, and
+reported on the test split against the fused order (paired bootstrap on the per-user
+NDCG@10 averaged over seeds). Variants:
+
+- base: the shipped features, K = 20, each user's last 10 training positions;
+- K = 50 candidates (the recall ceiling rises from ~0.32 to ~0.52);
+- + content: MiniLM cosine to the last / best of 5 / mean of 10 history items, genre
+  affinity and share, raw and standardised within the list;
+- + session: items tied at the history's last timestamp (ML-100k rates many at once, so
+  "the last item" is often an arbitrary tie) and history length;
+- the CF sources' user factors refolded from the history at each training position (as
+  serving refolds after events) instead of the factors fitted before the hidden positions;
+- the last 20 training positions instead of 10 (twice the examples, an older stack);
+- a 5-seed ensemble of the base layer (summed log-softmax).
+
+    python benchmarks/bench_feature_layer.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass
+class Rows:
+    """Candidate lists of one split: features [N, K, F], label [N] (-1: a miss), and what
+    the extra features need: the recent history, candidates, tie count, history length."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    history: list[np.ndarray]
+    candidates: np.ndarray
+    session: np.ndarray
+
+
+def tied_at_end(times: np.ndarray) -> int:
+    return int((times == times[-1]).sum()) if len(times) else 0
+
+
+def build(ds, progress: bool) -> dict[str, Rows]:
+    """Training rows (holdout 10 and 20; K 20 and 50), validation and test rows."""
+    from pipelines.schema import Split
+    from training.reranker.examples import subset
+    from training.reranker.features import candidate_features
+    from training.retrieval import FitData
+    from training.retrieval.embeddings import TextEncoder
+    from training.stack import fit_stack, holdout_fusion, stack_from_data
+
+    data = FitData.from_dataset(ds, Split.TRAIN)
+    emb = TextEncoder().encode(data.item_text).astype(np.float32)
+    fusion = holdout_fusion(data, 1, emb, progress)
+    out: dict[str, list] = {}
+
+    def add(key, c, k, target, history, ties, stack, rng):
+        idx = np.arange(min(k, len(c.items)))
+        hit = np.flatnonzero(c.items[idx] == target)
+        if rng is not None and not len(hit):
+            return  # training: only lists that hold the true item (the shipped default)
+        feats = candidate_features(subset(c, idx), stack.source_names, stack.log_popularity)
+        order = rng.permutation(len(idx)) if rng is not None else np.arange(len(idx))
+        items = c.items[idx][order]
+        label = int(np.flatnonzero(items == target)[0]) if len(hit) else -1
+        out.setdefault(key, []).append(
+            (feats[order], label, history[-10:], items, (ties, len(history)))
+        )
+
+    for holdout, ks in ((10, (20, 50)), (20, (20,))):
+        inner, hidden = data.holdout_last(holdout)
+        stack = stack_from_data(inner, fusion, emb, "train-holdout", progress)
+        gen, rng = stack.generator(), np.random.default_rng(0)
+        for u in tqdm(range(inner.n_users), desc=f"holdout {holdout}", disable=not progress):
+            times = data.seq_times[data.seq_indptr[u] : data.seq_indptr[u + 1]]
+            visible = inner.history(u)
+            for j, target in enumerate(hidden[u]):
+                history = np.concatenate([visible, hidden[u][:j]]).astype(np.int64)
+                c = gen.generate(u, history, n=max(ks))
+                ties = tied_at_end(times[: len(visible) + j])
+                for k in ks:
+                    add(f"train h{holdout} k{k}", c, k, target, history, ties, stack, rng)
+                if holdout == 10:
+                    c = refolded(stack, gen, u, history) if j else c
+                    add("train h10-refold k20", c, 20, target, history, ties, stack, rng)
+
+    seq = ds.sequences
+    for split, through in ((Split.VALIDATION, Split.TRAIN), (Split.TEST, Split.VALIDATION)):
+        if through == Split.TRAIN:
+            stack, d = stack_from_data(data, fusion, emb, "train", progress), data
+        else:
+            stack, _ = fit_stack(ds, through, embeddings=emb, progress=progress)
+            d = FitData.from_dataset(ds, through)
+        targets = seq.items[seq.splits == split]
+        gen = stack.generator()
+        for u in tqdm(range(d.n_users), desc=split.label, disable=not progress):
+            history = d.history(u)
+            times = d.seq_times[d.seq_indptr[u] : d.seq_indptr[u + 1]]
+            c = gen.generate(u, history, n=50)
+            for k in (20, 50):
+                add(
+                    f"{split.label} k{k}", c, k, int(targets[u]), history,
+                    tied_at_end(times), stack, None,
+                )  # fmt: skip
+    return {
+        key: Rows(
+            np.array([r[0] for r in rs], np.float32),
+            np.array([r[1] for r in rs]),
+            [r[2] for r in rs],
+            np.array([r[3] for r in rs]),
+            np.array([r[4] for r in rs], np.float64),
+        )
+        for key, rs in out.items()
+    } | {"_embeddings": emb, "_categories": data.item_categories}
+
+
+def refolded(stack, gen, user: int, history: np.ndarray):
+    """Candidates with the CF sources' user factors refolded from `history` (as serving
+    does after an event), instead of the factors fitted before the hidden positions."""
+    cf = {n: s for n, s in stack.sources.items() if hasattr(s, "user_factors")}
+    saved = {n: s.user_factors[user].copy() for n, s in cf.items()}
+    for s in cf.values():
+        s.partial_fit_users(np.array([user]), [history])
+    try:
+        return gen.generate(user, history, n=20)
+    finally:
+        for n, s in cf.items():
+            s.user_factors[user] = saved[n]
+
+
+def content_features(rows: Rows, emb: np.ndarray, genres: np.ndarray) -> np.ndarray:
+    unit = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9)
+    out = []
+    for h, c in zip(rows.history, rows.candidates, strict=True):
+        sim = unit[c] @ unit[h].T
+        g, gc = genres[h], genres[c]
+        affinity = (gc @ g.mean(0)) / np.maximum(gc.sum(1), 1)
+        share = (gc @ g.T > 0).mean(1)
+        out.append(np.stack([sim[:, -1], sim[:, -5:].max(1), sim.mean(1), affinity, share], 1))
+    x = np.array(out, np.float32)
+    z = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
+    return np.concatenate([x, np.clip(z, -3, 3)], -1)
+
+
+def session_features(rows: Rows) -> np.ndarray:
+    ties, length = rows.session[:, 0], rows.session[:, 1]
+    per_list = np.stack([np.log1p(ties) / 3, (ties > 1).astype(float), np.log1p(length) / 7], 1)
+    k = rows.features.shape[1]
+    return np.repeat(per_list[:, None, :], k, axis=1).astype(np.float32)
+
+
+def ndcg10(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(labels))
+    hit = labels >= 0
+    s = scores[hit]
+    rank = 1 + (s > s[np.arange(len(s)), labels[hit]][:, None]).sum(1)
+    out[hit] = np.where(rank <= 10, 1 / np.log2(rank + 1), 0.0)
+    return out
+
+
+def train_layer(x, y, xv, yv, seed: int, hidden: int = 32, patience: int = 6):
+    """Listwise softmax cross-entropy, Adam, stopped on validation NDCG@10."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[-1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    xt, yt, xvt = torch.tensor(x), torch.tensor(y), torch.tensor(xv)
+    best, state, stale = -1.0, None, 0
+    for _ in range(80):
+        for b in np.array_split(rng.permutation(len(y)), max(len(y) // 32, 1)):
+            loss = torch.nn.functional.cross_entropy(model(xt[b]).squeeze(-1), yt[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            v = float(ndcg10(model(xvt).squeeze(-1).numpy(), yv).mean())
+        if v > best:
+            best, stale = v, 0
+            state = {k: t.clone() for k, t in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    model.load_state_dict(state)
+    return model, best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default="artifacts/datasets/ml-100k")
+    p.add_argument("--seeds", type=int, default=3)
+    args = p.parse_args()
+
+    import torch
+
+    from pipelines.artifact import load_dataset
+    from training.evaluation.bootstrap import paired_bootstrap
+
+    torch.set_num_threads(1)
+    console = Console(width=160)
+    start = time.perf_counter()
+    rows = build(load_dataset(args.data), progress=True)
+    emb, cats = rows.pop("_embeddings"), rows.pop("_categories")
+    names = sorted({c for cs in cats for c in cs})
+    genres = np.zeros((len(cats), len(names)), np.float32)
+    for i, cs in enumerate(cats):
+        genres[i, [names.index(c) for c in cs]] = 1
+
+    def inputs(key: str, extra: str | None) -> tuple[np.ndarray, np.ndarray]:
+        r = rows[key]
+        x = r.features
+        if extra == "content":
+            x = np.concatenate([x, content_features(r, emb, genres)], -1)
+        if extra == "session":
+            x = np.concatenate([x, session_features(r)], -1)
+        return x, r.labels
+
+    variants = [
+        ("base (K 20, last 10 positions)", "h10", 20, None, args.seeds, False),
+        ("K 50", "h10", 50, None, args.seeds, False),
+        ("+ content and genre similarity", "h10", 20, "content", args.seeds, False),
+        ("+ session (ties at the end, length)", "h10", 20, "session", args.seeds, False),
+        ("CF user factors refolded at each position", "h10-refold", 20, None, args.seeds, False),
+        ("last 20 positions", "h20", 20, None, args.seeds, False),
+        ("last 20 positions + session", "h20", 20, "session", args.seeds, False),
+        ("base, 5-seed ensemble", "h10", 20, None, 5, True),
+    ]
+    fused_labels = rows["test k20"].labels
+    hit = (fused_labels >= 0) & (fused_labels < 10)
+    fused = np.where(hit, 1 / np.log2(np.maximum(fused_labels, 0) + 2), 0.0)
+    results = []
+    for name, holdout, k, extra, seeds, ensemble in tqdm(variants, desc="variants"):
+        x, y = inputs(f"train {holdout} k{k}", extra)
+        xv, yv = inputs(f"validation k{k}", extra)
+        xt, yt = inputs(f"test k{k}", extra)
+        vals, tests, summed = [], [], 0.0
+        for seed in range(seeds):
+            model, _ = train_layer(x, y, xv, yv, seed)
+            with torch.no_grad():
+                logits = torch.log_softmax(model(torch.tensor(xt)).squeeze(-1), -1).numpy()
+                v = model(torch.tensor(xv)).squeeze(-1).numpy()
+            vals.append(float(ndcg10(v, yv).mean()))
+            tests.append(ndcg10(logits, yt))
+            summed = summed + logits
+        per_user = ndcg10(summed, yt) if ensemble else np.mean(tests, 0)
+        test = paired_bootstrap(per_user, fused)
+        results.append(
+            {
+                "variant": name,
+                "train_examples": len(y),
+                "val_ndcg10": float(np.mean(vals)),
+                "test_ndcg10": float(per_user.mean()),
+                "seed_test_ndcg10": [float(t.mean()) for t in tests],
+                "vs_fused": test.mean_difference,
+                "low": test.low,
+                "high": test.high,
+                "p": test.p_value,
+            }
+        )
+
+    t = Table(title=f"feature layer variants, test NDCG@10 (fused order {fused.mean():.4f})")
+    cols = ("variant", "train ex.", "val N@10", "test N@10", "seeds min-max", "vs fused", "p")
+    for c in cols:
+        t.add_column(c, justify="left" if c == "variant" else "right")
+    for r in results:
+        s = r["seed_test_ndcg10"]
+        t.add_row(
+            r["variant"],
+            str(r["train_examples"]),
+            f"{r['val_ndcg10']:.4f}",
+            f"{r['test_ndcg10']:.4f}",
+            f"{min(s):.4f}-{max(s):.4f}",
+            f"{r['vs_fused']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
+            f"{r['p']:.3f}",
+        )
+    console.print(t)
+    out = {
+        "machine": f"{os.cpu_count()} vCPU {platform.processor() or platform.machine()}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "seconds": time.perf_counter() - start,
+        "fused_test_ndcg10": float(fused.mean()),
+        "candidate_recall_k20": float(np.mean(rows["test k20"].labels >= 0)),
+        "candidate_recall_k50": float(np.mean(rows["test k50"].labels >= 0)),
+        "variants": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "feature_layer.json"
+    path.write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
