@@ -168,13 +168,19 @@ def session_features(rows: Rows) -> np.ndarray:
     return np.repeat(per_list[:, None, :], k, axis=1).astype(np.float32)
 
 
-def ndcg10(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(labels))
+def target_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1-based rank of each list's true item (ties go to it); a miss ranks below any list."""
+    ranks = np.full(len(labels), scores.shape[1] + 1)
     hit = labels >= 0
     s = scores[hit]
-    rank = 1 + (s > s[np.arange(len(s)), labels[hit]][:, None]).sum(1)
-    out[hit] = np.where(rank <= 10, 1 / np.log2(rank + 1), 0.0)
-    return out
+    ranks[hit] = 1 + (s > s[np.arange(len(s)), labels[hit]][:, None]).sum(1)
+    return ranks
+
+
+def ndcg10(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    from training.evaluation.metrics import metrics_from_ranks
+
+    return metrics_from_ranks(target_ranks(scores, labels))["NDCG@10"]
 
 
 def train_layer(x, y, xv, yv, seed: int, hidden: int = 32, patience: int = 6):
@@ -218,6 +224,7 @@ def main() -> None:
 
     from pipelines.artifact import load_dataset
     from training.evaluation.bootstrap import paired_bootstrap
+    from training.evaluation.metrics import metrics_from_ranks
 
     torch.set_num_threads(1)
     console = Console(width=160)
@@ -248,9 +255,9 @@ def main() -> None:
         ("last 20 positions + session", "h20", 20, "session", args.seeds, False),
         ("base, 5-seed ensemble", "h10", 20, None, 5, True),
     ]
-    fused_labels = rows["test k20"].labels
-    hit = (fused_labels >= 0) & (fused_labels < 10)
-    fused = np.where(hit, 1 / np.log2(np.maximum(fused_labels, 0) + 2), 0.0)
+    # Test lists are in fused order: the true item's place is its fused rank.
+    test_labels = rows["test k20"].labels
+    fused = metrics_from_ranks(np.where(test_labels >= 0, test_labels + 1, 21))["NDCG@10"]
     results = []
     for name, holdout, k, extra, seeds, ensemble in tqdm(variants, desc="variants"):
         x, y = inputs(f"train {holdout} k{k}", extra)
