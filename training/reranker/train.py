@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.artifact import Dataset
 from pipelines.errors import LlmrecError
 from pipelines.schema import Split
+from training.evaluation.metrics import metrics_from_ranks
 from training.reranker.examples import Row, ranking_row, training_rows
 from training.reranker.features import feature_names
 from training.reranker.model import (
@@ -162,11 +163,6 @@ def prepare_examples(
     )
 
 
-def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where(r <= 10, 1.0 / np.log2(r + 1.0), 0.0)
-
-
 # -- the per-worker loop -----------------------------------------------------------------
 
 
@@ -260,7 +256,12 @@ def train_loop(config: dict[str, Any]) -> None:
         model.eval()
         ranks = label_ranks(val_rows, scorer.scores(val_rows), miss=k + 1)
         totals = torch.tensor(
-            [float(ndcg_at_10(ranks).sum()), float(sum(losses)), float(len(losses)), float(seen)],
+            [
+                float(metrics_from_ranks(ranks)["NDCG@10"].sum()),
+                float(sum(losses)),
+                float(len(losses)),
+                float(seen),
+            ],
             dtype=torch.float64,
         )
         if world > 1:
