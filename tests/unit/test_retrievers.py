@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -251,3 +252,20 @@ def test_sasrec_without_sequences_is_a_clear_error(data):
     )
     with pytest.raises(RetrievalError, match="two interactions or more"):
         SelfAttentive(epochs=1).fit(single)
+
+
+def test_sasrec_windows_cover_every_transition_and_overlap_by_the_stride(data):
+    from training.retrieval.sequential import training_windows
+
+    def transitions(windows):
+        return [(a, b) for w in windows for a, b in itertools.pairwise(w) if b > 0]
+
+    user_transitions = sum(max(len(data.history(u)) - 1, 0) for u in range(data.n_users))
+    once = training_windows(data, 10)
+    assert once.shape[1] == 11 and len(transitions(once)) == user_transitions
+    overlapping = training_windows(data, 10, stride=5)
+    assert len(overlapping) > len(once)
+    assert set(transitions(overlapping)) == set(transitions(once))
+    assert np.array_equal(
+        overlapping[0][overlapping[0] > 0], data.history(0)[-11:].astype(np.int64) + 1
+    )
