@@ -218,6 +218,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default="artifacts/datasets/ml-100k")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default=str(RESULTS / "feature_layer.json"), help="results JSON")
     args = p.parse_args()
 
     import torch
@@ -314,8 +315,8 @@ def main() -> None:
         "candidate_recall_k50": float(np.mean(rows["test k50"].labels >= 0)),
         "variants": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "feature_layer.json"
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     console.print(f"wrote {path}")
 
