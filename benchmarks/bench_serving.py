@@ -291,10 +291,16 @@ def main() -> None:
             port=args.port,
         )
         _wait(base)
+        warm = _wait_warm(base, console)
         for c in args.concurrency:
             rows = closed_loop(http_call(base, users, items), c, args.duration, seed=c)
             results["cells"].append(
-                {"variant": variant, "concurrency": c, **summarize(rows, args.duration, deadline)}
+                {
+                    "variant": variant,
+                    "concurrency": c,
+                    "precompute": warm,
+                    **summarize(rows, args.duration, deadline),
+                }
             )
             console.print(results["cells"][-1])
         if variant == "graph with re-ranker":
@@ -415,6 +421,25 @@ def _wait(base: str) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError("graph not ready")
+
+
+def _wait_warm(base: str, console: Console, timeout_s: float = 900) -> dict | None:
+    """Wait for the graph's precompute of known users' lists (None: it has none, e.g.
+    without the re-ranker or with warm off): the load then meets the steady state, not a
+    cold start."""
+    import requests
+
+    end = time.time() + timeout_s
+    while True:
+        warm = requests.get(f"{base}/readyz", timeout=5).json().get("warm")
+        if not warm or warm["model"] is None:
+            return None
+        if warm["seconds"] is not None:
+            console.print(f"precomputed {warm['done']} users' lists in {warm['seconds']} s")
+            return warm
+        if time.time() > end:
+            raise RuntimeError(f"the precompute did not finish in {timeout_s:.0f} s: {warm}")
+        time.sleep(1)
 
 
 def plot(results: dict, path: Path) -> None:

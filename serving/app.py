@@ -405,6 +405,11 @@ class Api(_WatchesVersions):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrec-retrieval")
         self._queue = WorkerQueue()  # what the pool has to do, for admission
         self._rerank_queue = WorkerQueue()  # this replica's calls the re-ranker has not answered
+        # The precompute (settings.warm): one task per model version, started on the loop.
+        self._last_request = 0.0
+        self._warm_key: str | None = None
+        self._warm_task: asyncio.Task | None = None
+        self.warm: dict[str, Any] = {"model": None, "users": 0, "done": 0, "seconds": None}
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -473,6 +478,60 @@ class Api(_WatchesVersions):
         done.add_done_callback(lambda f: queue.finished(None) if f.cancelled() else None)
         return asyncio.wrap_future(done)
 
+    # -- precompute ------------------------------------------------------------------------
+
+    def _ensure_warm(self) -> None:
+        """On the event loop: precompute the served version's lists, once per version (a
+        hot swap starts over; turning `warm` off stops it)."""
+        s = self.settings
+        on = s.warm and s.cache and s.rerank and self.model.reranker is not None
+        key = self.model.version if on else None
+        if key == self._warm_key:
+            return
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+        self._warm_key, self._warm_task = key, None
+        self.warm = {"model": key, "users": 0, "done": 0, "seconds": None}
+        self.metrics.warm.set(0)
+        if key is not None:
+            self._warm_task = self._spawn(self._warm(key))
+
+    def _quiet(self) -> bool:
+        idle_s = time.perf_counter() - self._last_request
+        return self.inflight == 0 and not self._nearline and idle_s >= self._quiet_s()
+
+    def _quiet_s(self) -> float:
+        return self.settings.warm_quiet_ms / 1000
+
+    async def _warm(self, key: str) -> None:
+        """Re-rank and cache every known user's list, one user at a time and only while no
+        request is in flight: requests never queue behind more than one precompute. A
+        list already cached at the user's current version is kept."""
+        s, state = self.settings, self.warm
+        users = self.catalog.users_by_activity()
+        if s.warm_users is not None:
+            users = users[: s.warm_users]
+        state["users"] = len(users)
+        t = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        for user in users:
+            while not self._quiet():
+                await asyncio.sleep(max(self._quiet_s(), 0.005))
+            if self.model.version != key:
+                return  # swapped meanwhile: the new version's own task warms it
+            if self._cached(user, 1) is None:
+                # Its own future: a request for this user does not wait on a precompute.
+                await self._precompute(user, loop.create_future())
+            state["done"] += 1
+            self.metrics.warm.set(state["done"])
+        state["seconds"] = round(time.perf_counter() - t, 1)
+        log.warning("precomputed the lists of %d users in %.1f s", len(users), state["seconds"])
+
+    async def check_health(self) -> None:
+        # Serve calls this on the replica's event loop every few seconds: the precompute
+        # starts without waiting for the first request.
+        self._ensure_warm()
+
     # -- recommendations ------------------------------------------------------------------
 
     @api.get("/recommend/{user_id}")
@@ -499,7 +558,8 @@ class Api(_WatchesVersions):
         k = k or s.k_default
         if k > s.k_max:
             raise HTTPException(422, f"k: must be at most {s.k_max}, got {k}")
-        start = time.perf_counter()
+        start = self._last_request = time.perf_counter()
+        self._ensure_warm()
         request_id = uuid.uuid4().hex
         exp = s.experiment  # this request's experiment, even if a redeploy changes it now
         variant = assign(exp, user_id) if exp else None
@@ -723,6 +783,7 @@ class Api(_WatchesVersions):
             batch = _EVENTS.validate_python(raw)
         except ValidationError as e:
             raise HTTPException(422, _field_errors(e, isinstance(body, list))) from None
+        self._last_request = time.perf_counter()
         now = time.time()
         events = [
             Event(
@@ -854,7 +915,8 @@ class Api(_WatchesVersions):
         except Exception as e:
             response.status_code = 503
             return {"ready": False, "reason": str(e)[:200]}
-        return {"ready": True, "model": model, "reranker": rr}
+        self._ensure_warm()
+        return {"ready": True, "model": model, "reranker": rr, "warm": dict(self.warm)}
 
     @api.get("/metrics")
     async def metrics(self) -> Response:

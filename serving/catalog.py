@@ -34,6 +34,12 @@ class Catalog:
             return np.zeros(0, dtype=np.int64)
         return self._items[self._indptr[user] : self._indptr[user + 1]].astype(np.int64)
 
+    def users_by_activity(self) -> list[str]:
+        """The dataset's user ids, the longest histories first (ties: dataset order)."""
+        ids = list(self.user_index)
+        lengths = np.diff(self._indptr)[: len(ids)]
+        return [ids[i] for i in np.argsort(-lengths, kind="stable")]
+
     def add(self, items: list[StoredItem]) -> list[str]:
         """Append new items; returns their texts (in id order) for the models to embed."""
         texts = []

@@ -36,6 +36,22 @@ class LiveSettings(BaseModel):
     k_max: int = Field(100, ge=1, le=1000)
     max_batch_events: int = Field(1000, ge=1, le=100_000, description="POST /events limit")
     cache: bool = Field(True, description="nearline: serve re-ranked lists computed after events")
+    warm: bool = Field(
+        True,
+        description="precompute: once a model version is loaded, re-rank and cache the list of "
+        "every user the dataset knows, most active first, while no request is in flight, so "
+        "that a returning user is answered from the cache without the re-ranker (the lists "
+        "of users with events are replaced by the nearline step as before)",
+    )
+    warm_users: int | None = Field(
+        None, ge=0, description="precompute at most this many users (None: all of them)"
+    )
+    warm_quiet_ms: float = Field(
+        50.0,
+        ge=0,
+        le=60_000,
+        description="the precompute takes its next user only when no request came in this long",
+    )
     rerank_threads: int = Field(1, ge=1, le=64, description="torch threads per re-ranker")
     # CPU compression of the re-ranker (benchmarks/bench_reranker.py measures each step).
     rerank_int8: bool = False

@@ -43,6 +43,11 @@ class Metrics:
         self.cold = Counter("llmrec_cold_start_total", "cold-start answers", registry=r)
         self.cache = Counter("llmrec_cache_total", "nearline cache lookups", ["result"], registry=r)
         self.events = Counter("llmrec_events_stored_total", "events stored", registry=r)
+        self.warm = Gauge(
+            "llmrec_warm_users",
+            "users whose list the precompute has covered for the model version served",
+            registry=r,
+        )
         self.inflight = Gauge(
             "llmrec_inflight_requests", "requests in the ingress now (queue depth)", registry=r
         )

@@ -32,7 +32,13 @@ def server(ray_cluster, published, tmp_path_factory):
     _, models = published
     db = tmp_path_factory.mktemp("serve") / "events.db"
     port = _free_port()
-    args = {"model_root": str(models), "store": f"sqlite://{db}", "deadline_ms": 3000}
+    # No precompute: these tests watch requests compute their lists (one test turns it on).
+    args = {
+        "model_root": str(models),
+        "store": f"sqlite://{db}",
+        "deadline_ms": 3000,
+        "warm": False,
+    }
 
     def deploy(**live):
         run_profile("cpu", args, user_config=live or None, port=port)
@@ -277,6 +283,43 @@ def test_turning_the_reranker_off_stops_serving_its_cached_lists(server):
     try:
         out = rec(base, "17", k=5)
         assert not out["cached"] and out["stage"] == "retrieval"
+    finally:
+        deploy()
+
+
+def test_precomputed_lists_answer_returning_users_until_their_next_event(
+    server, published, tmp_path
+):
+    """The precompute re-ranks the most active users' lists while the graph is idle: they
+    are answered from the cache with the list a request would compute, and an event makes
+    that list unservable at once."""
+    from pipelines.artifact import load_dataset
+    from serving.catalog import Catalog
+    from training.publish import load_version
+
+    base, _, deploy = server
+    top = Catalog(load_dataset(load_version(published[1]).dataset_uri)).users_by_activity()[:6]
+    deploy(warm=True, warm_users=5, store=f"sqlite://{tmp_path / 'warm.db'}")
+    try:
+        end = time.time() + 90
+        while (w := requests.get(f"{base}/readyz").json()["warm"])["seconds"] is None:
+            assert time.time() < end, w
+            time.sleep(0.2)
+        assert w["model"] == "v2" and w["users"] == w["done"] == 5
+        assert "llmrec_warm_users 5.0" in requests.get(f"{base}/metrics").text
+        for user in top[:5]:
+            hit = rec(base, user, k=10)
+            assert hit["cached"] and hit["stage"] == "rerank" and hit["user_version"] == 0
+            # An exclude list is never answered from the cache: this one is computed now.
+            computed = rec(base, user, k=10, exclude="no-such-item")
+            assert not computed["cached"] and computed["stage"] == "rerank"
+            assert [x["item_id"] for x in hit["items"]] == [x["item_id"] for x in computed["items"]]
+        assert not rec(base, top[5], k=10)["cached"]  # past warm_users
+        clicked = hit["items"][0]["item_id"]
+        post_events(base, {"user_id": top[4], "item_id": clicked, "type": "click"})
+        after = rec(base, top[4], k=10)
+        assert after["user_version"] > 0
+        assert clicked not in [x["item_id"] for x in after["items"]]
     finally:
         deploy()
 

@@ -241,3 +241,11 @@ def test_reranked_response_orders_the_head_by_the_rerankers_scores(svc):
     fallback = respond(r, 10, None, "req", "rerank_timeout", {}, None)
     assert fallback["stage"] == "retrieval" and fallback["fallback"] == "rerank_timeout"
     assert [x["item_id"] for x in fallback["items"]] == r.item_ids[:10]
+
+
+def test_the_precompute_takes_the_most_active_users_first(svc):
+    cat = svc[0].catalog
+    order = cat.users_by_activity()
+    assert sorted(order) == sorted(cat.user_index)
+    lengths = [len(cat.base_history(cat.user_index[u])) for u in order]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
