@@ -8,6 +8,7 @@ work it queued still takes the cores from the requests behind it.
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 
 class WorkerQueue:
@@ -60,3 +61,34 @@ class WorkerQueue:
         and the next timed job is what shows that it has passed."""
         with self._lock:
             return self.queued == 0 or self._expected() <= budget_s
+
+
+class LoopLag:
+    """How late the event loop has been waking up lately: the largest lag seen in the last
+    `window_s` seconds. A loaded event loop resumes a request some time after the stage it
+    waited for gave up; the deadline margin must cover that, or the answer is late anyway.
+
+    Not thread-safe: fed and read on the event loop.
+    """
+
+    def __init__(self, window_s: float = 2.0):
+        if window_s <= 0:
+            raise ValueError(f"window_s: must be positive, got {window_s}")
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque()  # (when, lag), maxima kept
+
+    def observe(self, now: float, lag_s: float) -> None:
+        # A monotonic deque: a sample is dropped once a later one is at least as large,
+        # so the front is always the window's maximum.
+        while self._samples and self._samples[-1][1] <= lag_s:
+            self._samples.pop()
+        self._samples.append((now, max(lag_s, 0.0)))
+        self._expire(now)
+
+    def recent_s(self, now: float) -> float:
+        self._expire(now)
+        return self._samples[0][1] if self._samples else 0.0
+
+    def _expire(self, now: float) -> None:
+        while self._samples and self._samples[0][0] < now - self.window_s:
+            self._samples.popleft()

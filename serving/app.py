@@ -38,7 +38,7 @@ from pydantic import (
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.admission import WorkerQueue
+from serving.admission import LoopLag, WorkerQueue
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, open_store
 from serving.experiments import Experiment, Impression, Variant, assign
@@ -410,6 +410,8 @@ class Api(_WatchesVersions):
         self._warm_key: str | None = None
         self._warm_task: asyncio.Task | None = None
         self.warm: dict[str, Any] = {"model": None, "users": 0, "done": 0, "seconds": None}
+        self._lag = LoopLag()
+        self._lag_probe: asyncio.Task | None = None
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -480,9 +482,12 @@ class Api(_WatchesVersions):
 
     # -- precompute ------------------------------------------------------------------------
 
-    def _ensure_warm(self) -> None:
-        """On the event loop: precompute the served version's lists, once per version (a
-        hot swap starts over; turning `warm` off stops it)."""
+    def _ensure_background(self) -> None:
+        """On the event loop: the loop-lag probe, once, and the precompute of the served
+        version's lists, once per version (a hot swap starts over; turning `warm` off stops
+        it)."""
+        if self._lag_probe is None:
+            self._lag_probe = self._spawn(self._probe_lag())
         s = self.settings
         on = s.warm and s.cache and s.rerank and self.model.reranker is not None
         key = self.model.version if on else None
@@ -527,10 +532,27 @@ class Api(_WatchesVersions):
         state["seconds"] = round(time.perf_counter() - t, 1)
         log.warning("precomputed the lists of %d users in %.1f s", len(users), state["seconds"])
 
+    async def _probe_lag(self, period_s: float = 0.01) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(period_s)
+            now = time.perf_counter()
+            self._lag.observe(now, now - t - period_s)
+            self.metrics.loop_lag.set(self._lag.recent_s(now))
+
+    def _margin_s(self, s: LiveSettings) -> float:
+        """What each stage leaves before the deadline for answering: the fixed margin, or
+        more while the event loop is waking up late."""
+        margin = s.deadline_margin_ms / 1000
+        if s.margin_lag_factor:
+            lag = self._lag.recent_s(time.perf_counter())
+            margin = max(margin, s.margin_lag_factor * lag)
+        return min(margin, s.deadline_ms / 2000)
+
     async def check_health(self) -> None:
         # Serve calls this on the replica's event loop every few seconds: the precompute
         # starts without waiting for the first request.
-        self._ensure_warm()
+        self._ensure_background()
 
     # -- recommendations ------------------------------------------------------------------
 
@@ -559,7 +581,7 @@ class Api(_WatchesVersions):
         if k > s.k_max:
             raise HTTPException(422, f"k: must be at most {s.k_max}, got {k}")
         start = self._last_request = time.perf_counter()
-        self._ensure_warm()
+        self._ensure_background()
         request_id = uuid.uuid4().hex
         exp = s.experiment  # this request's experiment, even if a redeploy changes it now
         variant = assign(exp, user_id) if exp else None
@@ -669,7 +691,7 @@ class Api(_WatchesVersions):
         on_retrieved: Any = None,
     ) -> dict[str, Any]:
         # Every stage must be over by `end`: the margin is for answering on time.
-        end = start + (s.deadline_ms - s.deadline_margin_ms) / 1000 if deadline else start + 60
+        end = start + s.deadline_ms / 1000 - self._margin_s(s) if deadline else start + 60
         timings: dict[str, float] = {}
         t = time.perf_counter()
         # A variant's model version and candidate count travel with the request.
@@ -734,6 +756,12 @@ class Api(_WatchesVersions):
         left = end - time.perf_counter()
         capped = s.shed_inflight is not None and self.inflight > s.shed_inflight
         if wants and deadline and (capped or not self._rerank_queue.admits(left * s.admit_share)):
+            wants, fallback = False, "overload"
+        elif wants and not deadline and not self._rerank_queue.admits(s.deadline_ms / 1000):
+            # Nearline work has no deadline, but when events come faster than the re-ranker
+            # can follow, queueing each one grows a backlog without end, and every request
+            # of those users waits on it. Past a deadline's worth of queued re-ranks the
+            # list is not precomputed: the user's next request computes it, with admission.
             wants, fallback = False, "overload"
         if wants:
             t = time.perf_counter()
@@ -847,7 +875,12 @@ class Api(_WatchesVersions):
             if out["stage"] == "rerank" and not out["fallback"]:
                 # Awaited: a request that joined this computation reads the cache next.
                 await asyncio.to_thread(self.store.cache_put, user_id, out["user_version"], out)
+                result = "cached"
+            else:
+                result = "skipped" if out["fallback"] == "overload" else "not_reranked"
+            self.metrics.nearline.labels(result).inc()
         except Exception as e:  # best effort: the request path recomputes
+            self.metrics.nearline.labels("failed").inc()
             log.warning("nearline precompute for a user failed: %s", e)
         finally:
             fresh.cancel()  # nobody waits on a retrieval that never came
@@ -915,7 +948,7 @@ class Api(_WatchesVersions):
         except Exception as e:
             response.status_code = 503
             return {"ready": False, "reason": str(e)[:200]}
-        self._ensure_warm()
+        self._ensure_background()
         return {"ready": True, "model": model, "reranker": rr, "warm": dict(self.warm)}
 
     @api.get("/metrics")

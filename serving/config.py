@@ -24,6 +24,14 @@ class LiveSettings(BaseModel):
         description="kept back from the deadline for answering: a stage still running this "
         "close to it is given up, since a loaded event loop wakes late",
     )
+    margin_lag_factor: float = Field(
+        1.5,
+        ge=0,
+        le=10,
+        description="the margin also covers this many times the largest event-loop lag of "
+        "the last 2 s, at most half the deadline (0: the fixed margin only): under load "
+        "the loop resumes a request well after its stage gave up",
+    )
     rerank: bool = Field(True, description="use the re-ranker when the version has one")
     candidates: int = Field(50, ge=1, le=1000, description="retrieval candidates per request")
     retrieval_in_api: bool = Field(

@@ -43,6 +43,18 @@ class Metrics:
         self.cold = Counter("llmrec_cold_start_total", "cold-start answers", registry=r)
         self.cache = Counter("llmrec_cache_total", "nearline cache lookups", ["result"], registry=r)
         self.events = Counter("llmrec_events_stored_total", "events stored", registry=r)
+        self.nearline = Counter(
+            "llmrec_nearline_total",
+            "lists computed off the request path (after events, and the precompute), by "
+            "outcome: cached, skipped (re-ranker backlog), not_reranked, failed",
+            ["result"],
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "llmrec_loop_lag_seconds",
+            "the ingress event loop's largest wake-up lag of the last 2 s (widens the margin)",
+            registry=r,
+        )
         self.warm = Gauge(
             "llmrec_warm_users",
             "users whose list the precompute has covered for the model version served",

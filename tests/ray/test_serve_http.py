@@ -306,7 +306,10 @@ def test_precomputed_lists_answer_returning_users_until_their_next_event(
             assert time.time() < end, w
             time.sleep(0.2)
         assert w["model"] == "v2" and w["users"] == w["done"] == 5
-        assert "llmrec_warm_users 5.0" in requests.get(f"{base}/metrics").text
+        metrics = requests.get(f"{base}/metrics").text
+        assert "llmrec_warm_users 5.0" in metrics
+        lag = re.search(r"^llmrec_loop_lag_seconds ([0-9.e+-]+)$", metrics, re.M)
+        assert lag is not None and 0 <= float(lag.group(1)) < 1
         for user in top[:5]:
             hit = rec(base, user, k=10)
             assert hit["cached"] and hit["stage"] == "rerank" and hit["user_version"] == 0
@@ -320,6 +323,37 @@ def test_precomputed_lists_answer_returning_users_until_their_next_event(
         after = rec(base, top[4], k=10)
         assert after["user_version"] > 0
         assert clicked not in [x["item_id"] for x in after["items"]]
+    finally:
+        deploy()
+
+
+def nearline_counts(base: str) -> dict[str, float]:
+    text = requests.get(f"{base}/metrics").text
+    found = re.findall(r'^llmrec_nearline_total\{result="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    return {k: float(v) for k, v in found}
+
+
+def test_a_burst_of_events_past_the_rerankers_pace_is_not_queued_nearline(server):
+    """Nearline re-ranks beyond a deadline's worth of queued work are skipped (the users'
+    next requests compute their lists), so a burst cannot build a backlog without end."""
+    base, _, deploy = server
+    deploy(rerank_delay_ms=300, deadline_ms=400)
+    try:
+        rec(base, "199", k=5)  # the re-ranker is timed: a few hundred ms a job now
+        before = nearline_counts(base)
+        burst = [{"user_id": str(u), "item_id": "1", "type": "click"} for u in range(200, 230)]
+        post_events(base, burst)
+        end = time.time() + 30
+        while True:
+            now = nearline_counts(base)
+            done = {k: now.get(k, 0) - before.get(k, 0) for k in ("cached", "skipped")}
+            if sum(done.values()) >= len(burst) or time.time() > end:
+                break
+            time.sleep(0.2)
+        assert sum(done.values()) == len(burst), (before, now)
+        assert done["cached"] >= 1 and done["skipped"] >= len(burst) // 2, done
+        out = rec(base, "229", k=5)  # a skipped user still sees their event
+        assert out["user_version"] > 0 and "1" not in [x["item_id"] for x in out["items"]]
     finally:
         deploy()
 

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from serving.admission import WorkerQueue
+from serving.admission import LoopLag, WorkerQueue
 
 
 def test_an_untimed_queue_admits_everything():
@@ -93,3 +93,19 @@ def test_a_margin_that_leaves_no_time_is_refused():
     with pytest.raises(ValidationError, match="deadline_margin_ms: must be below deadline_ms"):
         LiveSettings(deadline_ms=100, deadline_margin_ms=100)
     assert LiveSettings(deadline_ms=100, deadline_margin_ms=99).deadline_margin_ms == 99
+
+
+def test_loop_lag_is_the_largest_in_the_window_and_then_forgotten():
+    lag = LoopLag(window_s=2.0)
+    assert lag.recent_s(0.0) == 0.0
+    lag.observe(0.0, 0.005)
+    lag.observe(0.5, 0.080)
+    lag.observe(1.0, 0.010)
+    assert lag.recent_s(1.0) == pytest.approx(0.080)
+    assert lag.recent_s(2.4) == pytest.approx(0.080)  # 0.5 + 2.0 is still inside
+    assert lag.recent_s(2.6) == pytest.approx(0.010)  # the spike has left the window
+    assert lag.recent_s(3.1) == 0.0
+    lag.observe(4.0, -0.001)  # a timer that fired early counts as no lag
+    assert lag.recent_s(4.0) == 0.0
+    with pytest.raises(ValueError, match="window_s"):
+        LoopLag(window_s=0)
