@@ -407,7 +407,7 @@ class Api(_WatchesVersions):
         self._rerank_queue = WorkerQueue()  # this replica's calls the re-ranker has not answered
         # The precompute (settings.warm): one task per model version, started on the loop.
         self._last_request = 0.0
-        self._warm_key: str | None = None
+        self._warm_key: tuple[str, str] | None = None  # (model version, store) warmed
         self._warm_task: asyncio.Task | None = None
         self.warm: dict[str, Any] = {"model": None, "users": 0, "done": 0, "seconds": None}
         self._lag = LoopLag()
@@ -490,13 +490,15 @@ class Api(_WatchesVersions):
             self._lag_probe = self._spawn(self._probe_lag())
         s = self.settings
         on = s.warm and s.cache and s.rerank and self.model.reranker is not None
-        key = self.model.version if on else None
+        # Another store holds none of the lists: it is warmed too.
+        key = (self.model.version, s.store) if on else None
         if key == self._warm_key:
             return
         if self._warm_task is not None:
             self._warm_task.cancel()
         self._warm_key, self._warm_task = key, None
-        self.warm = {"model": key, "users": 0, "done": 0, "seconds": None}
+        version = key[0] if key else None
+        self.warm = {"model": version, "users": 0, "done": 0, "seconds": None}
         self.metrics.warm.set(0)
         if key is not None:
             self._warm_task = self._spawn(self._warm(key))
@@ -508,7 +510,7 @@ class Api(_WatchesVersions):
     def _quiet_s(self) -> float:
         return self.settings.warm_quiet_ms / 1000
 
-    async def _warm(self, key: str) -> None:
+    async def _warm(self, key: tuple[str, str]) -> None:
         """Re-rank and cache every known user's list, one user at a time and only while no
         request is in flight: requests never queue behind more than one precompute. A
         list already cached at the user's current version is kept."""
@@ -522,7 +524,7 @@ class Api(_WatchesVersions):
         for user in users:
             while not self._quiet():
                 await asyncio.sleep(max(self._quiet_s(), 0.005))
-            if self.model.version != key:
+            if (self.model.version, self.settings.store) != key:
                 return  # swapped meanwhile: the new version's own task warms it
             if self._cached(user, 1) is None:
                 # Its own future: a request for this user does not wait on a precompute.
