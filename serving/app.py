@@ -499,7 +499,6 @@ class Api(_WatchesVersions):
         self._warm_key, self._warm_task = key, None
         version = key[0] if key else None
         self.warm = {"model": version, "users": 0, "done": 0, "seconds": None}
-        self.metrics.warm.set(0)
         if key is not None:
             self._warm_task = self._spawn(self._warm(key))
 
@@ -530,7 +529,6 @@ class Api(_WatchesVersions):
                 # Its own future: a request for this user does not wait on a precompute.
                 await self._precompute(user, loop.create_future())
             state["done"] += 1
-            self.metrics.warm.set(state["done"])
         state["seconds"] = round(time.perf_counter() - t, 1)
         log.warning("precomputed the lists of %d users in %.1f s", len(users), state["seconds"])
 
@@ -540,7 +538,6 @@ class Api(_WatchesVersions):
             await asyncio.sleep(period_s)
             now = time.perf_counter()
             self._lag.observe(now, now - t - period_s)
-            self.metrics.loop_lag.set(self._lag.recent_s(now))
 
     def _margin_s(self, s: LiveSettings) -> float:
         """What each stage leaves before the deadline for answering: the fixed margin, or
@@ -955,6 +952,9 @@ class Api(_WatchesVersions):
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
+        # Gauges of state the replica keeps anyway: read when scraped, not on every change.
+        self.metrics.warm.set(self.warm["done"])
+        self.metrics.loop_lag.set(self._lag.recent_s(time.perf_counter()))
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
