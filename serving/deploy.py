@@ -59,6 +59,9 @@ def run_profile(
         compose(merged, options),
         name=app_cfg.get("name", APP_NAME),
         route_prefix=app_cfg.get("route_prefix", "/"),
+        # serve.start's logging_config reaches the controller and proxy only; the replicas
+        # take theirs here (`serve deploy` applies the top-level one to both itself).
+        logging_config=app_cfg.get("logging_config", cfg.get("logging_config")),
         blocking=blocking,
     )
 
