@@ -57,6 +57,7 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
     ms = np.array([r["ms"] for r in rec]) if rec else np.zeros(1)
     stages: dict[str, int] = {}
     late: dict[str, int] = {}  # what the answers past the deadline were
+    late_timings: list[dict] = []  # and where their time went, the latest first
     for r in rec:
         key = "cache" if r.get("cached") else r.get("stage", "error")
         if r.get("fallback"):
@@ -64,6 +65,7 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
         stages[key] = stages.get(key, 0) + 1
         if r.get("server_ms", 0) > deadline_ms:
             late[key] = late.get(key, 0) + 1
+            late_timings.append({"stage": key, **r.get("timings", {})})
     errors = sum(1 for r in rows if r.get("status", 200) >= 500 or r.get("error"))
     served = [r["ms"] for r in rec if r.get("cached") or r.get("stage") == "retrieval"]
     return {
@@ -77,6 +79,7 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
         "error_rate": errors / max(len(rows), 1),
         "past_deadline": sum(late.values()),
         "past_deadline_by_stage": dict(sorted(late.items())),
+        "past_deadline_timings_ms": sorted(late_timings, key=lambda t: -t.get("total", 0))[:100],
         "server_p99_ms": float(np.percentile([r.get("server_ms", 0) for r in rec], 99))
         if rec
         else None,
@@ -111,6 +114,7 @@ def http_call(base: str, users: list[str], items: list[str]):
                 "cached": j["cached"],
                 "fallback": j["fallback"],
                 "server_ms": j["timings_ms"].get("total", 0),
+                "timings": j["timings_ms"],
             }
         except requests.RequestException:
             return "recommend", {"error": True}

@@ -92,3 +92,18 @@ class LoopLag:
     def _expire(self, now: float) -> None:
         while self._samples and self._samples[0][0] < now - self.window_s:
             self._samples.popleft()
+
+
+def deadline_margin(
+    deadline_s: float, fixed_s: float, lag_s: float, lag_factor: float
+) -> tuple[float, bool]:
+    """What each stage of a request leaves before its deadline for answering, and whether
+    no stage can be awaited at all.
+
+    The margin is the fixed one, or `lag_factor` times the loop's recent lag when that is
+    more, at most half the deadline. Past that half the loop is so far behind that a
+    request resumed after any await is likely late: the second value says to answer
+    without one (from the cache, or popularity)."""
+    wanted = max(fixed_s, lag_factor * lag_s)
+    half = deadline_s / 2
+    return min(wanted, half), lag_factor > 0 and wanted >= half

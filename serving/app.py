@@ -38,10 +38,11 @@ from pydantic import (
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.admission import LoopLag, WorkerQueue
+from serving.admission import LoopLag, WorkerQueue, deadline_margin
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, open_store
 from serving.experiments import Experiment, Impression, Variant, assign
+from serving.heap import GcPauses, freeze_heap
 from serving.metrics import Metrics
 from serving.recommender import (
     RerankService,
@@ -123,6 +124,10 @@ class _Overloaded(Exception):
     """The retrieval queue is too deep for this request's budget."""
 
 
+class _Lagging(Exception):
+    """The event loop lags too far behind for this request to await any stage."""
+
+
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
     time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
     return fn()
@@ -198,6 +203,9 @@ class _WatchesVersions(_Configured):
         with self._reload:
             self._user_cfg = cfg or {}
             self._apply(self._merge(cfg))
+            took = freeze_heap()
+            if took > 0.5:
+                log.warning("%s: froze the loaded heap in %.2f s", type(self).__name__, took)
 
     def _apply(self, settings: LiveSettings) -> None:
         raise NotImplementedError
@@ -411,7 +419,9 @@ class Api(_WatchesVersions):
         self._warm_task: asyncio.Task | None = None
         self.warm: dict[str, Any] = {"model": None, "users": 0, "done": 0, "seconds": None}
         self._lag = LoopLag()
+        self._gc = GcPauses()
         self._lag_probe: asyncio.Task | None = None
+        self._stall: asyncio.Task | None = None
         self._init_watch(settings)
 
     def _apply(self, settings: LiveSettings) -> None:
@@ -488,6 +498,8 @@ class Api(_WatchesVersions):
         it)."""
         if self._lag_probe is None:
             self._lag_probe = self._spawn(self._probe_lag())
+        if self.settings.loop_stall_ms and self._stall is None:
+            self._stall = self._spawn(self._stall_loop())
         s = self.settings
         on = s.warm and s.cache and s.rerank and self.model.reranker is not None
         # Another store holds none of the lists: it is warmed too.
@@ -539,14 +551,22 @@ class Api(_WatchesVersions):
             now = time.perf_counter()
             self._lag.observe(now, now - t - period_s)
 
-    def _margin_s(self, s: LiveSettings) -> float:
-        """What each stage leaves before the deadline for answering: the fixed margin, or
-        more while the event loop is waking up late."""
-        margin = s.deadline_margin_ms / 1000
-        if s.margin_lag_factor:
-            lag = self._lag.recent_s(time.perf_counter())
-            margin = max(margin, s.margin_lag_factor * lag)
-        return min(margin, s.deadline_ms / 2000)
+    async def _stall_loop(self) -> None:
+        """The drill `loop_stall_ms`: the loop blocked as a loaded machine blocks it."""
+        try:
+            while ms := self.settings.loop_stall_ms:
+                time.sleep(ms / 1000)
+                await asyncio.sleep(0.05)
+        finally:
+            self._stall = None
+
+    def _margin_s(self, s: LiveSettings) -> tuple[float, bool]:
+        """What each stage leaves before the deadline for answering, and whether the event
+        loop lags too far behind for any stage to be awaited (`deadline_margin`)."""
+        lag = self._lag.recent_s(time.perf_counter()) if s.margin_lag_factor else 0.0
+        return deadline_margin(
+            s.deadline_ms / 1000, s.deadline_margin_ms / 1000, lag, s.margin_lag_factor
+        )
 
     async def check_health(self) -> None:
         # Serve calls this on the replica's event loop every few seconds: the precompute
@@ -598,7 +618,15 @@ class Api(_WatchesVersions):
             if cacheable:
                 hit = self._cached(user_id, k)
                 pending = self._nearline.get(user_id)
-                if hit is None and pending is not None and not pending.done():
+                # A loop this far behind would resume the wait late: no wait then.
+                lagging = self._margin_s(s)[1]
+                if hit is None and lagging:
+                    # What the user's last event retrieved is answered without a wait.
+                    out = self._fresh_answer(user_id, k, request_id, start)
+                    if out is not None:
+                        self.metrics.observe(out, time.perf_counter() - start, cache="miss")
+                        return self._shown(out, exp, variant)
+                if hit is None and pending is not None and not pending.done() and not lagging:
                     # The user's last event started this very list: wait for it rather
                     # than compute it twice on the same cores (read-your-writes, sooner).
                     until = start + s.deadline_ms * 0.6e-3
@@ -667,6 +695,13 @@ class Api(_WatchesVersions):
         timings = {"total": time.perf_counter() - start}
         return respond(r, k, None, request_id, "nearline_pending", timings, None)
 
+    def _seen(self, user_id: str) -> list[str]:
+        """Every item the user has an event for, in the dataset or the store (dislikes
+        included): what a popularity answer leaves out."""
+        base = self.catalog.base_history(self.catalog.user_index.get(user_id))
+        ids = self.catalog.item_ids
+        return [ids[i] for i in base] + [e.item_id for e in self.store.events_of(user_id)]
+
     def _cached(self, user_id: str, k: int) -> dict[str, Any] | None:
         version = self.store.version(user_id)
         hit = self.store.cache_get(user_id, version)
@@ -690,8 +725,11 @@ class Api(_WatchesVersions):
         on_retrieved: Any = None,
     ) -> dict[str, Any]:
         # Every stage must be over by `end`: the margin is for answering on time.
-        end = start + s.deadline_ms / 1000 - self._margin_s(s) if deadline else start + 60
-        timings: dict[str, float] = {}
+        margin, lagging = self._margin_s(s)
+        end = start + s.deadline_ms / 1000 - margin if deadline else start + 60
+        # What was kept back for answering: with `total`, it shows how late a stage that
+        # gave up was resumed.
+        timings: dict[str, float] = {"margin": margin} if deadline else {}
         t = time.perf_counter()
         # A variant's model version and candidate count travel with the request.
         version = s.version if s.version != self.settings.version else None
@@ -702,6 +740,8 @@ class Api(_WatchesVersions):
         # Nearline work is never refused; a request's is, when its queue looks too long.
         admit = retrieval_s * s.admit_share if deadline else None
         try:
+            if deadline and lagging:
+                raise _Lagging
             call = self._retrieve(user_id, exclude, category, version, n, k, s.rerank, admit)
             r: Retrieved = await asyncio.wait_for(call, retrieval_s)
         except Exception as e:  # late, refused or failed: popularity answers, on time
@@ -712,9 +752,12 @@ class Api(_WatchesVersions):
                 if isinstance(e, TimeoutError)
                 else "retrieval_overload"
                 if isinstance(e, _Overloaded)
+                else "loop_lag"
+                if isinstance(e, _Lagging)
                 else "retrieval_error"
             )
-            if reason != "retrieval_overload":  # overload is counted, not worth a log line
+            # Overload is counted, not worth a log line.
+            if reason not in ("retrieval_overload", "loop_lag"):
                 log.warning("retrieval fell back (%s): %s", reason, e)
             fb = None
             left = end - time.perf_counter()
@@ -727,7 +770,8 @@ class Api(_WatchesVersions):
                 except Exception:
                     fb_call.cancel()
             if fb is None:
-                items = popularity_answer(self.popularity, self.catalog, k, exclude)
+                seen = self._seen(user_id)  # read your writes, even here
+                items = popularity_answer(self.popularity, self.catalog, k, exclude + seen)
                 fb = {"items": items, "model": self.model.version}
             timings["total"] = time.perf_counter() - start
             return {
@@ -955,6 +999,8 @@ class Api(_WatchesVersions):
         # Gauges of state the replica keeps anyway: read when scraped, not on every change.
         self.metrics.warm.set(self.warm["done"])
         self.metrics.loop_lag.set(self._lag.recent_s(time.perf_counter()))
+        self.metrics.gc_passes.set(self._gc.full_passes)
+        self.metrics.gc_longest.set(self._gc.longest_s)
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 

@@ -69,6 +69,12 @@ class LiveSettings(BaseModel):
     rerank_delay_ms: float = Field(0.0, ge=0)
     retrieval_delay_ms: float = Field(0.0, ge=0)
     rerank_fail: bool = False
+    loop_stall_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="the Api's event loop is blocked this long, 20 times a second",
+    )
     reflect_ms: float | None = Field(
         None,
         gt=0,

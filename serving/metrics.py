@@ -55,6 +55,16 @@ class Metrics:
             "the ingress event loop's largest wake-up lag of the last 2 s (widens the margin)",
             registry=r,
         )
+        self.gc_passes = Gauge(
+            "llmrec_gc_full_passes",
+            "full passes of the cyclic garbage collector in the ingress process since it started",
+            registry=r,
+        )
+        self.gc_longest = Gauge(
+            "llmrec_gc_longest_pause_seconds",
+            "the longest of those passes: every request of the replica waits through one",
+            registry=r,
+        )
         self.warm = Gauge(
             "llmrec_warm_users",
             "users whose list the precompute has covered for the model version served",
@@ -67,7 +77,7 @@ class Metrics:
     def observe(self, out: dict[str, Any], seconds: float, cache: str | None) -> None:
         self.latency.labels("total").observe(seconds)
         for stage, ms in out.get("timings_ms", {}).items():
-            if stage != "total":
+            if stage not in ("total", "margin"):  # the margin is kept back, not spent
                 self.latency.labels(stage).observe(ms / 1000)
         self.requests.labels(out["stage"]).inc()
         if out.get("fallback"):

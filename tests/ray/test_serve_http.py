@@ -389,6 +389,31 @@ def test_a_retrieval_queue_past_the_deadline_answers_popularity_at_once(server):
         deploy()
 
 
+def test_a_loop_too_far_behind_answers_at_once_and_still_reads_your_writes(server):
+    """A blocked event loop (the drill a loaded machine stands for): requests not in the
+    cache get popularity without awaiting any stage, on time, and it leaves out the items
+    the user just acted on."""
+    base, _, deploy = server
+    deploy(loop_stall_ms=150, deadline_ms=200)
+    try:
+        end = time.time() + 20
+        out = rec(base, "lagging-1", k=5)
+        while out["fallback"] != "loop_lag" and time.time() < end:
+            time.sleep(0.2)  # the probe has to see the lag first
+            out = rec(base, "lagging-1", k=5)
+        assert out["fallback"] == "loop_lag" and out["stage"] == "cold_start"
+        top = out["items"][0]["item_id"]
+        post_events(base, {"user_id": "lagging-1", "item_id": top, "type": "click"})
+        outs = [rec(base, "lagging-1", k=5), rec(base, "7", k=5)]
+        # Popularity, or the retrieval the event's nearline step has already done.
+        assert outs[0]["fallback"] in ("loop_lag", "nearline_pending")
+        assert outs[1]["fallback"] == "loop_lag"
+        assert top not in [x["item_id"] for x in outs[0]["items"]]
+        assert all(len(o["items"]) == 5 and o["timings_ms"]["total"] < 50 for o in outs)
+    finally:
+        deploy()
+
+
 def test_deleting_a_user_removes_their_events_and_state(server):
     base, db, _ = server
     post_events(base, [{"user_id": "gone", "item_id": "1", "type": "click"}] * 2)

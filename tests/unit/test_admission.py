@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from serving.admission import LoopLag, WorkerQueue
+from serving.admission import LoopLag, WorkerQueue, deadline_margin
 
 
 def test_an_untimed_queue_admits_everything():
@@ -109,3 +109,12 @@ def test_loop_lag_is_the_largest_in_the_window_and_then_forgotten():
     assert lag.recent_s(4.0) == 0.0
     with pytest.raises(ValueError, match="window_s"):
         LoopLag(window_s=0)
+
+
+def test_the_margin_follows_the_lag_up_to_half_the_deadline_then_says_do_not_wait():
+    # fixed 20 ms; 1.5 x lag when more; capped at half the 200 ms deadline
+    assert deadline_margin(0.2, 0.02, 0.005, 1.5) == (0.02, False)
+    margin, lagging = deadline_margin(0.2, 0.02, 0.04, 1.5)
+    assert abs(margin - 0.06) < 1e-9 and not lagging
+    assert deadline_margin(0.2, 0.02, 0.07, 1.5) == (0.1, True)
+    assert deadline_margin(0.2, 0.02, 1.0, 0.0) == (0.02, False)  # factor 0: fixed only
