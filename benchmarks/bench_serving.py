@@ -57,7 +57,7 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
     ms = np.array([r["ms"] for r in rec]) if rec else np.zeros(1)
     stages: dict[str, int] = {}
     late: dict[str, int] = {}  # what the answers past the deadline were
-    late_timings: list[dict] = []  # and where their time went, the latest first
+    late_timings: list[dict] = []  # where their time went (JSON: the latest answers first)
     for r in rec:
         key = "cache" if r.get("cached") else r.get("stage", "error")
         if r.get("fallback"):
@@ -145,6 +145,7 @@ def inprocess_call(retrieval, reranker, store, users, items):
             "cached": False,
             "fallback": None,
             "server_ms": out["timings_ms"]["total"],
+            "timings": out["timings_ms"],
         }
 
     return call

@@ -202,12 +202,14 @@ class _WatchesVersions(_Configured):
     def reconfigure(self, cfg: dict[str, Any]) -> None:
         with self._reload:
             self._user_cfg = cfg or {}
-            self._apply(self._merge(cfg))
-            took = freeze_heap()
-            if took > 0.5:
-                log.warning("%s: froze the loaded heap in %.2f s", type(self).__name__, took)
+            # Only after a load: a change of live settings does not pay a full collection.
+            if self._apply(self._merge(cfg)):
+                took = freeze_heap()
+                if took > 0.5:
+                    log.warning("%s: froze the loaded heap in %.2f s", type(self).__name__, took)
 
-    def _apply(self, settings: LiveSettings) -> None:
+    def _apply(self, settings: LiveSettings) -> bool:
+        """Take `settings`; whether that loaded or dropped model objects."""
         raise NotImplementedError
 
     def _watch(self) -> None:
@@ -272,12 +274,12 @@ class _Versioned(_WatchesVersions):
     current: Any = None
     services: dict[str, tuple[str, Any]]  # requested version -> (load key, service)
 
-    def _apply(self, settings: LiveSettings) -> None:
-        self.services, self.served = _load_versions(
-            settings, getattr(self, "services", {}), self.load
-        )
+    def _apply(self, settings: LiveSettings) -> bool:
+        old = getattr(self, "services", {})
+        self.services, self.served = _load_versions(settings, old, self.load)
         self.current = self.services[settings.version][1]
         self.settings = settings
+        return self.services != old
 
     def service(self, version: str | None) -> Any:
         return _service(self.services, self.current, version)
@@ -424,14 +426,15 @@ class Api(_WatchesVersions):
         self._stall: asyncio.Task | None = None
         self._init_watch(settings)
 
-    def _apply(self, settings: LiveSettings) -> None:
+    def _apply(self, settings: LiveSettings) -> bool:
         from pipelines.artifact import load_dataset
         from serving.catalog import Catalog
         from training.retrieval import Retriever
 
         store = open_store(settings.store)
         model = load_version(settings.model_root, settings.version)
-        if model.path != getattr(getattr(self, "model", None), "path", None):
+        reloaded = model.path != getattr(getattr(self, "model", None), "path", None)
+        if reloaded:
             self.catalog = Catalog(load_dataset(model.dataset_uri))
             # The answer of last resort, computed here without a hop when even the
             # cold-start deployment cannot answer within the deadline.
@@ -442,8 +445,10 @@ class Api(_WatchesVersions):
         local: Loaded = {}
         if settings.retrieval_in_api:
             local, _ = _load_versions(settings, self.local, _load_retrieval)
+        reloaded = reloaded or local != self.local
         self.local, self._local_current = local, local[settings.version][1] if local else None
         self.settings, self.store, self.model, self.served = settings, store, model, model.version
+        return reloaded
 
     def _retrieve(
         self,
@@ -765,17 +770,17 @@ class Api(_WatchesVersions):
             if reason not in ("retrieval_overload", "loop_lag"):
                 log.warning("retrieval fell back (%s): %s", reason, e)
             fb = None
+            seen = self._seen(user_id)  # read your writes, even here
             left = end - time.perf_counter()
             # The cold-start deployment is a hop: worth it only for a failure that left
             # time. Late or refused, the counts this replica holds answer without one.
             if reason == "retrieval_error" and left > 0:
-                fb_call = self.cold_start.fallback.remote(user_id, k, exclude)
+                fb_call = self.cold_start.fallback.remote(user_id, k, exclude + seen)
                 try:
                     fb = await asyncio.wait_for(fb_call, left)
                 except Exception:
                     fb_call.cancel()
             if fb is None:
-                seen = self._seen(user_id)  # read your writes, even here
                 items = popularity_answer(self.popularity, self.catalog, k, exclude + seen)
                 fb = {"items": items, "model": self.model.version}
             timings["total"] = time.perf_counter() - start
