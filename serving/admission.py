@@ -7,8 +7,13 @@ work it queued still takes the cores from the requests behind it.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class WorkerQueue:
@@ -107,3 +112,22 @@ def deadline_margin(
     wanted = max(fixed_s, lag_factor * lag_s)
     half = deadline_s / 2
     return min(wanted, half), lag_factor > 0 and wanted >= half
+
+
+async def within(aw: Awaitable[T], seconds: float) -> T:
+    """`aw`'s result, or TimeoutError once `seconds` have passed (at once when none are
+    left). Unlike `asyncio.wait_for`, a timeout does not wait for `aw` to finish
+    cancelling: that wait takes three more turns of the event loop, and on a loaded loop
+    each turn is the lag the deadline margin allows for once. The caller cancels the
+    work `aw` started (the remote call), as it would anyway."""
+    if seconds <= 0:
+        raise TimeoutError
+    async with asyncio.timeout(seconds):
+        return await aw
+
+
+async def settled_within(fut: asyncio.Future, seconds: float) -> None:
+    """Wait up to `seconds` for `fut`, which others may wait on too: never cancelled, and
+    no error of its own is raised here."""
+    if seconds > 0 and not fut.done():
+        await asyncio.wait({fut}, timeout=seconds)

@@ -12,7 +12,6 @@ is a hop away. The Retrieval deployment then stays up for the setting's other va
 """
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -38,7 +37,7 @@ from pydantic import (
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.admission import LoopLag, WorkerQueue, deadline_margin
+from serving.admission import LoopLag, WorkerQueue, deadline_margin, settled_within, within
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, open_store
 from serving.experiments import Experiment, Impression, Variant, assign
@@ -131,13 +130,6 @@ class _Lagging(Exception):
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
     time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
     return fn()
-
-
-async def _wait(task: asyncio.Future, seconds: float) -> None:
-    """Wait up to `seconds` for a task that others may wait on too (never cancel it)."""
-    if seconds > 0:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(task), seconds)
 
 
 # -- deployments -----------------------------------------------------------------------------
@@ -636,18 +628,18 @@ class Api(_WatchesVersions):
                     # than compute it twice on the same cores (read-your-writes, sooner).
                     until = start + s.deadline_ms * 0.6e-3
                     first = min(s.reflect_ms / 1000, until - start) if s.reflect_ms else None
-                    await _wait(pending, first or until - time.perf_counter())
+                    await settled_within(pending, first or until - time.perf_counter())
                     hit = self._cached(user_id, k)
                     if hit is None and not pending.done() and first:
                         # Not re-ranked yet: its retrieval already reflects the event.
                         fresh = self._fresh.get(user_id)
                         if fresh is not None:
-                            await _wait(fresh, until - time.perf_counter())
+                            await settled_within(fresh, until - time.perf_counter())
                         out = self._fresh_answer(user_id, k, request_id, start)
                         if out is not None:
                             self.metrics.observe(out, time.perf_counter() - start, cache="miss")
                             return self._shown(out, exp, variant)
-                        await _wait(pending, until - time.perf_counter())
+                        await settled_within(pending, until - time.perf_counter())
                         hit = self._cached(user_id, k)
                 if hit is not None:
                     hit["request_id"] = request_id
@@ -753,7 +745,7 @@ class Api(_WatchesVersions):
             if deadline and lagging:
                 raise _Lagging
             call = self._retrieve(user_id, exclude, category, version, n, k, s.rerank, admit)
-            r: Retrieved = await asyncio.wait_for(call, retrieval_s)
+            r: Retrieved = await within(call, retrieval_s)
         except Exception as e:  # late, refused or failed: popularity answers, on time
             if call is not None:
                 call.cancel()
@@ -777,7 +769,7 @@ class Api(_WatchesVersions):
             if reason == "retrieval_error" and left > 0:
                 fb_call = self.cold_start.fallback.remote(user_id, k, exclude + seen)
                 try:
-                    fb = await asyncio.wait_for(fb_call, left)
+                    fb = await within(fb_call, left)
                 except Exception:
                     fb_call.cancel()
             if fb is None:
@@ -822,9 +814,7 @@ class Api(_WatchesVersions):
             took = None
             call = self.reranker.score.remote((r.prompt_history, r.items, r.features, version))
             try:
-                if left <= 0:
-                    raise TimeoutError
-                scores = await asyncio.wait_for(call, left)
+                scores = await within(call, left)
                 took = time.perf_counter() - t
                 if len(scores):
                     rr_version = f"{r.model_version}/reranker"

@@ -1,8 +1,10 @@
+import asyncio
 import threading
+import time
 
 import pytest
 
-from serving.admission import LoopLag, WorkerQueue, deadline_margin
+from serving.admission import LoopLag, WorkerQueue, deadline_margin, settled_within, within
 
 
 def test_an_untimed_queue_admits_everything():
@@ -118,3 +120,60 @@ def test_the_margin_follows_the_lag_up_to_half_the_deadline_then_says_do_not_wai
     assert abs(margin - 0.06) < 1e-9 and not lagging
     assert deadline_margin(0.2, 0.02, 0.07, 1.5) == (0.1, True)
     assert deadline_margin(0.2, 0.02, 1.0, 0.0) == (0.02, False)  # factor 0: fixed only
+
+
+async def _turns_past_the_timeout(seconds: float) -> int:
+    """How many turns of the event loop pass between a timeout firing and `within`
+    returning, on a loop that always has other work ready (as a loaded replica's has)."""
+    loop = asyncio.get_running_loop()
+    turns, fired = 0, []
+
+    def busy() -> None:  # work on every turn, as the requests in flight of a loaded loop
+        nonlocal turns
+        turns += 1
+        time.sleep(0.002)
+        loop.call_soon(busy)
+
+    loop.call_soon(busy)
+    never = loop.create_future()
+    # Scheduled first, so it runs no later than the timeout it marks.
+    loop.call_later(seconds, lambda: fired.append(turns))
+    with pytest.raises(TimeoutError):
+        await within(never, seconds)
+    assert never.cancelled()  # what it waited on is cancelled, not left pending
+    return turns - fired[0]
+
+
+def test_within_answers_the_turn_after_its_timeout_without_waiting_for_the_cancellation():
+    # asyncio.wait_for (Python 3.11) waits for the cancelled future's task to finish: 3
+    # turns here, against 1. Each turn of a loaded loop is tens of milliseconds.
+    assert asyncio.run(_turns_past_the_timeout(0.02)) <= 2
+
+
+def test_within_returns_the_result_and_refuses_at_once_when_no_time_is_left():
+    async def go():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_later(0.001, fut.set_result, 7)
+        assert await within(fut, 1.0) == 7
+        late = loop.create_future()
+        with pytest.raises(TimeoutError):
+            await within(late, 0)
+        assert not late.done()  # nothing was awaited: the caller cancels its own call
+
+    asyncio.run(go())
+
+
+def test_settled_within_never_cancels_or_raises_for_what_others_wait_on():
+    async def go():
+        loop = asyncio.get_running_loop()
+        shared = loop.create_future()
+        await settled_within(shared, 0.01)
+        assert not shared.done()
+        failed = loop.create_future()
+        failed.set_exception(RuntimeError("the nearline list failed"))
+        await settled_within(failed, 1.0)  # its error is for its owner to handle
+        shared.set_result(1)
+        return shared.result()
+
+    assert asyncio.run(go()) == 1
