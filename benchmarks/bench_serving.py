@@ -218,6 +218,9 @@ def main() -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from serving.deploy import export_serve_env
+
+    export_serve_env("cpu")  # Serve's proxy as `llmrec serve` runs it
     import ray
     from ray import serve
 

@@ -562,10 +562,11 @@ def serve(
 def _serve(
     profile: str, root: str | None, store: str | None, port: int | None, address: str | None
 ) -> None:
-    from serving.deploy import read_profile, resolved_args, run_profile
+    from serving.deploy import export_serve_env, read_profile, resolved_args, run_profile
     from training.publish import load_version
 
     cfg = read_profile(profile)
+    export_serve_env(profile)  # before connect: a cluster started here hands it on
     overrides = {k: v for k, v in (("model_root", root), ("store", store)) if v}
     args = resolved_args(profile, overrides)
     mv = load_version(args["model_root"], args.get("version", "latest"))
@@ -804,7 +805,10 @@ def demo(
     prepare -> train the re-ranker (a few minutes on CPU; --full for the real run) ->
     evaluate -> publish a model version -> serve on 127.0.0.1 until Ctrl-C."""
     from pipelines.artifact import MANIFEST
+    from serving.deploy import export_serve_env
 
+    if serve_:  # the local cluster starts at the first stage; Serve's proxy runs on it
+        export_serve_env("cpu")
     data = root / "datasets" / "ml-100k"
     steps = Table(title="llmrec demo")
     for c in ("stage", "result", "seconds"):

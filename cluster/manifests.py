@@ -259,6 +259,26 @@ def launcher_schema_problems(launcher: dict[str, Any]) -> list[str]:
     return []
 
 
+def image_env_problems(dockerfile: str, profile: dict[str, Any], where: str) -> list[str]:
+    """Every node runs a Serve proxy (and the head the controller), which take their thread
+    settings from the process environment, not from the application's runtime_env: the
+    image every node runs must set the profile's values."""
+    want = {
+        k: str(v)
+        for k, v in (profile["applications"][0].get("runtime_env") or {})
+        .get("env_vars", {})
+        .items()
+    }
+    have: dict[str, str] = {}
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        if line.startswith("ENV "):
+            have |= dict(kv.split("=", 1) for kv in line[4:].split() if "=" in kv)
+    wrong = sorted(k for k, v in want.items() if have.get(k) != v)
+    if not wrong:
+        return []
+    return [f"{where}: ENV must set {', '.join(wrong)} as the Serve profile's runtime_env does"]
+
+
 def all_problems() -> list[str]:
     import ray
 
@@ -282,6 +302,7 @@ def all_problems() -> list[str]:
     problems += capacity_problems(
         serve_cfg, kuberay_groups(service["spec"]["rayClusterConfig"]), "rayservice.yaml"
     )
+    problems += image_env_problems((CLUSTER / "Dockerfile").read_text(), profile, "Dockerfile")
     if not service["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling"):
         problems.append("rayservice.yaml: the autoscaler is off; Serve cannot add GPU pods")
     problems += capacity_problems(profile, launcher_groups(launcher), "launcher.yaml")

@@ -342,7 +342,11 @@ class RerankerDeployment(_Versioned):
                 for j in js:
                     out[j] = np.zeros(0, dtype=np.float32)
                 continue
-            for j, scores in zip(js, svc.score([requests[j][:3] for j in js]), strict=True):
+            # Off the event loop: the replica's own work (health checks, queue-length
+            # probes, the next batch's requests) runs on it too, and torch releases the
+            # GIL while it computes.
+            batch = [requests[j][:3] for j in js]
+            for j, scores in zip(js, await asyncio.to_thread(svc.score, batch), strict=True):
                 out[j] = scores
         return out
 

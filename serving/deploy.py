@@ -4,6 +4,7 @@ have one source of truth."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,22 @@ def read_profile(profile: str | Path) -> dict[str, Any]:
     if not path.exists() and (PROFILES / f"{profile}.yaml").exists():
         path = PROFILES / f"{profile}.yaml"
     return yaml.safe_load(path.read_text())
+
+
+def serve_env(profile: str | Path) -> dict[str, str]:
+    """The environment the profile's application gives its replicas: Serve's own thread
+    settings (`runtime_env.env_vars`)."""
+    app = read_profile(profile)["applications"][0]
+    return {k: str(v) for k, v in (app.get("runtime_env") or {}).get("env_vars", {}).items()}
+
+
+def export_serve_env(profile: str | Path) -> None:
+    """Put the profile's replica environment into this process's, where it is not set, so
+    that a Ray cluster started from here gives it to Serve's controller and proxy too:
+    those are not the application's and do not take its runtime_env. A value already set
+    wins (an operator's choice)."""
+    for k, v in serve_env(profile).items():
+        os.environ.setdefault(k, v)
 
 
 def run_profile(
@@ -48,12 +65,7 @@ def run_profile(
         http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)},
         logging_config=cfg.get("logging_config"),
     )
-    options = {}
-    for d in app_cfg.get("deployments", []):
-        o = {k: v for k, v in d.items() if k != "name"}
-        if user_config:
-            o["user_config"] = {**o.get("user_config", {}), **user_config}
-        options[d["name"]] = o
+    options = deployment_options(app_cfg, user_config)
     merged = {**app_cfg.get("args", {}), **(args or {})}
     return serve.run(
         compose(merged, options),
@@ -64,6 +76,28 @@ def run_profile(
         logging_config=app_cfg.get("logging_config", cfg.get("logging_config")),
         blocking=blocking,
     )
+
+
+def deployment_options(
+    app_cfg: dict[str, Any], user_config: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each deployment's options as `serve run` / `serve deploy` would apply the profile's
+    application: its `runtime_env` is every deployment's (a deployment's own keys win, env
+    vars merged), and `user_config` is merged into every deployment's user_config."""
+    app_env = app_cfg.get("runtime_env") or {}
+    options = {}
+    for d in app_cfg.get("deployments", []):
+        o = {k: v for k, v in d.items() if k != "name"}
+        if app_env:
+            actor = dict(o.get("ray_actor_options") or {})
+            own = actor.get("runtime_env") or {}
+            env = {**app_env.get("env_vars", {}), **own.get("env_vars", {})}
+            actor["runtime_env"] = {**app_env, **own, **({"env_vars": env} if env else {})}
+            o["ray_actor_options"] = actor
+        if user_config:
+            o["user_config"] = {**o.get("user_config", {}), **user_config}
+        options[d["name"]] = o
+    return options
 
 
 def resolved_args(profile: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

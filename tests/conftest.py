@@ -21,6 +21,9 @@ def ray_cluster():
     import ray
     import ray.data as rd
 
+    from serving.deploy import export_serve_env
+
+    export_serve_env("cpu")  # the Serve proxy of the tests runs as `llmrec serve` runs it
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     ray.init(
         num_cpus=4,

@@ -111,3 +111,14 @@ def test_the_application_builder_takes_what_serve_passes():
     assert m.builder_problems("serving.app:compose", "x") == [
         "x: Serve calls serving.app:compose with one argument; it takes 2"
     ]
+
+
+def test_an_image_without_the_profiles_serve_env_is_reported():
+    dockerfile = (m.CLUSTER / "Dockerfile").read_text()
+    profile = yaml.safe_load(m.PROFILE.read_text())
+    assert m.image_env_problems(dockerfile, profile, "Dockerfile") == []
+    broken = dockerfile.replace("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0", "")
+    assert m.image_env_problems(broken, profile, "Dockerfile") == [
+        "Dockerfile: ENV must set RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP as the Serve "
+        "profile's runtime_env does"
+    ]
