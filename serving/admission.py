@@ -116,10 +116,11 @@ def deadline_margin(
 
 async def within(aw: Awaitable[T], seconds: float) -> T:
     """`aw`'s result, or TimeoutError once `seconds` have passed (at once when none are
-    left). Unlike `asyncio.wait_for`, a timeout does not wait for `aw` to finish
-    cancelling: that wait takes three more turns of the event loop, and on a loaded loop
-    each turn is the lag the deadline margin allows for once. The caller cancels the
-    work `aw` started (the remote call), as it would anyway."""
+    left). `aw` is awaited in the caller's own task, so a timeout cancels it there and
+    the caller goes on in the turn after the timer. `asyncio.wait_for` runs `aw` as a task
+    of its own and waits for that task to finish cancelling: three more turns of the
+    event loop, and on a loaded loop each turn is the lag the deadline margin allows for
+    once. The remote work `aw` started is the caller's to cancel, as before."""
     if seconds <= 0:
         raise TimeoutError
     async with asyncio.timeout(seconds):
