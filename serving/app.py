@@ -607,6 +607,7 @@ class Api(_WatchesVersions):
         variant = assign(exp, user_id) if exp else None
         if variant is not None and variant.settings:
             s = s.model_copy(update=variant.settings)
+        deadline_s = s.deadline_ms / 1000  # the metrics count answers past it
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
         try:
@@ -625,7 +626,7 @@ class Api(_WatchesVersions):
                     # What the user's last event retrieved is answered without a wait.
                     out = self._fresh_answer(user_id, k, request_id, start)
                     if out is not None:
-                        self.metrics.observe(out, time.perf_counter() - start, cache="miss")
+                        self.metrics.observe(out, time.perf_counter() - start, "miss", deadline_s)
                         return self._shown(out, exp, variant)
                 if hit is None and pending is not None and not pending.done() and not lagging:
                     # The user's last event started this very list: wait for it rather
@@ -641,14 +642,16 @@ class Api(_WatchesVersions):
                             await settled_within(fresh, until - time.perf_counter())
                         out = self._fresh_answer(user_id, k, request_id, start)
                         if out is not None:
-                            self.metrics.observe(out, time.perf_counter() - start, cache="miss")
+                            self.metrics.observe(
+                                out, time.perf_counter() - start, "miss", deadline_s
+                            )
                             return self._shown(out, exp, variant)
                         await settled_within(pending, until - time.perf_counter())
                         hit = self._cached(user_id, k)
                 if hit is not None:
                     hit["request_id"] = request_id
                     hit["timings_ms"] = {"total": round((time.perf_counter() - start) * 1000, 2)}
-                    self.metrics.observe(hit, time.perf_counter() - start, cache="hit")
+                    self.metrics.observe(hit, time.perf_counter() - start, "hit", deadline_s)
                     return self._shown(hit, exp, variant)
             out = await self._compute(user_id, k, exclude, category, start, request_id, s)
             if cacheable and out["stage"] == "rerank" and not out["fallback"]:
@@ -656,7 +659,8 @@ class Api(_WatchesVersions):
                 # requests behind this one would wait with it.
                 put = partial(self.store.cache_put, user_id, out["user_version"], dict(out))
                 self._spawn(asyncio.to_thread(put))
-            self.metrics.observe(out, time.perf_counter() - start, cache="miss" if plain else None)
+            took = time.perf_counter() - start
+            self.metrics.observe(out, took, "miss" if plain else None, deadline_s)
             return self._shown(out, exp, variant)
         finally:
             self.inflight -= 1

@@ -40,6 +40,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.late = Counter(
+            "llmrec_past_deadline_total",
+            "answers that left the ingress after their request's deadline, by stage",
+            ["stage"],
+            registry=r,
+        )
         self.cold = Counter("llmrec_cold_start_total", "cold-start answers", registry=r)
         self.cache = Counter("llmrec_cache_total", "nearline cache lookups", ["result"], registry=r)
         self.events = Counter("llmrec_events_stored_total", "events stored", registry=r)
@@ -74,8 +80,16 @@ class Metrics:
             "llmrec_inflight_requests", "requests in the ingress now (queue depth)", registry=r
         )
 
-    def observe(self, out: dict[str, Any], seconds: float, cache: str | None) -> None:
+    def observe(
+        self,
+        out: dict[str, Any],
+        seconds: float,
+        cache: str | None,
+        deadline_s: float | None = None,
+    ) -> None:
         self.latency.labels("total").observe(seconds)
+        if deadline_s is not None and seconds > deadline_s:
+            self.late.labels(out["stage"]).inc()
         for stage, ms in out.get("timings_ms", {}).items():
             if stage not in ("total", "margin"):  # the margin is kept back, not spent
                 self.latency.labels(stage).observe(ms / 1000)
