@@ -263,12 +263,9 @@ def image_env_problems(dockerfile: str, profile: dict[str, Any], where: str) -> 
     """Every node runs a Serve proxy (and the head the controller), which take their thread
     settings from the process environment, not from the application's runtime_env: the
     image every node runs must set the profile's values."""
-    want = {
-        k: str(v)
-        for k, v in (profile["applications"][0].get("runtime_env") or {})
-        .get("env_vars", {})
-        .items()
-    }
+    from serving.deploy import app_env_vars
+
+    want = app_env_vars(profile["applications"][0])
     have: dict[str, str] = {}
     for line in dockerfile.replace("\\\n", " ").splitlines():
         if line.startswith("ENV "):

@@ -21,11 +21,16 @@ def read_profile(profile: str | Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def app_env_vars(app_cfg: dict[str, Any]) -> dict[str, str]:
+    """The environment a Serve application gives its replicas (`runtime_env.env_vars`)."""
+    env = (app_cfg.get("runtime_env") or {}).get("env_vars", {})
+    return {k: str(v) for k, v in env.items()}
+
+
 def serve_env(profile: str | Path) -> dict[str, str]:
     """The environment the profile's application gives its replicas: Serve's own thread
-    settings (`runtime_env.env_vars`)."""
-    app = read_profile(profile)["applications"][0]
-    return {k: str(v) for k, v in (app.get("runtime_env") or {}).get("env_vars", {}).items()}
+    settings."""
+    return app_env_vars(read_profile(profile)["applications"][0])
 
 
 def export_serve_env(profile: str | Path) -> None:
