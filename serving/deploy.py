@@ -49,11 +49,13 @@ def run_profile(
     port: int | None = None,
     host: str | None = None,
     blocking: bool = False,
+    env: dict[str, str] | None = None,
 ):
     """Deploy the profile's application on the connected Ray cluster.
 
     `args` override the profile's application args; `user_config` is merged into every
-    deployment's user_config (a live change: replicas reconfigure in place). Returns the
+    deployment's user_config (a live change: replicas reconfigure in place); `env` overrides
+    the environment the application gives its replicas (new replicas only). Returns the
     ingress handle."""
     from ray import serve
 
@@ -70,6 +72,9 @@ def run_profile(
         http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)},
         logging_config=cfg.get("logging_config"),
     )
+    if env:
+        runtime_env = app_cfg.setdefault("runtime_env", {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
     options = deployment_options(app_cfg, user_config)
     merged = {**app_cfg.get("args", {}), **(args or {})}
     return serve.run(
