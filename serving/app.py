@@ -43,7 +43,6 @@ from serving.events import EVENT_TYPES, Event, StoredItem, open_store
 from serving.experiments import Experiment, Impression, Variant, assign
 from serving.heap import GcPauses, freeze_heap
 from serving.metrics import Metrics
-from serving.priority import lower_thread_priority
 from serving.recommender import (
     RerankService,
     RetrievalService,
@@ -126,12 +125,6 @@ class _Overloaded(Exception):
 
 class _Lagging(Exception):
     """The event loop lags too far behind for this request to await any stage."""
-
-
-def _lowered(steps: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn` on the calling worker thread, `steps` nice values below the replica's loop."""
-    lower_thread_priority(steps)
-    return fn(*args)
 
 
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
@@ -353,8 +346,7 @@ class RerankerDeployment(_Versioned):
             # probes, the next batch's requests) runs on it too, and torch releases the
             # GIL while it computes.
             batch = [requests[j][:3] for j in js]
-            scored = await asyncio.to_thread(_lowered, s.rerank_nice, svc.score, batch)
-            for j, scores in zip(js, scored, strict=True):
+            for j, scores in zip(js, await asyncio.to_thread(svc.score, batch), strict=True):
                 out[j] = scores
         return out
 

@@ -61,14 +61,6 @@ class LiveSettings(BaseModel):
         description="the precompute takes its next user only when no request came in this long",
     )
     rerank_threads: int = Field(1, ge=1, le=64, description="torch threads per re-ranker")
-    rerank_nice: int = Field(
-        0,
-        ge=0,
-        le=19,
-        description="the re-ranker's forward pass runs this many nice values below the "
-        "request path (serving/priority.py): on shared cores, work a late request drops "
-        "yields to the work that answers it",
-    )
     # CPU compression of the re-ranker (benchmarks/bench_reranker.py measures each step).
     rerank_int8: bool = False
     rerank_layers: int | None = Field(None, ge=1, description="keep the first N blocks")
