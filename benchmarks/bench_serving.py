@@ -68,6 +68,15 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
             late_timings.append({"stage": key, **r.get("timings", {})})
     errors = sum(1 for r in rows if r.get("status", 200) >= 500 or r.get("error"))
     served = [r["ms"] for r in rec if r.get("cached") or r.get("stage") == "retrieval"]
+    # A stage that timed out gave up `margin` before the deadline: how long after that the
+    # answer was done is what the margin has to cover.
+    overshoot = np.array(
+        [
+            r["timings"]["total"] - (deadline_ms - r["timings"]["margin"])
+            for r in rec
+            if str(r.get("fallback")).endswith("_timeout") and "margin" in r.get("timings", {})
+        ]
+    )
     server = np.array([r.get("server_ms", 0) for r in rec]) if rec else np.zeros(1)
     return {
         "requests": len(rows),
@@ -86,6 +95,14 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
         "server_p999_ms": float(np.percentile(server, 99.9)) if rec else None,
         "server_max_ms": float(server.max()) if rec else None,
         "within_10pct_of_deadline": int((server > 0.9 * deadline_ms).sum()),
+        "timed_out": len(overshoot),
+        "timeout_overshoot_ms": {
+            "p50": float(np.percentile(overshoot, 50)),
+            "p99": float(np.percentile(overshoot, 99)),
+            "max": float(overshoot.max()),
+        }
+        if len(overshoot)
+        else None,
         "stage_mix": {k: v / max(len(rec), 1) for k, v in sorted(stages.items())},
     }
 
@@ -152,6 +169,62 @@ def inprocess_call(retrieval, reranker, store, users, items):
         }
 
     return call
+
+
+def steal_ms() -> float | None:
+    """CPU time the hypervisor gave to others while this VM's vCPUs wanted it (all CPUs,
+    since boot): a stall no process here can avoid. None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else None
+
+
+def ingress_state(base: str) -> dict[str, float]:
+    """The ingress's stall counters from /metrics: the loop probe's late wake-ups by bucket
+    and the collector's passes and longest pause by generation."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "llmrec_loop_lag_wakeup_seconds_bucket":
+                out[f"wakeups_le_{sample.labels['le']}"] = sample.value
+            elif sample.name == "llmrec_loop_lag_wakeup_seconds_count":
+                out["wakeups"] = sample.value
+            elif sample.name.startswith("llmrec_gc_"):
+                out[f"{sample.name[10:]}_gen{sample.labels['generation']}"] = sample.value
+    return out
+
+
+def stalls(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What the ingress went through during one cell: late wake-ups of its loop over 20, 50
+    and 100 ms, and the collector's passes (the longest pauses are since the start)."""
+    n = after.get("wakeups", 0) - before.get("wakeups", 0)
+
+    def over(le: str) -> int:
+        key = f"wakeups_le_{le}"
+        return int(n - (after.get(key, 0) - before.get(key, 0)))
+
+    return {
+        "loop_wakeups": int(n),
+        "loop_late_over_20ms": over("0.02"),
+        "loop_late_over_50ms": over("0.05"),
+        "loop_late_over_100ms": over("0.1"),
+        **{
+            f"gc_passes_gen{g}": int(
+                after.get(f"passes_gen{g}", 0) - before.get(f"passes_gen{g}", 0)
+            )
+            for g in range(3)
+        },
+        **{
+            f"gc_longest_ms_gen{g}": round(after.get(f"longest_pause_seconds_gen{g}", 0) * 1000, 1)
+            for g in range(3)
+        },
+    }
 
 
 def reflection(base: str, trials: int) -> dict:
@@ -319,13 +392,17 @@ def main() -> None:
         _wait(base)
         warm = _wait_warm(base, console)
         for c in args.concurrency:
+            before, stolen = ingress_state(base), steal_ms()
             rows = closed_loop(http_call(base, users, items), c, args.duration, seed=c)
+            stolen = None if stolen is None else steal_ms() - stolen
             results["cells"].append(
                 {
                     "variant": variant,
                     "concurrency": c,
                     "precompute": warm,
                     **summarize(rows, args.duration, deadline),
+                    "ingress": stalls(before, ingress_state(base)),
+                    "cpu_steal_ms": stolen,
                 }
             )
             console.print(results["cells"][-1])
@@ -375,6 +452,18 @@ def main() -> None:
         )
     console.print(t)
     for cell in results["cells"]:
+        if "ingress" in cell:
+            i = cell["ingress"]
+            console.print(
+                f"ingress, {cell['variant']} at {cell['concurrency']}: loop woke "
+                f">20 / >50 / >100 ms late {i['loop_late_over_20ms']} / "
+                f"{i['loop_late_over_50ms']} / {i['loop_late_over_100ms']} times of "
+                f"{i['loop_wakeups']}; collector passes by generation "
+                f"{i['gc_passes_gen0']} / {i['gc_passes_gen1']} / {i['gc_passes_gen2']}, "
+                f"longest since the start {i['gc_longest_ms_gen0']} / "
+                f"{i['gc_longest_ms_gen1']} / {i['gc_longest_ms_gen2']} ms; "
+                f"CPU taken by the hypervisor {cell['cpu_steal_ms']} ms"
+            )
         if cell["past_deadline"]:
             late = ", ".join(f"{k} {v}" for k, v in cell["past_deadline_by_stage"].items())
             console.print(f"past the deadline, {cell['variant']} at {cell['concurrency']}: {late}")

@@ -551,6 +551,7 @@ class Api(_WatchesVersions):
             await asyncio.sleep(period_s)
             now = time.perf_counter()
             self._lag.observe(now, now - t - period_s)
+            self.metrics.loop_lag_wakeups.observe(max(now - t - period_s, 0.0))
 
     async def _stall_loop(self) -> None:
         """The drill `loop_stall_ms`: the loop blocked as a loaded machine blocks it."""
@@ -1007,8 +1008,9 @@ class Api(_WatchesVersions):
         # Gauges of state the replica keeps anyway: read when scraped, not on every change.
         self.metrics.warm.set(self.warm["done"])
         self.metrics.loop_lag.set(self._lag.recent_s(time.perf_counter()))
-        self.metrics.gc_passes.set(self._gc.full_passes)
-        self.metrics.gc_longest.set(self._gc.longest_s)
+        for gen in range(3):
+            self.metrics.gc_passes.labels(str(gen)).set(self._gc.passes[gen])
+            self.metrics.gc_longest.labels(str(gen)).set(self._gc.longest_s[gen])
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 

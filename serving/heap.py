@@ -12,38 +12,57 @@ from __future__ import annotations
 import gc
 import time
 
+_freezing = False  # freeze_heap's own collection is not a pause while serving
+
 
 def freeze_heap() -> float:
     """Collect what the last load left over, then freeze everything alive; the seconds
     it took. Called after each load: the previous version's objects are unfrozen first,
     so that a swap does not keep their garbage cycles."""
+    global _freezing
     t = time.perf_counter()
     gc.unfreeze()
-    gc.collect()
+    _freezing = True
+    try:
+        gc.collect()
+    finally:
+        _freezing = False
     gc.freeze()
     return time.perf_counter() - t
 
 
 class GcPauses:
-    """How many full passes the cyclic collector made in this process, and the longest
-    one: what `llmrec_gc_full_passes` and `llmrec_gc_longest_pause_seconds` report."""
+    """The cyclic collector's passes in this process, by generation, and the longest of
+    each: what `llmrec_gc_passes` and `llmrec_gc_longest_pause_seconds` report. The
+    collection that freezes a loaded version (`freeze_heap`) is counted apart, in
+    `freeze_passes`: the others are the pauses requests may wait through."""
 
     def __init__(self) -> None:
         self._started: float | None = None
-        self.full_passes = 0
-        self.longest_s = 0.0
+        self._generation = 0
+        self.passes = [0, 0, 0]
+        self.longest_s = [0.0, 0.0, 0.0]
+        self.freeze_passes = 0
         gc.callbacks.append(self._on_gc)
+
+    @property
+    def full_passes(self) -> int:
+        return self.passes[2]
 
     def _on_gc(self, phase: str, info: dict) -> None:
         # The collector runs with the GIL held: no lock needed around these counts.
-        if info.get("generation") != 2:
-            return
         if phase == "start":
-            self._started = time.perf_counter()
-        elif self._started is not None:
-            self.full_passes += 1
-            self.longest_s = max(self.longest_s, time.perf_counter() - self._started)
-            self._started = None
+            self._started, self._generation = time.perf_counter(), info.get("generation", 0)
+            return
+        if self._started is None:
+            return
+        took, gen = time.perf_counter() - self._started, self._generation
+        self._started = None
+        if _freezing:
+            self.freeze_passes += 1
+            return
+        self.passes[gen] += 1
+        self.longest_s[gen] = max(self.longest_s[gen], took)
 
     def close(self) -> None:
         if self._on_gc in gc.callbacks:

@@ -61,14 +61,25 @@ class Metrics:
             "the ingress event loop's largest wake-up lag of the last 2 s (widens the margin)",
             registry=r,
         )
+        self.loop_lag_wakeups = Histogram(
+            "llmrec_loop_lag_wakeup_seconds",
+            "how late each 10 ms probe of the ingress event loop woke up: a stall shows here "
+            "even when no request was near its deadline during it",
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+            registry=r,
+        )
         self.gc_passes = Gauge(
-            "llmrec_gc_full_passes",
-            "full passes of the cyclic garbage collector in the ingress process since it started",
+            "llmrec_gc_passes",
+            "passes of the cyclic garbage collector in the ingress process since it started, "
+            "by generation (the collection that freezes a loaded version left out)",
+            ["generation"],
             registry=r,
         )
         self.gc_longest = Gauge(
             "llmrec_gc_longest_pause_seconds",
-            "the longest of those passes: every request of the replica waits through one",
+            "the longest of those passes, by generation: every request of the replica waits "
+            "through one",
+            ["generation"],
             registry=r,
         )
         self.warm = Gauge(
