@@ -195,35 +195,36 @@ def ingress_state(base: str) -> dict[str, float]:
                 out[f"wakeups_le_{sample.labels['le']}"] = sample.value
             elif sample.name == "llmrec_loop_lag_wakeup_seconds_count":
                 out["wakeups"] = sample.value
-            elif sample.name.startswith("llmrec_gc_"):
-                out[f"{sample.name[10:]}_gen{sample.labels['generation']}"] = sample.value
+            elif sample.name == "llmrec_gc_pause_seconds_bucket":
+                out[f"gc_gen{sample.labels['generation']}_le_{sample.labels['le']}"] = sample.value
+            elif sample.name == "llmrec_gc_pause_seconds_count":
+                out[f"gc_gen{sample.labels['generation']}"] = sample.value
+            elif sample.name == "llmrec_gc_longest_pause_seconds":
+                out[f"gc_longest_gen{sample.labels['generation']}"] = sample.value
     return out
 
 
 def stalls(before: dict[str, float], after: dict[str, float]) -> dict:
     """What the ingress went through during one cell: late wake-ups of its loop over 20, 50
-    and 100 ms, and the collector's passes (the longest pauses are since the start)."""
-    n = after.get("wakeups", 0) - before.get("wakeups", 0)
+    and 100 ms, and the collector's passes by generation, with those over 20 and 50 ms."""
 
-    def over(le: str) -> int:
-        key = f"wakeups_le_{le}"
-        return int(n - (after.get(key, 0) - before.get(key, 0)))
+    def delta(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    def over(prefix: str, le: str) -> int:
+        return int(delta(prefix) - delta(f"{prefix}_le_{le}"))
 
     return {
-        "loop_wakeups": int(n),
-        "loop_late_over_20ms": over("0.02"),
-        "loop_late_over_50ms": over("0.05"),
-        "loop_late_over_100ms": over("0.1"),
-        **{
-            f"gc_passes_gen{g}": int(
-                after.get(f"passes_gen{g}", 0) - before.get(f"passes_gen{g}", 0)
-            )
-            for g in range(3)
-        },
-        **{
-            f"gc_longest_ms_gen{g}": round(after.get(f"longest_pause_seconds_gen{g}", 0) * 1000, 1)
-            for g in range(3)
-        },
+        "loop_wakeups": int(delta("wakeups")),
+        "loop_late_over_20ms": over("wakeups", "0.02"),
+        "loop_late_over_50ms": over("wakeups", "0.05"),
+        "loop_late_over_100ms": over("wakeups", "0.1"),
+        **{f"gc_passes_gen{g}": int(delta(f"gc_gen{g}")) for g in range(3)},
+        **{f"gc_over_20ms_gen{g}": over(f"gc_gen{g}", "0.02") for g in range(3)},
+        **{f"gc_over_50ms_gen{g}": over(f"gc_gen{g}", "0.05") for g in range(3)},
+        "gc_longest_ms_since_start": [
+            round(after.get(f"gc_longest_gen{g}", 0) * 1000, 1) for g in range(3)
+        ],
     }
 
 
@@ -460,8 +461,8 @@ def main() -> None:
                 f"{i['loop_late_over_50ms']} / {i['loop_late_over_100ms']} times of "
                 f"{i['loop_wakeups']}; collector passes by generation "
                 f"{i['gc_passes_gen0']} / {i['gc_passes_gen1']} / {i['gc_passes_gen2']}, "
-                f"longest since the start {i['gc_longest_ms_gen0']} / "
-                f"{i['gc_longest_ms_gen1']} / {i['gc_longest_ms_gen2']} ms; "
+                f"of them >20 ms {i['gc_over_20ms_gen0']} / {i['gc_over_20ms_gen1']} / "
+                f"{i['gc_over_20ms_gen2']}; "
                 f"CPU taken by the hypervisor {cell['cpu_steal_ms']} ms"
             )
         if cell["past_deadline"]:

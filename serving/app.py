@@ -1008,8 +1008,9 @@ class Api(_WatchesVersions):
         # Gauges of state the replica keeps anyway: read when scraped, not on every change.
         self.metrics.warm.set(self.warm["done"])
         self.metrics.loop_lag.set(self._lag.recent_s(time.perf_counter()))
+        for gen, seconds in self._gc.drain():
+            self.metrics.gc_pauses.labels(str(gen)).observe(seconds)
         for gen in range(3):
-            self.metrics.gc_passes.labels(str(gen)).set(self._gc.passes[gen])
             self.metrics.gc_longest.labels(str(gen)).set(self._gc.longest_s[gen])
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import deque
 
 _freezing = False  # freeze_heap's own collection is not a pause while serving
 
@@ -33,17 +34,28 @@ def freeze_heap() -> float:
 
 class GcPauses:
     """The cyclic collector's passes in this process, by generation, and the longest of
-    each: what `llmrec_gc_passes` and `llmrec_gc_longest_pause_seconds` report. The
-    collection that freezes a loaded version (`freeze_heap`) is counted apart, in
-    `freeze_passes`: the others are the pauses requests may wait through."""
+    each. The collection that freezes a loaded version (`freeze_heap`) is counted apart,
+    in `freeze_passes`: the others are the pauses requests may wait through. `drain()`
+    hands over each pause since the last call (`llmrec_gc_pause_seconds`): the collector
+    may run inside any lock-holding code, so the callback only appends, and a metrics
+    library's lock is taken later, by whoever drains."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 4096) -> None:
         self._started: float | None = None
         self._generation = 0
         self.passes = [0, 0, 0]
         self.longest_s = [0.0, 0.0, 0.0]
         self.freeze_passes = 0
+        self._recent: deque[tuple[int, float]] = deque(maxlen=keep)
         gc.callbacks.append(self._on_gc)
+
+    def drain(self) -> list[tuple[int, float]]:
+        """(generation, seconds) of each pause since the last drain, oldest first (at most
+        the last `keep`)."""
+        out = []
+        while self._recent:
+            out.append(self._recent.popleft())
+        return out
 
     @property
     def full_passes(self) -> int:
@@ -63,6 +75,7 @@ class GcPauses:
             return
         self.passes[gen] += 1
         self.longest_s[gen] = max(self.longest_s[gen], took)
+        self._recent.append((gen, took))
 
     def close(self) -> None:
         if self._on_gc in gc.callbacks:

@@ -68,17 +68,18 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
             registry=r,
         )
-        self.gc_passes = Gauge(
-            "llmrec_gc_passes",
-            "passes of the cyclic garbage collector in the ingress process since it started, "
-            "by generation (the collection that freezes a loaded version left out)",
+        self.gc_pauses = Histogram(
+            "llmrec_gc_pause_seconds",
+            "passes of the cyclic garbage collector in the ingress process, by generation "
+            "(the collection that freezes a loaded version left out): every request of the "
+            "replica waits through one",
             ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
             registry=r,
         )
         self.gc_longest = Gauge(
             "llmrec_gc_longest_pause_seconds",
-            "the longest of those passes, by generation: every request of the replica waits "
-            "through one",
+            "the longest of those passes since the process started, by generation",
             ["generation"],
             registry=r,
         )

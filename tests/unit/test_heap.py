@@ -31,3 +31,18 @@ def test_passes_are_counted_by_generation():
         assert pauses.passes[2] == young[2]
     finally:
         pauses.close()
+
+
+def test_each_pause_is_handed_over_once_and_the_oldest_go_first_past_the_cap():
+    pauses = GcPauses(keep=2)
+    gc.disable()  # only the passes asked for below
+    try:
+        pauses.drain()
+        for gen in (0, 1, 2):
+            gc.collect(gen)
+        got = pauses.drain()
+        assert [g for g, _ in got] == [1, 2] and all(s >= 0 for _, s in got)
+        assert pauses.drain() == []
+    finally:
+        gc.enable()
+        pauses.close()
