@@ -405,8 +405,11 @@ def test_a_loop_too_far_behind_answers_at_once_and_still_reads_your_writes(serve
         top = out["items"][0]["item_id"]
         post_events(base, {"user_id": "lagging-1", "item_id": top, "type": "click"})
         outs = [rec(base, "lagging-1", k=5), rec(base, "7", k=5)]
-        # Popularity, or the retrieval the event's nearline step has already done.
-        assert outs[0]["fallback"] in ("loop_lag", "nearline_pending")
+        # Popularity, the retrieval the event's nearline step has already done, or the
+        # list that step re-ranked and cached when it finished first: each reflects it.
+        assert outs[0]["fallback"] in ("loop_lag", "nearline_pending") or (
+            outs[0]["cached"] and outs[0]["user_version"] >= 1
+        ), outs[0]
         assert outs[1]["fallback"] == "loop_lag"
         assert top not in [x["item_id"] for x in outs[0]["items"]]
         assert all(len(o["items"]) == 5 and o["timings_ms"]["total"] < 50 for o in outs)
