@@ -296,7 +296,9 @@ def main() -> None:
         default=[],
         metavar="JSON",
         help="more graphs with the re-ranker, each with these live settings on top, run after "
-        "the first in the order given: an A/B in one run ('{}' repeats the first)",
+        "the first in the order given: an A/B in one run ('{}' repeats the first; an "
+        '"env_vars" key sets the replicas\' environment, e.g. \'{"env_vars": '
+        '{"RAY_worker_niceness": "15"}}\')',
     )
     p.add_argument("--name", default="serving", help="results file stem under benchmarks/results")
     args = p.parse_args()
