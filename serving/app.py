@@ -550,8 +550,9 @@ class Api(_WatchesVersions):
             t = time.perf_counter()
             await asyncio.sleep(period_s)
             now = time.perf_counter()
-            self._lag.observe(now, now - t - period_s)
-            self.metrics.loop_lag_wakeups.observe(max(now - t - period_s, 0.0))
+            lag = now - t - period_s
+            self._lag.observe(now, lag)
+            self.metrics.loop_lag_wakeups.observe(max(lag, 0.0))
 
     async def _stall_loop(self) -> None:
         """The drill `loop_stall_ms`: the loop blocked as a loaded machine blocks it."""

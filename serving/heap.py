@@ -57,10 +57,6 @@ class GcPauses:
             out.append(self._recent.popleft())
         return out
 
-    @property
-    def full_passes(self) -> int:
-        return self.passes[2]
-
     def _on_gc(self, phase: str, info: dict) -> None:
         # The collector runs with the GIL held: no lock needed around these counts.
         if phase == "start":

@@ -15,6 +15,8 @@ from prometheus_client import (
 )
 
 BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+# Stalls of the ingress (loop wake-ups, collector passes): from 1 ms to half a second.
+STALL_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 class Metrics:
@@ -65,7 +67,7 @@ class Metrics:
             "llmrec_loop_lag_wakeup_seconds",
             "how late each 10 ms probe of the ingress event loop woke up: a stall shows here "
             "even when no request was near its deadline during it",
-            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+            buckets=STALL_BUCKETS,
             registry=r,
         )
         self.gc_pauses = Histogram(
@@ -74,7 +76,7 @@ class Metrics:
             "(the collection that freezes a loaded version left out): every request of the "
             "replica waits through one",
             ["generation"],
-            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+            buckets=STALL_BUCKETS,
             registry=r,
         )
         self.gc_longest = Gauge(
