@@ -16,7 +16,16 @@ NDCG@10 averaged over seeds). Variants:
 - the CF sources' user factors refolded from the history at each training position (as
   serving refolds after events) instead of the factors fitted before the hidden positions;
 - the last 20 training positions instead of 10 (twice the examples, an older stack);
-- a 5-seed ensemble of the base layer (summed log-softmax).
+- a 5-seed ensemble of the base layer (summed log-softmax);
+- rolling origin: stacks fitted with each user's last c items hidden (c in `--cutoffs`),
+  one list per user at the first hidden item. Every such list looks like a test list (the
+  stack saw everything before the target and nothing after), unlike the later positions
+  of the holdout-10 stack, whose CF user factors miss the items before the target;
+- a refit on training + validation lists, for the number of epochs that validation chose
+  (validation lists are the most test-like there are: the test stack differs only by one
+  more item per user).
+
+    python benchmarks/bench_feature_layer.py --only "K 50" "rolling origin, K 50"
 
     python benchmarks/bench_feature_layer.py
 """
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import sys
 import time
@@ -59,8 +69,10 @@ def tied_at_end(times: np.ndarray) -> int:
     return int((times == times[-1]).sum()) if len(times) else 0
 
 
-def build(ds, progress: bool) -> dict[str, Rows]:
-    """Training rows (holdout 10 and 20; K 20 and 50), validation and test rows."""
+def build(ds, progress: bool, needs: set[str], cutoffs: tuple[int, ...]) -> dict[str, Rows]:
+    """Training rows (holdout 10 and 20; K 20 and 50; rolling origin), validation and test
+    rows. `needs` names the training sets the chosen variants read ("h20", "h10-refold",
+    "roll"); holdout 10 is always built."""
     from pipelines.schema import Split
     from training.reranker.examples import subset
     from training.reranker.features import candidate_features
@@ -86,7 +98,8 @@ def build(ds, progress: bool) -> dict[str, Rows]:
             (feats[order], label, history[-10:], items, (ties, len(history)))
         )
 
-    for holdout, ks in ((10, (20, 50)), (20, (20,))):
+    holdouts = [(10, (20, 50))] + ([(20, (20,))] if "h20" in needs else [])
+    for holdout, ks in holdouts:
         inner, hidden = data.holdout_last(holdout)
         stack = stack_from_data(inner, fusion, emb, "train-holdout", progress)
         gen, rng = stack.generator(), np.random.default_rng(0)
@@ -99,9 +112,27 @@ def build(ds, progress: bool) -> dict[str, Rows]:
                 ties = tied_at_end(times[: len(visible) + j])
                 for k in ks:
                     add(f"train h{holdout} k{k}", c, k, target, history, ties, stack, rng)
-                if holdout == 10:
+                if holdout == 10 and j == 0 and 10 in cutoffs:
+                    for k in ks:
+                        add(f"train roll k{k}", c, k, target, history, ties, stack, rng)
+                if holdout == 10 and "h10-refold" in needs:
                     c = refolded(stack, gen, u, history) if j else c
                     add("train h10-refold k20", c, 20, target, history, ties, stack, rng)
+
+    if "roll" in needs:
+        for cut in sorted(set(cutoffs) - {10}):
+            inner, hidden = data.holdout_last(cut)
+            stack = stack_from_data(inner, fusion, emb, f"train-cut{cut}", progress)
+            gen, rng = stack.generator(), np.random.default_rng(cut)
+            for u in tqdm(range(inner.n_users), desc=f"cutoff {cut}", disable=not progress):
+                if not len(hidden[u]):
+                    continue
+                times = data.seq_times[data.seq_indptr[u] : data.seq_indptr[u + 1]]
+                history = inner.history(u).astype(np.int64)
+                c = gen.generate(u, history, n=50)
+                ties = tied_at_end(times[: len(history)])
+                for k in (20, 50):
+                    add(f"train roll k{k}", c, k, int(hidden[u][0]), history, ties, stack, rng)
 
     seq = ds.sequences
     for split, through in ((Split.VALIDATION, Split.TRAIN), (Split.TEST, Split.VALIDATION)):
@@ -131,6 +162,25 @@ def build(ds, progress: bool) -> dict[str, Rows]:
         )
         for key, rs in out.items()
     } | {"_embeddings": emb, "_categories": data.item_categories}
+
+
+def cached_rows(args: argparse.Namespace, needs: set[str]) -> dict:
+    """`build`, or its pickle from an earlier run with the same dataset and cutoffs."""
+    from pipelines.artifact import load_dataset
+
+    ds = load_dataset(args.data)
+    key = {"dataset": ds.manifest.version, "cutoffs": sorted(args.cutoffs)}
+    path = Path(args.cache) if args.cache else None
+    if path is not None and path.exists():
+        saved = pickle.loads(path.read_bytes())
+        if saved["key"] == key and needs <= saved["needs"]:
+            return saved["rows"]
+        print(f"{path} was built for {saved['key']} / {sorted(saved['needs'])}: rebuilding")
+    rows = build(ds, True, needs, tuple(args.cutoffs))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps({"key": key, "needs": needs | {"h10"}, "rows": rows}))
+    return rows
 
 
 def refolded(stack, gen, user: int, history: np.ndarray):
@@ -183,8 +233,12 @@ def ndcg10(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return metrics_from_ranks(target_ranks(scores, labels))["NDCG@10"]
 
 
-def train_layer(x, y, xv, yv, seed: int, hidden: int = 32, patience: int = 6):
-    """Listwise softmax cross-entropy, Adam, stopped on validation NDCG@10."""
+def train_layer(
+    x, y, xv, yv, seed: int, hidden: int = 32, patience: int = 6, epochs: int | None = None
+):
+    """Listwise softmax cross-entropy, Adam, stopped on validation NDCG@10; or, with
+    `epochs`, exactly that many epochs (a refit whose length validation chose before).
+    Returns the model and the number of epochs it trained."""
     import torch
 
     torch.manual_seed(seed)
@@ -194,43 +248,98 @@ def train_layer(x, y, xv, yv, seed: int, hidden: int = 32, patience: int = 6):
     )
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     xt, yt, xvt = torch.tensor(x), torch.tensor(y), torch.tensor(xv)
-    best, state, stale = -1.0, None, 0
-    for _ in range(80):
+    best, state, stale, best_epoch = -1.0, None, 0, 0
+    for epoch in range(epochs or 80):
         for b in np.array_split(rng.permutation(len(y)), max(len(y) // 32, 1)):
             loss = torch.nn.functional.cross_entropy(model(xt[b]).squeeze(-1), yt[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if epochs is not None:
+            continue
         with torch.no_grad():
             v = float(ndcg10(model(xvt).squeeze(-1).numpy(), yv).mean())
         if v > best:
-            best, stale = v, 0
+            best, stale, best_epoch = v, 0, epoch + 1
             state = {k: t.clone() for k, t in model.state_dict().items()}
         else:
             stale += 1
             if stale >= patience:
                 break
+    if epochs is not None:
+        return model, epochs
     model.load_state_dict(state)
-    return model, best
+    return model, best_epoch
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default="artifacts/datasets/ml-100k")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=32, help="the layer's hidden units")
     p.add_argument("--out", default=str(RESULTS / "feature_layer.json"), help="results JSON")
+    p.add_argument(
+        "--cutoffs", type=int, nargs="+", default=[2, 4, 6, 10], help="rolling-origin cutoffs"
+    )
+    p.add_argument("--only", nargs="+", help="run only these variants (names as in the table)")
+    p.add_argument(
+        "--cache",
+        help="a pickle of the built lists: read when it exists (and was built with these "
+        "cutoffs and at least these training sets), else written; variants then run in minutes",
+    )
     args = p.parse_args()
 
     import torch
 
-    from pipelines.artifact import load_dataset
     from training.evaluation.bootstrap import paired_bootstrap
     from training.evaluation.metrics import metrics_from_ranks
 
     torch.set_num_threads(1)
     console = Console(width=160)
     start = time.perf_counter()
-    rows = build(load_dataset(args.data), progress=True)
+    # name: (training sets, K, extra features, seeds, ensemble, refit on validation too)
+    variants = {
+        "base (K 20, last 10 positions)": (["h10"], 20, None, args.seeds, False, False),
+        "K 50": (["h10"], 50, None, args.seeds, False, False),
+        "+ content and genre similarity": (["h10"], 20, "content", args.seeds, False, False),
+        "+ session (ties at the end, length)": (["h10"], 20, "session", args.seeds, False, False),
+        "CF user factors refolded at each position": (
+            ["h10-refold"], 20, None, args.seeds, False, False,
+        ),
+        "last 20 positions": (["h20"], 20, None, args.seeds, False, False),
+        "last 20 positions + session": (["h20"], 20, "session", args.seeds, False, False),
+        "base, 5-seed ensemble": (["h10"], 20, None, 5, True, False),
+        "K 50, 5-seed ensemble": (["h10"], 50, None, 5, True, False),
+        "rolling origin, K 20": (["roll"], 20, None, args.seeds, False, False),
+        "rolling origin, K 50": (["roll"], 50, None, args.seeds, False, False),
+        "last 10 positions + rolling origin, K 50": (
+            ["h10", "roll"], 50, None, args.seeds, False, False,
+        ),
+        "K 50, refit with validation": (["h10"], 50, None, args.seeds, False, True),
+        "rolling origin, K 50, refit with validation": (
+            ["roll"], 50, None, args.seeds, False, True,
+        ),
+        "rolling origin, K 50, refit with validation, 5-seed ensemble": (
+            ["roll"], 50, None, 5, True, True,
+        ),
+        "K 20, refit with validation": (["h10"], 20, None, args.seeds, False, True),
+        "rolling origin, K 20, refit with validation": (
+            ["roll"], 20, None, args.seeds, False, True,
+        ),
+        "last 10 positions + rolling origin, K 20, refit with validation": (
+            ["h10", "roll"], 20, None, args.seeds, False, True,
+        ),
+        "last 10 positions + rolling origin, K 50, refit with validation": (
+            ["h10", "roll"], 50, None, args.seeds, False, True,
+        ),
+    }  # fmt: skip
+    if args.only:
+        unknown = set(args.only) - set(variants)
+        if unknown:
+            p.error(f"unknown variants {sorted(unknown)}; known: {list(variants)}")
+        variants = {name: variants[name] for name in args.only}
+    needs = {key for v in variants.values() for key in v[0]}
+    rows = cached_rows(args, needs)
     emb, cats = rows.pop("_embeddings"), rows.pop("_categories")
     names = sorted({c for cs in cats for c in cs})
     genres = np.zeros((len(cats), len(names)), np.float32)
@@ -246,31 +355,28 @@ def main() -> None:
             x = np.concatenate([x, session_features(r)], -1)
         return x, r.labels
 
-    variants = [
-        ("base (K 20, last 10 positions)", "h10", 20, None, args.seeds, False),
-        ("K 50", "h10", 50, None, args.seeds, False),
-        ("+ content and genre similarity", "h10", 20, "content", args.seeds, False),
-        ("+ session (ties at the end, length)", "h10", 20, "session", args.seeds, False),
-        ("CF user factors refolded at each position", "h10-refold", 20, None, args.seeds, False),
-        ("last 20 positions", "h20", 20, None, args.seeds, False),
-        ("last 20 positions + session", "h20", 20, "session", args.seeds, False),
-        ("base, 5-seed ensemble", "h10", 20, None, 5, True),
-    ]
     # Test lists are in fused order: the true item's place is its fused rank.
     test_labels = rows["test k20"].labels
     fused = metrics_from_ranks(np.where(test_labels >= 0, test_labels + 1, 21))["NDCG@10"]
     results = []
-    for name, holdout, k, extra, seeds, ensemble in tqdm(variants, desc="variants"):
-        x, y = inputs(f"train {holdout} k{k}", extra)
+    for name, (sets, k, extra, seeds, ensemble, refit) in tqdm(variants.items(), desc="variants"):
+        parts = [inputs(f"train {s} k{k}", extra) for s in sets]
+        x, y = np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
         xv, yv = inputs(f"validation k{k}", extra)
         xt, yt = inputs(f"test k{k}", extra)
         vals, tests, summed = [], [], 0.0
         for seed in range(seeds):
-            model, _ = train_layer(x, y, xv, yv, seed)
+            model, epochs = train_layer(x, y, xv, yv, seed, args.hidden)
+            v = model(torch.tensor(xv)).squeeze(-1).detach().numpy()
+            vals.append(float(ndcg10(v, yv).mean()))
+            if refit:  # validation lists that hold the true item join the training lists
+                hit = yv >= 0
+                model, _ = train_layer(
+                    np.concatenate([x, xv[hit]]), np.concatenate([y, yv[hit]]), xv, yv, seed,
+                    args.hidden, epochs=epochs,
+                )  # fmt: skip
             with torch.no_grad():
                 logits = torch.log_softmax(model(torch.tensor(xt)).squeeze(-1), -1).numpy()
-                v = model(torch.tensor(xv)).squeeze(-1).numpy()
-            vals.append(float(ndcg10(v, yv).mean()))
             tests.append(ndcg10(logits, yt))
             summed = summed + logits
         per_user = ndcg10(summed, yt) if ensemble else np.mean(tests, 0)
