@@ -65,7 +65,9 @@ class Rows:
     session: np.ndarray
 
 
-def tied_at_end(times: np.ndarray) -> int:
+def tied_at_end(data, user: int, n: int | None = None) -> int:
+    """How many of the user's first `n` items (all: None) share the last one's timestamp."""
+    times = data.seq_times[data.seq_indptr[user] : data.seq_indptr[user + 1]][:n]
     return int((times == times[-1]).sum()) if len(times) else 0
 
 
@@ -104,12 +106,11 @@ def build(ds, progress: bool, needs: set[str], cutoffs: tuple[int, ...]) -> dict
         stack = stack_from_data(inner, fusion, emb, "train-holdout", progress)
         gen, rng = stack.generator(), np.random.default_rng(0)
         for u in tqdm(range(inner.n_users), desc=f"holdout {holdout}", disable=not progress):
-            times = data.seq_times[data.seq_indptr[u] : data.seq_indptr[u + 1]]
             visible = inner.history(u)
             for j, target in enumerate(hidden[u]):
                 history = np.concatenate([visible, hidden[u][:j]]).astype(np.int64)
                 c = gen.generate(u, history, n=max(ks))
-                ties = tied_at_end(times[: len(visible) + j])
+                ties = tied_at_end(data, u, len(visible) + j)
                 for k in ks:
                     add(f"train h{holdout} k{k}", c, k, target, history, ties, stack, rng)
                 if holdout == 10 and j == 0 and 10 in cutoffs:
@@ -127,10 +128,9 @@ def build(ds, progress: bool, needs: set[str], cutoffs: tuple[int, ...]) -> dict
             for u in tqdm(range(inner.n_users), desc=f"cutoff {cut}", disable=not progress):
                 if not len(hidden[u]):
                     continue
-                times = data.seq_times[data.seq_indptr[u] : data.seq_indptr[u + 1]]
                 history = inner.history(u).astype(np.int64)
                 c = gen.generate(u, history, n=50)
-                ties = tied_at_end(times[: len(history)])
+                ties = tied_at_end(data, u, len(history))
                 for k in (20, 50):
                     add(f"train roll k{k}", c, k, int(hidden[u][0]), history, ties, stack, rng)
 
@@ -145,12 +145,11 @@ def build(ds, progress: bool, needs: set[str], cutoffs: tuple[int, ...]) -> dict
         gen = stack.generator()
         for u in tqdm(range(d.n_users), desc=split.label, disable=not progress):
             history = d.history(u)
-            times = d.seq_times[d.seq_indptr[u] : d.seq_indptr[u + 1]]
             c = gen.generate(u, history, n=50)
             for k in (20, 50):
                 add(
                     f"{split.label} k{k}", c, k, int(targets[u]), history,
-                    tied_at_end(times), stack, None,
+                    tied_at_end(d, u), stack, None,
                 )  # fmt: skip
     return {
         key: Rows(
@@ -238,7 +237,7 @@ def train_layer(
 ):
     """Listwise softmax cross-entropy, Adam, stopped on validation NDCG@10; or, with
     `epochs`, exactly that many epochs (a refit whose length validation chose before).
-    Returns the model and the number of epochs it trained."""
+    Returns the model, its validation NDCG@10 (None for a refit) and its epochs."""
     import torch
 
     torch.manual_seed(seed)
@@ -267,9 +266,9 @@ def train_layer(
             if stale >= patience:
                 break
     if epochs is not None:
-        return model, epochs
+        return model, None, epochs
     model.load_state_dict(state)
-    return model, best_epoch
+    return model, best, best_epoch
 
 
 def main() -> None:
@@ -366,12 +365,11 @@ def main() -> None:
         xt, yt = inputs(f"test k{k}", extra)
         vals, tests, summed = [], [], 0.0
         for seed in range(seeds):
-            model, epochs = train_layer(x, y, xv, yv, seed, args.hidden)
-            v = model(torch.tensor(xv)).squeeze(-1).detach().numpy()
-            vals.append(float(ndcg10(v, yv).mean()))
+            model, val, epochs = train_layer(x, y, xv, yv, seed, args.hidden)
+            vals.append(val)
             if refit:  # validation lists that hold the true item join the training lists
                 hit = yv >= 0
-                model, _ = train_layer(
+                model, _, _ = train_layer(
                     np.concatenate([x, xv[hit]]), np.concatenate([y, yv[hit]]), xv, yv, seed,
                     args.hidden, epochs=epochs,
                 )  # fmt: skip
