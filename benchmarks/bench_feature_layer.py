@@ -113,7 +113,7 @@ def build(ds, progress: bool, needs: set[str], cutoffs: tuple[int, ...]) -> dict
                 ties = tied_at_end(data, u, len(visible) + j)
                 for k in ks:
                     add(f"train h{holdout} k{k}", c, k, target, history, ties, stack, rng)
-                if holdout == 10 and j == 0 and 10 in cutoffs:
+                if holdout == 10 and j == 0 and "roll" in needs and 10 in cutoffs:
                     for k in ks:
                         add(f"train roll k{k}", c, k, target, history, ties, stack, rng)
                 if holdout == 10 and "h10-refold" in needs:
