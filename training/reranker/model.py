@@ -330,7 +330,8 @@ def save_reranker(model, folder: str | Path, meta: dict[str, Any]) -> None:
     inner = getattr(model, "module", model)  # unwrap DDP
     if inner.lm is not None:
         inner.lm.save_pretrained(folder / "adapter")
-    heads = {k: v for k, v in inner.state_dict().items() if not k.startswith("lm.")}
+    # On the CPU: a re-ranker trained on a GPU is served from CPU-only replicas.
+    heads = {k: v.detach().cpu() for k, v in inner.state_dict().items() if not k.startswith("lm.")}
     torch.save(heads, folder / "heads.pt")
     (folder / "reranker.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=2))
 
@@ -385,7 +386,7 @@ def load_weights(model, folder: str | Path) -> None:
         from peft.utils import load_peft_weights
 
         set_peft_model_state_dict(model.lm, load_peft_weights(str(folder / "adapter")))
-    heads = torch.load(folder / "heads.pt", weights_only=True)
+    heads = torch.load(folder / "heads.pt", map_location="cpu", weights_only=True)
     missing = model.load_state_dict(heads, strict=False)
     bad = [k for k in missing.missing_keys if not k.startswith("lm.")]
     if bad or missing.unexpected_keys:

@@ -201,7 +201,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             load_weights(model, d)
-            saved = torch.load(Path(d) / "train_state.pt", weights_only=False)
+            saved = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=False)
         state, opt_state = saved["state"], saved["optimizer"]
 
     model = ray.train.torch.prepare_model(model)
@@ -307,7 +307,7 @@ def feature_layer_bytes(folder: Path, features: list[str]) -> bytes:
     meta = read_meta(folder)
     if meta["features"] != features:
         raise RerankerError(f"'{folder}' was trained on other features; cannot start from it")
-    heads = torch.load(folder / "heads.pt", weights_only=True)
+    heads = torch.load(folder / "heads.pt", map_location="cpu", weights_only=True)
     buf = io.BytesIO()
     torch.save({k: v for k, v in heads.items() if k.startswith("features.")}, buf)
     return buf.getvalue()
