@@ -31,7 +31,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 @dataclass
@@ -130,6 +129,7 @@ def train(args: argparse.Namespace) -> None:
         settings = TrainSettings(
             epochs=spec.epochs,
             batch_size=spec.batch_size,
+            # `llmrec train`'s defaults, so that a run here is the CLI's run on a GPU
             lr_lora=5e-4,
             lr_heads=1e-3,
             max_examples=spec.max_examples,
@@ -184,7 +184,7 @@ def main() -> None:
     t.add_argument("--val-users", type=int, default=0, help="0: every validation user")
     t.add_argument("--patience", type=int, default=2)
     t.add_argument("--storage", default="/tmp/gpu-bench-runs")
-    t.add_argument("--out", default=str(RESULTS / "gpu-train"))
+    t.add_argument("--out", default="artifacts/rerankers/ml-100k/gpu-bench")
     args = p.parse_args()
     {"build": build, "features": features, "train": train}[args.cmd](args)
 
