@@ -166,10 +166,27 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
         out["train_examples_per_s"] = seen / (time.perf_counter() - t)
-    print(json.dumps(out, indent=2))
+    print_table(out)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "gpu_reranker_tiny.json" if args.tiny else "gpu_reranker.json"
     (RESULTS / name).write_text(json.dumps(out, indent=2))
+
+
+def print_table(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{out['shape']} ranker on {out['machine'] or out['device']}, "
+        f"{out['prompt_tokens']}-token prompts, K = 20"
+    )
+    for c in ("batch", "p50 ms per batch", "p50 ms per request"):
+        table.add_column(c, justify="right")
+    for b, v in out["latency"].items():
+        table.add_row(str(b), f"{v['p50_ms_per_batch']:.1f}", f"{v['p50_ms_per_request']:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"training: {out['train_examples_per_s']:.1f} examples/s (batch 16)")
 
 
 if __name__ == "__main__":
