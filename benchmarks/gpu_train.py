@@ -1,13 +1,14 @@
 """Re-ranker training on a lent GPU machine, through the same Ray Train code as `llmrec train`.
 
-That machine has no `implicit` and no network, so the examples (the retrieval stack's
-candidate lists and features) and the stage-1 feature layer are built here and carried
-there; the LoRA stage runs there with `use_gpu=True` (bf16 autocast, one GPU per worker).
+A lent GPU machine may have neither `implicit` nor a network. So the examples (the retrieval
+stack's candidate lists and features) and the stage-1 feature layer are built on a machine
+with the full install and carried over as files; the LoRA stage runs on the GPU machine with
+`use_gpu=True` (bf16 autocast, one GPU per worker).
 
-    # here (CPU): examples with `--holdout` training positions per user, and the feature layer
+    # on the full install (CPU): examples with `--holdout` positions per user, then stage 1
     python benchmarks/gpu_train.py build --holdout 20 --out /tmp/gpu/examples.pkl.gz
     python benchmarks/gpu_train.py features --examples /tmp/gpu/examples.pkl.gz --out DIR
-    # there (GPU): one run per --run NAME:MAX_EXAMPLES:EPOCHS:BATCH (MAX_EXAMPLES 0 = all)
+    # on the GPU machine: one run per --run NAME:MAX_EXAMPLES:EPOCHS:BATCH (0 = all examples)
     python benchmarks/gpu_train.py train --examples ... --init-features DIR --gpu \\
         --run default:3000:1:8 --run all:0:6:16 --out OUTDIR
 
