@@ -64,8 +64,9 @@ def main() -> None:
 
     from pipelines.artifact import load_dataset
     from training.evaluation.metrics import metrics_from_ranks
+    from training.reranker.compression import Compression
     from training.reranker.evaluate import test_rows
-    from training.reranker.inference import Compression, Reranker
+    from training.reranker.inference import Reranker
     from training.reranker.model import RerankerConfig, read_meta
     from training.reranker.scoring import label_ranks
     from training.retrieval import FitData

@@ -1,11 +1,41 @@
 """Live settings of the Serve graph: the `user_config` every deployment's `reconfigure()`
-receives (the Serve config YAML is their single source of truth)."""
+receives (the Serve config YAML is their single source of truth).
+
+Each field has one owner: production settings at the top level, the re-ranker's CPU
+compression in `compression`, injected faults in `drills`. A field declared with
+`reload=True` changes what a replica loads (the model objects are rebuilt); every other
+field is applied to the loaded objects in place."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.experiments import Experiment
+from training.reranker.compression import Compression
+
+
+def _reload(**kw: Any) -> Any:
+    """A field whose change rebuilds the replica's model objects."""
+    return Field(json_schema_extra={"reload": True}, **kw)
+
+
+class Drills(BaseModel):
+    """Injected faults for the deadline tests and drills; never set in production profiles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rerank_delay_ms: float = Field(0.0, ge=0, description="each re-rank batch sleeps this long")
+    retrieval_delay_ms: float = Field(0.0, ge=0, description="each retrieval sleeps this long")
+    rerank_fail: bool = Field(False, description="every re-rank batch raises")
+    loop_stall_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="the Api's event loop is blocked this long, 20 times a second",
+    )
 
 
 class LiveSettings(BaseModel):
@@ -16,7 +46,9 @@ class LiveSettings(BaseModel):
     watch_s: float = Field(
         5.0, ge=0, le=3600, description="with latest: seconds between CURRENT checks; 0 = off"
     )
-    store: str = Field("sqlite://artifacts/serving/events.db", description="event store URL")
+    store: str = _reload(
+        default="sqlite://artifacts/serving/events.db", description="event store URL"
+    )
     deadline_ms: float = Field(200.0, gt=0, le=60_000, description="per-request budget")
     deadline_margin_ms: float = Field(
         20.0,
@@ -32,7 +64,7 @@ class LiveSettings(BaseModel):
         "the last 2 s, at most half the deadline (0: the fixed margin only): under load "
         "the loop resumes a request well after its stage gave up",
     )
-    rerank: bool = Field(True, description="use the re-ranker when the version has one")
+    rerank: bool = _reload(default=True, description="use the re-ranker when the version has one")
     candidates: int = Field(50, ge=1, le=1000, description="retrieval candidates per request")
     retrieval_in_api: bool = Field(
         True,
@@ -54,27 +86,28 @@ class LiveSettings(BaseModel):
     warm_users: int | None = Field(
         None, ge=0, description="precompute at most this many users (None: all of them)"
     )
+    ready_warm_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="with warm: /readyz says ready once this share of the precompute is done "
+        "(1: all of it), so that the first requests after ready are answered normally",
+    )
     warm_quiet_ms: float = Field(
         50.0,
         ge=0,
         le=60_000,
         description="the precompute takes its next user only when no request came in this long",
     )
-    rerank_threads: int = Field(1, ge=1, le=64, description="torch threads per re-ranker")
-    # CPU compression of the re-ranker (benchmarks/bench_reranker.py measures each step).
-    rerank_int8: bool = False
-    rerank_layers: int | None = Field(None, ge=1, description="keep the first N blocks")
-    rerank_item_tokens: int | None = Field(None, ge=2, description="tighter budget per item")
-    # Injected delay for the deadline tests and drills (never set in production profiles).
-    rerank_delay_ms: float = Field(0.0, ge=0)
-    retrieval_delay_ms: float = Field(0.0, ge=0)
-    rerank_fail: bool = False
-    loop_stall_ms: float = Field(
-        0.0,
-        ge=0,
-        le=10_000,
-        description="the Api's event loop is blocked this long, 20 times a second",
+    rerank_threads: int = _reload(default=1, ge=1, le=64, description="torch threads per re-ranker")
+    rerank_batch_size: int = Field(
+        8, ge=1, le=256, description="re-rank requests a Reranker replica scores in one pass"
     )
+    rerank_batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long a batch waits to fill before it runs"
+    )
+    compression: Compression = _reload(default_factory=Compression)
+    drills: Drills = Field(default_factory=Drills)
     reflect_ms: float | None = Field(
         None,
         gt=0,
@@ -130,3 +163,16 @@ class LiveSettings(BaseModel):
             for v in self.experiment.variants:
                 type(self).model_validate({**base, **v.settings})
         return self
+
+    @classmethod
+    def reload_fields(cls) -> list[str]:
+        """The fields whose change rebuilds a replica's model objects."""
+        return [
+            name
+            for name, f in cls.model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("reload")
+        ]
+
+    def load_key(self) -> str:
+        """What a loaded model object depends on besides its files: equal keys, kept."""
+        return json.dumps(self.model_dump(mode="json", include=set(self.reload_fields())))

@@ -410,15 +410,8 @@ class RerankService:
         ds = load_dataset(mv.dataset_uri)
         self.catalog = Catalog(ds)
         self.catalog.add(store.items())
-        from training.reranker.inference import Compression
-
-        compression = Compression(
-            int8=settings.rerank_int8,
-            layers=settings.rerank_layers,
-            item_tokens=settings.rerank_item_tokens,
-        )
         self.model = Reranker(
-            mv.reranker, self.catalog.texts, compression, threads=settings.rerank_threads
+            mv.reranker, self.catalog.texts, settings.compression, threads=settings.rerank_threads
         )
         stack_sources = sources or json_sources(mv)
         if self.model.features != feature_names(stack_sources):
@@ -477,8 +470,10 @@ def respond(
     fallback: str | None,
     timings: dict[str, float],
     reranker_version: str | None,
+    routed: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON response: the re-ranked head (when scores came back), then fused order."""
+    """The JSON response (`serving.api_models.Recommendation`): the re-ranked head (when
+    scores came back), then fused order."""
     n = len(r.items)
     order = np.arange(n)
     stage_of = ["retrieval"] * n
@@ -525,12 +520,14 @@ def respond(
         "stage": stage,
         "path": r.path,
         "fallback": fallback,
+        "routed": routed,
         "items": items,
         "versions": {"model": r.model_version, "reranker": reranker_version},
         "user_version": r.user_version,
         "timings_ms": {s: round(v * 1000, 2) for s, v in timings.items()},
         "ignored": r.ignored,
         "cached": False,
+        "experiment": None,
     }
 
 
@@ -552,6 +549,8 @@ def popularity_answer(
             "stage": "cold_start",
             "explanation": "popular overall",
             "because": None,
+            "because_source": None,
+            "segment": None,
         }
         for i in items
     ]

@@ -1,6 +1,7 @@
-"""A published model version on real ML-100k for the serving tests: the retrieval stack
-fitted on all interactions and a hybrid re-ranker on a tiny random causal LM (a real
-checkpoint, saved the way training saves one; its weights are untrained)."""
+"""A published model version on real ML-100k for the serving tests: a test-sized retrieval
+stack (every production source, SASRec trained briefly) fitted on all interactions and a
+hybrid re-ranker on a tiny random causal LM (a real checkpoint, saved the way training saves
+one; its weights are untrained)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from pipelines.artifact import load_dataset, write_dataset
 from pipelines.prepare import PrepareConfig, run_local
+from pipelines.schema import Split
 from pipelines.sources import load_source
 from tests.tiny_models import tiny_causal
 from training.publish import VERSION_FILE, point_current, publish_version
@@ -23,7 +25,15 @@ from training.reranker.model import (
     save_reranker,
 )
 from training.reranker.prompt import PromptTemplate
-from training.stack import DEFAULT_SOURCES
+from training.retrieval import SelfAttentive
+from training.stack import DEFAULT_SOURCES, StackSpec, fit_stack
+
+#: The production sources with SASRec trained for 2 epochs instead of 40: the same code
+#: paths and names (the re-ranker's features), fitted in seconds.
+TEST_SOURCES: StackSpec = {
+    **DEFAULT_SOURCES,
+    "SASRec": (SelfAttentive, {"epochs": 2, "batch_size": 128}),
+}
 
 
 def tiny_reranker(root: Path, texts: list[str], dataset_version: str) -> Path:
@@ -58,8 +68,12 @@ def ml100k_version(root: Path, versions: tuple[str, ...] = ("v1",)):
     ds = load_dataset(str(root / "ds"))
     texts = ds.items["text"].to_pylist()
     rr = tiny_reranker(root, texts, ds.manifest.version)
+    stack, _ = fit_stack(ds, Split.TEST, progress=False, spec=TEST_SOURCES)
+    stack.save(root / "stack")
     models = root / "models"
-    first = publish_version(ds, models, rr, version=versions[0], progress=False)
+    first = publish_version(
+        ds, models, rr, version=versions[0], progress=False, stack=root / "stack"
+    )
     for v in versions[1:]:  # the same models under another version name (a republish)
         shutil.copytree(first.path, models / v)
         info = json.loads((models / v / VERSION_FILE).read_text())

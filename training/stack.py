@@ -38,9 +38,12 @@ from training.retrieval.fusion import LearnedFusion, source_ranks
 STACK_FORMAT = 1
 FUSION_DEPTH = 100
 
+#: Which sources a stack fits, by name, each a retriever class and its parameters.
+StackSpec = dict[str, tuple[type[Retriever], dict[str, Any]]]
+
 #: The sources of the warm path, with the parameters selected on ML-100k validation by
 #: `llmrec eval` (benchmarks/results/eval-ml-100k/eval.json).
-DEFAULT_SOURCES: dict[str, tuple[type[Retriever], dict[str, Any]]] = {
+DEFAULT_SOURCES: StackSpec = {
     "transitions": (
         Transitions,
         {"window": 3, "recent": 3, "recency_decay": 0.5, "pop_damping": 0.0},
@@ -121,11 +124,13 @@ class RetrievalStack:
 
 
 def _fit_sources(
-    data: FitData, embeddings: np.ndarray | None, progress: bool
+    data: FitData, embeddings: np.ndarray | None, progress: bool, spec: StackSpec | None = None
 ) -> dict[str, Retriever]:
     out: dict[str, Retriever] = {}
     for name, (klass, params) in tqdm(
-        DEFAULT_SOURCES.items(), desc=f"fit sources ({data.n_users} users)", disable=not progress
+        (spec or DEFAULT_SOURCES).items(),
+        desc=f"fit sources ({data.n_users} users)",
+        disable=not progress,
     ):
         model = klass(**params)
         if isinstance(model, Content) and embeddings is not None:
@@ -158,8 +163,9 @@ def fit_stack(
     encoder: TextEncoder | None = None,
     embeddings: np.ndarray | None = None,
     progress: bool = True,
+    spec: StackSpec | None = None,
 ) -> tuple[RetrievalStack, np.ndarray]:
-    """Fit every source on the data up to `through`.
+    """Fit every source of `spec` (default: `DEFAULT_SOURCES`) on the data up to `through`.
 
     Without a `fusion`, one is trained first: the sources are fitted with each user's last
     `holdout` items hidden, and the fusion learns to find the first hidden item. Returns the
@@ -169,8 +175,8 @@ def fit_stack(
     if embeddings is None:
         embeddings = (encoder or TextEncoder()).encode(data.item_text).astype(np.float32)
     if fusion is None:
-        fusion = holdout_fusion(data, holdout, embeddings, progress)
-    return stack_from_data(data, fusion, embeddings, through.label, progress), embeddings
+        fusion = holdout_fusion(data, holdout, embeddings, progress, spec)
+    return stack_from_data(data, fusion, embeddings, through.label, progress, spec), embeddings
 
 
 def stack_from_data(
@@ -179,9 +185,10 @@ def stack_from_data(
     embeddings: np.ndarray,
     through: str,
     progress: bool = True,
+    spec: StackSpec | None = None,
 ) -> RetrievalStack:
     return RetrievalStack(
-        sources=_fit_sources(data, embeddings, progress),
+        sources=_fit_sources(data, embeddings, progress, spec),
         popularity=MostPopular().fit(data),
         segment=SegmentPopular().fit(data) if data.user_segments else None,
         fusion=fusion,
@@ -191,11 +198,15 @@ def stack_from_data(
 
 
 def holdout_fusion(
-    data: FitData, holdout: int, embeddings: np.ndarray, progress: bool = True
+    data: FitData,
+    holdout: int,
+    embeddings: np.ndarray,
+    progress: bool = True,
+    spec: StackSpec | None = None,
 ) -> LearnedFusion:
     """A fusion trained on each user's first hidden item with the last `holdout` hidden."""
     inner, hidden = data.holdout_last(holdout)
     users = np.flatnonzero([len(h) > 0 for h in hidden])
     targets = np.array([hidden[u][0] for u in users], dtype=np.int64)
-    sources = _fit_sources(inner, embeddings, progress)
+    sources = _fit_sources(inner, embeddings, progress, spec)
     return fit_fusion(sources, inner, targets, users)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from serving.api_models import recommendation_keys
 from serving.deploy import run_profile
 from serving.events import SQLiteEventStore
 
@@ -64,7 +65,16 @@ def wait_ready(base: str, timeout: float = 120) -> None:
 def rec(base, user, **params):
     r = requests.get(f"{base}/recommend/{user}", params=params, timeout=30)
     assert r.status_code == 200, r.text
-    return r.json()
+    out = r.json()
+    assert_contract(out)
+    return out
+
+
+def assert_contract(out: dict) -> None:
+    """Every answer path fills the one response model, every field of it."""
+    keys, item_keys = recommendation_keys()
+    assert set(out) == keys, out
+    assert all(set(item) == item_keys for item in out["items"]), out["items"]
 
 
 def rec_at_once(base, users, k: int) -> list[dict]:
@@ -259,7 +269,7 @@ def test_the_request_right_after_an_event_joins_its_nearline_list(server):
 
 def test_reflect_ms_answers_from_the_pending_lists_fresh_retrieval(server):
     base, _, deploy = server
-    deploy(reflect_ms=300, rerank_delay_ms=1500)
+    deploy(reflect_ms=300, drills={"rerank_delay_ms": 1500})
     try:
         post_events(base, {"user_id": "19", "item_id": "1", "type": "click"})
         t = time.perf_counter()
@@ -337,7 +347,7 @@ def test_a_burst_of_events_past_the_rerankers_pace_is_not_queued_nearline(server
     """Nearline re-ranks beyond a deadline's worth of queued work are skipped (the users'
     next requests compute their lists), so a burst cannot build a backlog without end."""
     base, _, deploy = server
-    deploy(rerank_delay_ms=300, deadline_ms=400)
+    deploy(deadline_ms=400, drills={"rerank_delay_ms": 300})
     try:
         rec(base, "199", k=5)  # the re-ranker is timed: a few hundred ms a job now
         before = nearline_counts(base)
@@ -360,7 +370,7 @@ def test_a_burst_of_events_past_the_rerankers_pace_is_not_queued_nearline(server
 
 def test_overload_is_shed_to_retrieval_on_time(server):
     base, _, deploy = server
-    deploy(shed_inflight=1, rerank_delay_ms=400, cache=False)
+    deploy(shed_inflight=1, cache=False, drills={"rerank_delay_ms": 400})
     try:
         outs = rec_at_once(base, range(90, 94), k=5)
         shed = [o for o in outs if o["fallback"] == "overload"]
@@ -375,7 +385,7 @@ def test_a_retrieval_queue_past_the_deadline_answers_popularity_at_once(server):
     """A slow retrieval thread: the requests it could not serve in time are answered from
     popularity without waiting, and none is past its deadline."""
     base, _, deploy = server
-    deploy(retrieval_delay_ms=150, deadline_ms=400, rerank=False, cache=False)
+    deploy(deadline_ms=400, rerank=False, cache=False, drills={"retrieval_delay_ms": 150})
     try:
         assert rec(base, "95", k=5)["stage"] == "retrieval"  # times the queue: ~150 ms a job
         outs = rec_at_once(base, range(96, 102), k=5)
@@ -394,7 +404,7 @@ def test_a_loop_too_far_behind_answers_at_once_and_still_reads_your_writes(serve
     cache get popularity without awaiting any stage, on time, and it leaves out the items
     the user just acted on."""
     base, _, deploy = server
-    deploy(loop_stall_ms=150, deadline_ms=200)
+    deploy(deadline_ms=200, drills={"loop_stall_ms": 150})
     try:
         end = time.time() + 20
         out = rec(base, "lagging-1", k=5)
@@ -487,13 +497,13 @@ def test_bad_input_gets_a_4xx_naming_the_field(server, method, path, kwargs, sta
 def test_the_reranker_timing_out_or_raising_falls_back(server):
     base, _, deploy = server
     try:
-        deploy(rerank_delay_ms=5000, deadline_ms=400)
+        deploy(deadline_ms=400, drills={"rerank_delay_ms": 5000})
         t = time.perf_counter()
         out = rec(base, "16", k=5, exclude="1")  # exclude: skips the nearline cache
         assert (time.perf_counter() - t) < 2.5
         assert out["stage"] == "retrieval" and out["fallback"] == "rerank_timeout"
         assert len(out["items"]) == 5
-        deploy(rerank_fail=True)
+        deploy(drills={"rerank_fail": True})
         out = rec(base, "16", k=5, exclude="1")
         assert out["stage"] == "retrieval" and out["fallback"] == "rerank_error"
     finally:
@@ -678,7 +688,7 @@ def test_logs_hold_no_raw_user_id_or_event_text(server):
     base, _, deploy = server
     user, text = "bob-private-4c1", "gift-for-bobs-sister"
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-    deploy(rerank_fail=True)
+    deploy(drills={"rerank_fail": True})
     try:
         out = rec(base, user, k=5)
         requests.post(f"{base}/recommend", json={"user_id": user, "k": 3}, timeout=30)

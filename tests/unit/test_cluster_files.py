@@ -70,13 +70,13 @@ def test_custom_resources_must_exist_on_some_node():
 def test_bad_serve_configs_are_reported():
     serve_cfg, _ = _service()
     bad = copy.deepcopy(serve_cfg)
-    bad["applications"][0]["deployments"][2]["user_config"] = {"rerank_int8": "sometimes"}
+    bad["applications"][0]["deployments"][2]["user_config"] = {"compression": {"int8": "sometimes"}}
     bad["applications"][0]["deployments"].append({"name": "Nope"})
     bad["applications"][0]["deployments"][0]["max_ongoing_requests"] = "lots"
     problems = m.serve_config_problems(bad, "x")
     assert any("not a valid Serve config" in p for p in problems)
     assert any("unknown deployment 'Nope'" in p for p in problems)
-    assert any("Reranker" in p and "rerank_int8" in p for p in problems)
+    assert any("Reranker" in p and "compression.int8" in p for p in problems)
 
 
 def test_entrypoints_may_only_use_real_commands_and_options():

@@ -57,6 +57,9 @@ def subset(c: Candidates, idx: np.ndarray) -> Candidates:
         path=c.path,
         source_ranks={s: r[idx] for s, r in c.source_ranks.items()},
         source_scores={s: v[idx] for s, v in c.source_scores.items()},
+        explored=None if c.explored is None else c.explored[idx],
+        ignored_history=c.ignored_history,
+        segment=c.segment,
     )
 
 

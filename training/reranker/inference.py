@@ -4,11 +4,11 @@ called with (history, candidates, features). Serving and the benchmarks use this
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from training.reranker.compression import Compression
 from training.reranker.examples import Row
 from training.reranker.model import (
     RerankerConfig,
@@ -18,28 +18,6 @@ from training.reranker.model import (
 )
 from training.reranker.prompt import PromptTemplate
 from training.reranker.scoring import RowScorer
-
-
-@dataclass
-class Compression:
-    """CPU compression applied after loading (the LoRA adapter is merged first).
-
-    int8: dynamic int8 on the Linear layers except each block's feed-forward output, which
-    int8 breaks on MiniLM (docs LM_NOTES). layers: keep only the first N transformer blocks.
-    item_tokens: a tighter token budget per item than the model was trained with.
-    """
-
-    int8: bool = False
-    layers: int | None = None
-    item_tokens: int | None = None
-
-    def label(self) -> str:
-        parts = ["int8" if self.int8 else "fp32"]
-        if self.layers:
-            parts.append(f"{self.layers} layers")
-        if self.item_tokens:
-            parts.append(f"{self.item_tokens} tokens/item")
-        return ", ".join(parts)
 
 
 class Reranker:

@@ -1,0 +1,172 @@
+"""The request path without Ray: deadlines, fallbacks and the cache, on a published model
+version, with the back-end deployments as plain coroutines. Each path's answer must fill
+the one response model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from serving.api_models import Recommendation, recommendation_keys
+from serving.config import LiveSettings
+from serving.events import Event
+from serving.recommender import popularity_answer
+from serving.request_path import RequestPath
+
+
+class Backends:
+    """The other deployments as coroutines: a re-ranker that reverses the head (or is late,
+    or fails), a cold-start deployment, and a remote retrieval that may be late or fail."""
+
+    def __init__(self, score_s: float = 0.0, score_fails: bool = False):
+        self.score_s, self.score_fails = score_s, score_fails
+        self.retrieve_s, self.retrieve_fails = 0.0, False
+        self.path: RequestPath | None = None
+        self.calls: dict[str, int] = {"retrieve": 0, "score": 0, "cold_start": 0}
+
+    def _task(self, coro):
+        return asyncio.ensure_future(coro)
+
+    def retrieve(self, user_id, exclude, category, version, n, k, reranked):
+        self.calls["retrieve"] += 1
+
+        async def run():
+            await asyncio.sleep(self.retrieve_s)
+            if self.retrieve_fails:
+                raise RuntimeError("retrieval replica died")
+            svc = self.path.service_for_remote
+            return svc.retrieve(user_id, exclude, category, n=n, shown=k, reranked=reranked)
+
+        return self._task(run())
+
+    def score(self, request):
+        self.calls["score"] += 1
+
+        async def run():
+            await asyncio.sleep(self.score_s)
+            if self.score_fails:
+                raise RuntimeError("re-ranker failed")
+            head = min(20, len(request[1]))
+            return np.arange(head, dtype=np.float32)  # the head, reversed
+
+        return self._task(run())
+
+    def cold_start(self, user_id, k, exclude):
+        self.calls["cold_start"] += 1
+
+        async def run():
+            p = self.path
+            return {
+                "items": popularity_answer(p.popularity, p.catalog, k, exclude),
+                "model": p.model.version,
+            }
+
+        return self._task(run())
+
+    def similar(self, item_id, k):
+        async def run():
+            return self.path.service_for_remote.similar(item_id, k)
+
+        return self._task(run())
+
+
+@pytest.fixture
+def make(published, tmp_path):
+    _, models = published
+
+    def build(backends: Backends | None = None, **settings) -> tuple[RequestPath, Backends]:
+        b = backends or Backends()
+        path = RequestPath(b)
+        base = {"model_root": str(models), "store": f"sqlite://{tmp_path / 'events.db'}"}
+        path.take(LiveSettings(**{**base, "retrieval_in_api": True}))
+        # What a Retrieval replica would hold, for the remote path.
+        path.service_for_remote = path.local_current
+        path.take(LiveSettings(**{**base, **settings}))
+        b.path = path
+        return path, b
+
+    return build
+
+
+def answer(path: RequestPath, user: str, k: int = 10, exclude=(), category=None) -> dict:
+    async def go():
+        out = await path.recommend(user, k, list(exclude), category)
+        await asyncio.gather(*path._tasks)  # the cache write and the impression
+        return out
+
+    out = asyncio.run(go())
+    keys, item_keys = recommendation_keys()
+    assert set(out) == keys
+    assert all(set(item) == item_keys for item in out["items"])
+    Recommendation.model_validate(out)
+    return out
+
+
+def test_the_full_pipeline_reranks_then_serves_from_the_cache(make):
+    path, b = make()
+    first = answer(path, "10")
+    assert first["stage"] == "rerank" and first["fallback"] is None and not first["cached"]
+    assert [x["stage"] for x in first["items"]] == ["rerank"] * 10
+    again = answer(path, "10")
+    assert again["cached"] and [x["item_id"] for x in again["items"]] == [
+        x["item_id"] for x in first["items"]
+    ]
+    assert b.calls["score"] == 1
+
+
+def test_a_late_reranker_answers_retrieval_order_on_time(make):
+    path, _ = make(Backends(score_s=5.0), deadline_ms=300, deadline_margin_ms=20, cache=False)
+    t = time.perf_counter()
+    out = answer(path, "10")
+    assert time.perf_counter() - t < 0.3
+    assert out["stage"] == "retrieval" and out["fallback"] == "rerank_timeout"
+
+
+def test_a_failing_reranker_answers_retrieval_order(make):
+    path, _ = make(Backends(score_fails=True), cache=False)
+    out = answer(path, "10")
+    assert out["stage"] == "retrieval" and out["fallback"] == "rerank_error"
+
+
+def test_remote_retrieval_failing_is_answered_by_the_cold_start_deployment(make):
+    b = Backends()
+    path, _ = make(b, retrieval_in_api=False, cache=False)
+    assert answer(path, "10")["stage"] == "rerank" and b.calls["retrieve"] == 1
+    b.retrieve_fails = True
+    out = answer(path, "10")
+    assert out["stage"] == "cold_start" and out["fallback"] == "retrieval_error"
+    assert b.calls["cold_start"] == 1
+    seen = set(path.seen("10"))
+    assert not seen & {x["item_id"] for x in out["items"]}
+
+
+def test_late_remote_retrieval_answers_popularity_here_without_a_hop(make):
+    b = Backends()
+    path, _ = make(b, retrieval_in_api=False, deadline_ms=200, deadline_margin_ms=20)
+    b.retrieve_s = 5.0
+    t = time.perf_counter()
+    out = answer(path, "10")
+    assert time.perf_counter() - t < 0.2
+    assert out["fallback"] == "retrieval_timeout" and b.calls["cold_start"] == 0
+    assert out["path"] == "fallback" and len(out["items"]) == 10
+
+
+def test_cold_start_users_and_routed_short_histories_fill_the_contract(make):
+    path, b = make(rerank_min_history=5, cache=False)
+    out = answer(path, "someone-new")
+    assert out["stage"] == "cold_start" and out["path"] == "cold_start"
+    assert b.calls["score"] == 0
+    path.store.append([Event("short", path.catalog.item_ids[3], "click", 2e9)])
+    routed = answer(path, "short")
+    assert routed["routed"] == "short_history" and routed["stage"] == "retrieval"
+
+
+def test_similar_items_locally_and_remotely(make):
+    local, _ = make()
+    remote, _ = make(retrieval_in_api=False)
+    item = local.catalog.item_ids[0]
+    near = asyncio.run(local.similar(item, 5))
+    assert near == asyncio.run(remote.similar(item, 5)) and len(near) == 5
