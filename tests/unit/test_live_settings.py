@@ -33,9 +33,7 @@ class Service:
 
 def test_reload_fields_are_declared_and_known():
     assert set(LiveSettings.reload_fields()) <= set(LiveSettings.model_fields)
-    assert {"store", "rerank", "compression", "rerank_threads"} <= set(
-        LiveSettings.reload_fields()
-    )
+    assert {"store", "rerank", "compression", "rerank_threads"} <= set(LiveSettings.reload_fields())
 
 
 def test_every_live_field_reaches_loaded_services(root, tmp_path):
