@@ -77,12 +77,13 @@ def load_prepared(path: str):
 def features(args: argparse.Namespace) -> None:
     from cluster.ray_runtime import connect
     from training.reranker.model import RerankerConfig
+    from training.reranker.recipe import FEATURE_STAGE
     from training.reranker.train import TrainSettings, train_reranker
 
     prepared = load_prepared(args.examples)
     connect(num_cpus=args.cpus)
     # The settings of `llmrec train`'s stage 1.
-    settings = TrainSettings(epochs=40, patience=5, lr_heads=3e-3, cpus_per_worker=args.cpus)
+    settings = TrainSettings(cpus_per_worker=args.cpus).model_copy(update=FEATURE_STAGE)
     result = train_reranker(
         prepared,
         RerankerConfig(mode="features"),
@@ -130,9 +131,7 @@ def train(args: argparse.Namespace) -> None:
         settings = TrainSettings(
             epochs=spec.epochs,
             batch_size=spec.batch_size,
-            # `llmrec train`'s defaults, so that a run here is the CLI's run on a GPU
-            lr_lora=5e-4,
-            lr_heads=1e-3,
+            # `llmrec train`'s defaults (TrainSettings'), so a run here is the CLI's on a GPU
             max_examples=spec.max_examples,
             val_users=args.val_users or None,
             patience=args.patience,

@@ -25,7 +25,7 @@ from pipelines.artifact import Dataset
 from pipelines.errors import ArtifactError
 from pipelines.schema import Split
 from training.reranker.model import read_meta
-from training.stack import RetrievalStack, fit_stack
+from training.stack import RetrievalStack, StackSpec, fit_stack
 
 VERSION_FILE = "version.json"
 CURRENT = "CURRENT"
@@ -44,10 +44,12 @@ class ModelVersion:
         return RetrievalStack.load(self.path / "stack", self.dataset_version)
 
 
-def fit_retrievers(ds: Dataset, out: str | Path, progress: bool = True) -> RetrievalStack:
-    """The "fit retrievers" stage: the stack fitted on every interaction, written to `out`
-    (a folder or URI) for `publish_version(stack=...)`."""
-    stack, _ = fit_stack(ds, Split.TEST, progress=progress)
+def fit_retrievers(
+    ds: Dataset, out: str | Path, progress: bool = True, spec: StackSpec | None = None
+) -> RetrievalStack:
+    """The "fit retrievers" stage: the stack of `spec` (default: `DEFAULT_SOURCES`) fitted
+    on every interaction, written to `out` (a folder or URI) for `publish_version(stack=...)`."""
+    stack, _ = fit_stack(ds, Split.TEST, progress=progress, spec=spec)
     with storage.staged_output(out) as folder:
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -64,6 +66,7 @@ def publish_version(
     version: str | None = None,
     progress: bool = True,
     stack: str | Path | None = None,
+    spec: StackSpec | None = None,
 ) -> ModelVersion:
     """Bundle the retrieval stack (fitted here, or the `fit_retrievers` output `stack`) with
     the re-ranker as a new version under `root` (a folder or URI), then point CURRENT at it.
@@ -94,7 +97,7 @@ def publish_version(
                 RetrievalStack.load(st, ds.manifest.version)  # refuses another dataset's
                 shutil.copytree(st, tmp / "stack")
         else:
-            fit, _ = fit_stack(ds, Split.TEST, progress=progress)
+            fit, _ = fit_stack(ds, Split.TEST, progress=progress, spec=spec)
             fit.save(tmp / "stack")
         info = {
             "version": version,

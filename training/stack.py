@@ -23,6 +23,7 @@ from training.candidates import CandidateConfig, CandidateGenerator
 from training.retrieval import (
     ALS,
     BPR,
+    RETRIEVERS,
     Content,
     FitData,
     ItemKNN,
@@ -61,6 +62,50 @@ DEFAULT_SOURCES: StackSpec = {
 }
 
 
+def spec_to_json(spec: StackSpec) -> dict[str, dict[str, Any]]:
+    return {name: {"kind": klass.kind, "params": params} for name, (klass, params) in spec.items()}
+
+
+def spec_from_json(obj: dict[str, Any]) -> StackSpec:
+    out: StackSpec = {}
+    for name, entry in obj.items():
+        klass = RETRIEVERS.get(entry.get("kind"))
+        if klass is None:
+            raise ArtifactError(
+                f"stack spec: source '{name}' has an unknown kind {entry.get('kind')!r}"
+            )
+        klass(**entry.get("params", {}))  # unknown parameters fail here, before any fit
+        out[name] = (klass, dict(entry.get("params", {})))
+    return out
+
+
+def spec_from_eval(report: dict[str, Any], base: StackSpec | None = None) -> StackSpec:
+    """The stack `llmrec eval` chose: each source of `base` (default: `DEFAULT_SOURCES`)
+    with the parameters validation selected for it in the report."""
+    models = report.get("models", {})
+    return {
+        name: (klass, {**params, **(models.get(name, {}).get("params") or {})})
+        for name, (klass, params) in (base or DEFAULT_SOURCES).items()
+    }
+
+
+def load_spec(path: str | Path | None) -> StackSpec:
+    """A stack definition from a file: `llmrec eval`'s `stack-spec.json` (or any file in its
+    format), or an evaluation report (`eval.json`), whose chosen parameters are taken. None:
+    `DEFAULT_SOURCES`."""
+    if path is None:
+        return DEFAULT_SOURCES
+    from pipelines import storage
+
+    fs, where = storage.resolve(str(path))
+    if not storage.exists(fs, where):
+        raise ArtifactError(f"no stack spec at '{path}'")
+    obj = json.loads(storage.read_bytes(fs, where))
+    if "models" in obj:
+        return spec_from_eval(obj)
+    return spec_from_json(obj.get("sources", obj))
+
+
 @dataclass
 class RetrievalStack:
     sources: dict[str, Retriever]
@@ -97,6 +142,8 @@ class RetrievalStack:
             "dataset_version": self.dataset_version,
             "through": self.through,
             "fusion": self.fusion.to_json() if self.fusion is not None else None,
+            # The definition the sources were fitted from: what the model version serves.
+            "spec": spec_to_json({n: (type(m), m.params) for n, m in self.sources.items()}),
         }
         (folder / "stack.json").write_text(json.dumps(meta, indent=2))
 

@@ -23,14 +23,16 @@ from training.reranker.examples import Row, ranking_row
 from training.reranker.model import load_reranker, load_tokenizer, make_renderer, read_meta
 from training.reranker.scoring import RowScorer, label_ranks
 from training.retrieval import FitData
-from training.stack import DEFAULT_SOURCES, fit_stack
+from training.stack import DEFAULT_SOURCES, StackSpec, fit_stack
 
 CANDIDATES_NAME = "candidates (fused order)"
 TRANSITIONS_NAME = "transitions (full ranking)"
 
 
-def test_rows(ds: Dataset, k: int, history_items: int, progress: bool = True) -> list[Row]:
-    stack, _ = fit_stack(ds, Split.VALIDATION, progress=progress)
+def test_rows(
+    ds: Dataset, k: int, history_items: int, progress: bool = True, spec: StackSpec | None = None
+) -> list[Row]:
+    stack, _ = fit_stack(ds, Split.VALIDATION, progress=progress, spec=spec)
     data = FitData.from_dataset(ds, Split.VALIDATION)
     gen = stack.generator()
     seq = ds.sequences
@@ -80,20 +82,23 @@ def evaluate_rerankers(
     rerankers: dict[str, str | Path],
     resamples: int = 1000,
     progress: bool = True,
+    spec: StackSpec | None = None,
 ) -> dict[str, Any]:
+    """Each re-ranker on the test users' top-K of the stack of `spec` (default:
+    `DEFAULT_SOURCES`), against the fused order and transitions alone."""
     metas = {name: read_meta(f) for name, f in rerankers.items()}
     templates = {model_template(m).candidates for m in metas.values()}
     hist = max(model_template(m).history_items for m in metas.values())
     if len(templates) != 1:
         raise ValueError("re-rankers compared in one table must use the same K")
     k = templates.pop()
-    rows = test_rows(ds, k, hist, progress)
+    rows = test_rows(ds, k, hist, progress, spec)
     miss = ds.manifest.n_items + 1
     ranks: dict[str, np.ndarray] = {
         CANDIDATES_NAME: np.array([r.label + 1 if r.label >= 0 else miss for r in rows])
     }
     test = Phase.build(ds, Split.TEST)
-    klass, params = DEFAULT_SOURCES["transitions"]
+    klass, params = (spec or DEFAULT_SOURCES)["transitions"]
     trans = klass(**params).fit(test.fit)
     ranks[TRANSITIONS_NAME] = test.ranks(test.score_matrix(trans))
     item_texts = FitData.from_dataset(ds, Split.VALIDATION).item_text

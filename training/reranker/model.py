@@ -235,7 +235,7 @@ def _load_lora_base(cfg: RerankerConfig, info: BaseInfo):
 
     hf_cfg = AutoConfig.from_pretrained(info.path)
     # Dropout inside the base model makes every forward ~3.6x slower on CPU and LoRA only
-    # trains the adapters: regularise with LoRA dropout instead (docs LM_NOTES).
+    # trains the adapters: regularise with LoRA dropout instead (docs/RERANKER.md, CPU notes).
     for key in DROPOUT_KEYS:
         if isinstance(getattr(hf_cfg, key, None), float):
             setattr(hf_cfg, key, 0.0)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.artifact import Dataset
 from pipelines.errors import LlmrecError
@@ -39,44 +38,12 @@ from training.reranker.model import (
     save_reranker,
 )
 from training.reranker.prompt import index_token_ids
+from training.reranker.settings import TrainSettings
 from training.retrieval import FitData
 from training.retrieval.embeddings import TextEncoder
-from training.stack import holdout_fusion, stack_from_data
+from training.stack import StackSpec, holdout_fusion, stack_from_data
 
 VAL_METRIC = "val_ndcg10"
-
-
-class TrainSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(3, ge=1, le=1000)
-    batch_size: int = Field(8, ge=1, le=4096)
-    grad_accum: int = Field(1, ge=1, le=1024)
-    lr_lora: float = Field(5e-4, gt=0)
-    lr_heads: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    holdout: int = Field(10, ge=1, le=50, description="training positions per user")
-    insert_target: bool = Field(
-        False,
-        description="insert the true item when retrieval missed it; off by default: the "
-        "inserted item's features give it away (measured in docs/BENCHMARKS.md)",
-    )
-    max_examples: int | None = Field(
-        3000, ge=1, description="cap on training examples when an LM trains (not for features)"
-    )
-    val_users: int | None = Field(
-        400, ge=1, description="validation users per epoch when an LM trains (features: all)"
-    )
-    patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
-    max_steps_per_epoch: int | None = Field(None, ge=1)
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: int = Field(2, ge=1)
-    use_gpu: bool = False
-    bf16: bool = True
-    seed: int = 0
-    init_features_from: str | None = Field(
-        None, description="a trained re-ranker whose feature layer starts this one (hybrid)"
-    )
 
 
 @dataclass
@@ -109,15 +76,17 @@ def prepare_examples(
     settings: TrainSettings,
     embeddings: np.ndarray | None = None,
     progress: bool = True,
+    spec: StackSpec | None = None,
 ) -> PreparedData:
     """Training rows from a held-out stack, validation rows (every user) from the
-    train-fitted stack. `PreparedData.capped` samples what an LM trains on."""
+    train-fitted stack, both of `spec` (default: `DEFAULT_SOURCES`). `PreparedData.capped`
+    samples what an LM trains on."""
     data = FitData.from_dataset(ds, Split.TRAIN)
     if embeddings is None:
         embeddings = TextEncoder().encode(data.item_text).astype(np.float32)
-    fusion = holdout_fusion(data, 1, embeddings, progress)
+    fusion = holdout_fusion(data, 1, embeddings, progress, spec)
     inner, hidden = data.holdout_last(settings.holdout)
-    ex_stack = stack_from_data(inner, fusion, embeddings, "train-holdout", progress)
+    ex_stack = stack_from_data(inner, fusion, embeddings, "train-holdout", progress, spec)
     k, hist = cfg.template.candidates, cfg.template.history_items
     sources = ex_stack.source_names
     visible = [inner.history(u) for u in range(inner.n_users)]
@@ -134,7 +103,7 @@ def prepare_examples(
         insert=settings.insert_target,
     )
 
-    val_stack = stack_from_data(data, fusion, embeddings, "train", progress)
+    val_stack = stack_from_data(data, fusion, embeddings, "train", progress, spec)
     seq = ds.sequences
     targets = seq.items[seq.splits == Split.VALIDATION]
     users = np.arange(ds.manifest.n_users)

@@ -1,0 +1,1 @@
+"""The `llmrec` commands, one module per group: data, models, serving, demo."""

@@ -1,0 +1,313 @@
+"""The model stages: `llmrec eval` (offline evaluation), `fit` (the retrieval stack),
+`train` (the LoRA re-ranker on Ray Train) and `publish` (a model version)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from cluster.commands.common import (
+    DEFAULT_ROOT,
+    DatasetName,
+    DatasetUri,
+    StackSpecFile,
+    app,
+    console,
+    load_leave_one_out,
+    read_meta_or_fail,
+    user_errors,
+    validation_message,
+)
+from cluster.settings_options import settings_options
+from pipelines import storage
+from pipelines.errors import LlmrecError
+from training.reranker.model import RerankerConfig
+from training.reranker.prompt import PromptTemplate
+from training.reranker.settings import TrainSettings
+from training.threads import set_threads
+
+
+@app.command(name="eval")
+@user_errors
+def eval_(
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="report folder or URI [default: artifacts/eval/<name>]"),
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=100, help="bootstrap resamples")] = 1000,
+    reranker: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=FOLDER (or URI) of a trained re-ranker: adds re-rank rows"),
+    ] = None,
+    retrievers: Annotated[
+        bool, typer.Option(help="run the retriever comparison (off: re-rank rows only)")
+    ] = True,
+    stack_spec: StackSpecFile = None,
+) -> None:
+    """Offline evaluation on the leave-one-out protocol (table, JSON, PNG): the retrievers,
+    and retrieval + re-rank rows for each --reranker."""
+    set_threads()
+    if not retrievers and not reranker:
+        raise LlmrecError("nothing to evaluate: --no-retrievers needs at least one --reranker")
+    with contextlib.ExitStack() as stack:
+        rerankers = {
+            name: str(stack.enter_context(storage.staged_input(uri)))
+            for name, uri in _named_uris(reranker or []).items()
+        }
+        for name, folder in rerankers.items():
+            read_meta_or_fail(f"--reranker {name}", folder)  # before any work
+        ds = load_leave_one_out(dataset, data)
+        target = out or str(DEFAULT_ROOT / "eval" / dataset)
+        with storage.staged_output(target, merge=True) as folder:
+            _evaluate(ds, folder, retrievers, rerankers, resamples, stack_spec)
+        if storage.local_path(target) is None:
+            console.print(f"uploaded the reports to {target}")
+
+
+def _evaluate(
+    ds,
+    folder: Path,
+    retrievers: bool,
+    rerankers: dict[str, str],
+    resamples: int,
+    stack_spec: str | None,
+):
+    import json
+
+    from training.evaluation.report import print_report, write
+    from training.stack import load_spec, spec_from_eval, spec_to_json
+
+    spec = load_spec(stack_spec)
+    if retrievers:
+        from training.evaluation.harness import evaluate
+
+        start = time.perf_counter()
+        report = evaluate(ds, resamples=resamples)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        print_report(report, Console(width=200))
+        js, png = write(report, folder)
+        console.print(f"wrote {js} and {png} ({report['seconds']} s)")
+        # The stack validation chose: `--stack-spec` of fit, train and publish.
+        spec = spec_from_eval(report, spec)
+        chosen = folder / "stack-spec.json"
+        chosen.write_text(json.dumps({"sources": spec_to_json(spec)}, indent=2))
+        console.print(f"wrote {chosen}: pass it as --stack-spec to fit, train and publish")
+    if rerankers:
+        from training.reranker.evaluate import evaluate_rerankers
+
+        start = time.perf_counter()
+        report = evaluate_rerankers(ds, rerankers, resamples=resamples, spec=spec)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        print_report(report, Console(width=200))
+        js, png = write(report, folder, stem="rerank")
+        console.print(f"wrote {js} and {png} ({report['seconds']} s)")
+
+
+def _named_uris(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        name, _, uri = spec.partition("=") if "=" in spec.split("://")[0] else ("", "", spec)
+        out[name or uri.split("?")[0].rstrip("/").rsplit("/", 1)[-1]] = uri
+    return out
+
+
+@app.command()
+@user_errors
+@settings_options(
+    settings=TrainSettings,
+    model=(RerankerConfig, {"template"}),
+    template=(
+        PromptTemplate,
+        {"name", "history_label", "candidates_label", "answer_label", "separator"},
+    ),
+)
+def train(
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="re-ranker folder or URI [default: artifacts/rerankers/<name>/<mode>]"),
+    ] = None,
+    full: Annotated[bool, typer.Option(help="no cap on examples, at least 10 epochs")] = False,
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            "--storage", help="Ray Train run storage, folder or URI [default: artifacts/train-runs]"
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="run name; the same name resumes [default: <name>-<mode>]")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address [default: $RAY_ADDRESS or local]")
+    ] = None,
+    stack_spec: StackSpecFile = None,
+    *,
+    settings: TrainSettings,
+    model: RerankerConfig,
+    template: PromptTemplate,
+) -> None:
+    """LoRA fine-tuning of the listwise LLM re-ranker with Ray Train (resumes by run name)."""
+    set_threads()
+    from training.reranker.train import check_config
+    from training.stack import load_spec
+
+    try:
+        cfg = RerankerConfig.model_validate(
+            {**model.model_dump(), "template": template.model_dump()}
+        )
+    except ValidationError as e:
+        raise LlmrecError(f"invalid parameters: {validation_message(e)}") from e
+    spec = load_spec(stack_spec)
+    if full:
+        settings = settings.model_copy(
+            update={"epochs": max(settings.epochs, 10), "max_examples": None}
+        )
+    ds = load_leave_one_out(dataset, data)
+    from training.retrieval.data import FitData
+
+    # Model, tokenizer and template are checked before any example is built.
+    check_config(cfg, FitData.from_dataset(ds).item_text[:1])
+    target = out or str(DEFAULT_ROOT / "rerankers" / dataset / cfg.mode)
+    with contextlib.ExitStack() as stack:
+        if settings.init_features_from:
+            warm = stack.enter_context(storage.staged_input(settings.init_features_from))
+            read_meta_or_fail("--init-features-from", str(warm))
+            settings = settings.model_copy(update={"init_features_from": str(warm)})
+        local = stack.enter_context(storage.staged_output(target))
+        _train(
+            ds,
+            cfg,
+            settings,
+            local,
+            runs or str(DEFAULT_ROOT / "train-runs"),
+            name or f"{dataset}-{cfg.mode}",
+            address,
+            spec,
+        )
+    if storage.local_path(target) is None:
+        console.print(f"uploaded the re-ranker to {target}")
+
+
+def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> None:
+    from training.reranker.examples import INSERT_DEPTH
+    from training.reranker.train import prepare_examples
+
+    with console.status("building examples (retrieval stack on held-out items)"):
+        prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
+    lm = (
+        ""
+        if cfg.mode == "features"
+        else f" (the LM trains on {len(prepared.capped(settings).train)})"
+    )
+    depth = INSERT_DEPTH if settings.insert_target else cfg.template.candidates
+    console.print(
+        f"{len(prepared.train)} training examples{lm} ({prepared.skipped} positions skipped: "
+        f"the true item not in the fused top-{depth}); "
+        f"{len(prepared.val)}/{prepared.val_total} validation "
+        "users have their target among the candidates"
+    )
+    from cluster.ray_runtime import connect
+
+    connect(address, dashboard=True)
+    from training.reranker.recipe import train_recipe
+
+    if cfg.mode == "hybrid" and settings.init_features_from is None:
+        console.print("stage 1/2: the feature layer alone; stage 2/2: the hybrid from it")
+
+    def done(stage: str, result) -> None:
+        _print_history(stage, result.history)
+
+    result = train_recipe(prepared, cfg, settings, target, runs, run_name, on_stage=done)
+    console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
+
+
+def _print_history(title: str, history: list[dict]) -> None:
+    table = Table(title=f"re-ranker training ({title})")
+    for c in ("epoch", "train loss", "val NDCG@10", "examples/s", "seconds"):
+        table.add_column(c, justify="right")
+    for h in history:
+        table.add_row(
+            str(h["epoch"]),
+            f"{h['train_loss']:.4f}",
+            f"{h['val_ndcg10']:.4f}",
+            f"{h['examples_per_s']:.1f}",
+            f"{h['train_seconds']:.0f}",
+        )
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def fit(
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="stack folder or URI [default: artifacts/stacks/<name>]"),
+    ] = None,
+    stack_spec: StackSpecFile = None,
+) -> None:
+    """Fit the retrievers (CF, transitions, content, popularity, the learned fusion) on every
+    interaction; `llmrec publish --stack` bundles the result into a model version."""
+    set_threads()
+    from training.publish import fit_retrievers
+    from training.stack import load_spec
+
+    spec = load_spec(stack_spec)
+    ds = load_leave_one_out(dataset, data)
+    target = out or str(DEFAULT_ROOT / "stacks" / dataset)
+    start = time.perf_counter()
+    with console.status("fitting the retrieval stack on all interactions"):
+        stack = fit_retrievers(ds, target, progress=False, spec=spec)
+    console.print(
+        f"fitted {', '.join(stack.sources)} on dataset {ds.manifest.version} -> {target} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+
+
+@app.command()
+@user_errors
+def publish(
+    dataset: DatasetName = "ml-100k",
+    data: DatasetUri = None,
+    reranker: Annotated[
+        str | None, typer.Option(help="a trained re-ranker to serve, folder or URI (optional)")
+    ] = None,
+    stack: Annotated[
+        str | None,
+        typer.Option(help="a `llmrec fit` output, folder or URI [default: fit it here]"),
+    ] = None,
+    root: Annotated[
+        str | None,
+        typer.Option(help="model versions, folder or URI [default: artifacts/models/<name>]"),
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="[default: v<UTC time>]")] = None,
+    stack_spec: StackSpecFile = None,
+) -> None:
+    """Publish the retrieval stack with the re-ranker as a new model version; CURRENT points
+    at it, so a Serve application on `version: latest` swaps to it without downtime."""
+    set_threads()
+    from training.publish import publish_version
+    from training.stack import load_spec
+
+    if stack and stack_spec:
+        raise LlmrecError("--stack is fitted already: --stack-spec applies to a fit here only")
+    spec = load_spec(stack_spec)
+    ds = load_leave_one_out(dataset, data)
+    target = root or str(DEFAULT_ROOT / "models" / dataset)
+    doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"
+    with console.status(doing):
+        mv = publish_version(ds, target, reranker, version, progress=False, stack=stack, spec=spec)
+    console.print(
+        f"published {mv.version} -> {mv.uri} (re-ranker: {'yes' if mv.reranker else 'none'})"
+    )

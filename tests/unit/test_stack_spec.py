@@ -1,0 +1,69 @@
+"""One stack definition: what `llmrec eval` chose is what fit, train and publish fit, and the
+fitted stack records it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.errors import ArtifactError
+from training.retrieval import ItemKNN, Transitions
+from training.retrieval.base import RetrievalError
+from training.stack import (
+    DEFAULT_SOURCES,
+    load_spec,
+    spec_from_eval,
+    spec_from_json,
+    spec_to_json,
+)
+
+
+def test_a_spec_round_trips_through_json():
+    assert spec_from_json(json.loads(json.dumps(spec_to_json(DEFAULT_SOURCES)))) == DEFAULT_SOURCES
+
+
+def test_a_bad_spec_is_refused_before_any_fit():
+    with pytest.raises(ArtifactError, match="unknown kind"):
+        spec_from_json({"x": {"kind": "nope", "params": {}}})
+    with pytest.raises(RetrievalError, match="unknown parameter"):
+        spec_from_json({"x": {"kind": Transitions.kind, "params": {"windw": 3}}})
+
+
+def test_the_evaluation_report_chooses_the_parameters():
+    report = {
+        "models": {
+            "item-kNN BM25": {"params": {"neighbours": 400}},
+            "transitions": {"params": {"window": 1, "recent": 5}},
+            "most popular": {"params": {}},  # a baseline, not a source of the stack
+        }
+    }
+    spec = spec_from_eval(report)
+    assert list(spec) == list(DEFAULT_SOURCES)
+    assert spec["item-kNN BM25"] == (ItemKNN, {"similarity": "bm25", "neighbours": 400})
+    assert spec["transitions"][1]["window"] == 1 and spec["transitions"][1]["recent"] == 5
+    assert spec["ALS"] == DEFAULT_SOURCES["ALS"]  # not in the report: unchanged
+
+
+def test_load_spec_reads_a_spec_file_or_an_eval_report(tmp_path):
+    assert load_spec(None) is DEFAULT_SOURCES
+    chosen = spec_from_eval({"models": {"BPR": {"params": {"factors": 32}}}})
+    (tmp_path / "stack-spec.json").write_text(json.dumps({"sources": spec_to_json(chosen)}))
+    assert load_spec(tmp_path / "stack-spec.json") == chosen
+    (tmp_path / "eval.json").write_text(
+        json.dumps({"models": {"BPR": {"params": {"factors": 32}}}})
+    )
+    assert load_spec(tmp_path / "eval.json") == chosen
+    with pytest.raises(ArtifactError, match="no stack spec"):
+        load_spec(tmp_path / "missing.json")
+
+
+def test_the_published_stack_records_the_spec_it_was_fitted_from(published):
+    from tests.serving_setup import TEST_SOURCES
+    from training.publish import load_version
+
+    _, models = published
+    stack = json.loads((load_version(models).path / "stack" / "stack.json").read_text())
+    assert spec_from_json(stack["spec"]) == {
+        n: (k, {**k.default_params(), **p}) for n, (k, p) in TEST_SOURCES.items()
+    }

@@ -1,0 +1,44 @@
+"""How the re-ranker trains: the one definition `llmrec train`'s options, the job
+entrypoints and the benchmarks read (a light module: the CLI imports it at start-up)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(2, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    lr_lora: float = Field(5e-4, gt=0, description="learning rate of the LoRA adapters")
+    lr_heads: float = Field(
+        1e-3, gt=0, description="learning rate of the feature layer and the scoring head"
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    holdout: int = Field(10, ge=1, le=50, description="training positions per user")
+    insert_target: bool = Field(
+        False,
+        description="insert the true item when retrieval missed it; off by default: the "
+        "inserted item's features give it away (measured in docs/BENCHMARKS.md)",
+    )
+    max_examples: int | None = Field(
+        2400,
+        ge=1,
+        description="cap on the examples an LM trains on (the CPU default keeps it to "
+        "minutes); the feature layer alone takes them all",
+    )
+    val_users: int | None = Field(
+        400, ge=1, description="validation users per epoch when an LM trains (features: all)"
+    )
+    patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
+    cpus_per_worker: int = Field(2, ge=1)
+    use_gpu: bool = Field(False, description="one GPU per worker, bf16")
+    bf16: bool = Field(True, description="bf16 autocast on GPUs")
+    seed: int = 0
+    init_features_from: str | None = Field(
+        None, description="a trained re-ranker whose feature layer starts this one (hybrid)"
+    )
