@@ -73,7 +73,7 @@ def main() -> None:
     gen = CandidateGenerator(sources, pop, seg, fusion, CandidateConfig(n=args.n))
     users = [(u, data.history(u)) for u in range(data.n_users)]
     rows = []
-    # One thread, as a serving replica would run (LM_NOTES: one thread per replica).
+    # One thread, as a serving replica would run (docs/RERANKER.md: one thread per replica).
     torch.set_num_threads(1)  # torch's own pool: threadpoolctl does not reach it
     with threadpool_limits(1):
         for name, m in sources.items():

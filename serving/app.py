@@ -15,8 +15,8 @@ This module holds the routes and the composition; the request path is
 `serving.request_path`, the nearline work `serving.nearline`, the back ends
 `serving.backends`, the HTTP contract `serving.api_models`."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI resolves the routes' annotations in
+# the replica, where string annotations of the ingress class's methods cannot be resolved.
 import asyncio
 import time
 from typing import Annotated, Any

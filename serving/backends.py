@@ -78,10 +78,15 @@ class RetrievalDeployment(VersionedReplica):
     from the ingress, and may run on other nodes."""
 
     def __init__(self, settings: dict[str, Any] | None = None):
+        self.retrievals = 0
         self._start(settings)
 
     def load(self, mv: ModelVersion, settings: LiveSettings) -> RetrievalService:
         return load_retrieval(mv, settings)
+
+    def stats(self) -> dict[str, int]:
+        """What this replica has done (the tests of the remote path read it)."""
+        return {"retrievals": self.retrievals}
 
     def refresh(self, service: RetrievalService, settings: LiveSettings) -> None:
         refresh_retrieval(service, settings)
@@ -96,6 +101,7 @@ class RetrievalDeployment(VersionedReplica):
         shown: int | None = None,
         reranked: bool = True,
     ) -> Retrieved:
+        self.retrievals += 1
         if self.settings.drills.retrieval_delay_ms:
             time.sleep(self.settings.drills.retrieval_delay_ms / 1000)
         return self.service(version).retrieve(
@@ -130,9 +136,11 @@ class RerankerDeployment(VersionedReplica):
 
     def live_settings(self) -> dict[str, Any]:
         out = super().live_settings()
+        # What the batch queue itself holds (Serve's getters are private; its setters are
+        # the documented way to change them).
         out["batching"] = {
-            "max_batch_size": self.score.get_max_batch_size(),
-            "batch_wait_timeout_s": self.score.get_batch_wait_timeout_s(),
+            "max_batch_size": self.score._get_max_batch_size(),
+            "batch_wait_timeout_s": self.score._get_batch_wait_timeout_s(),
         }
         import torch
 

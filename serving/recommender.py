@@ -97,13 +97,14 @@ class RetrievalService:
         self.generator = self.stack.generator(CandidateConfig(n=settings.candidates))
         self.sources = self.stack.source_names
         self.features = feature_names(self.sources)
-        # Features are computed over the re-ranker's K candidates, as in training.
-        self.rerank_k = 20
+        # Features are computed over the re-ranker's K candidates, and the prompt shows the
+        # history length it was trained with (its checkpoint's template).
+        self.rerank_k, self.history_items = 20, 10
         if mv.reranker is not None:
             from training.reranker.model import RerankerConfig, read_meta
 
-            meta = read_meta(mv.reranker)
-            self.rerank_k = RerankerConfig.model_validate(meta["config"]).template.candidates
+            template = RerankerConfig.model_validate(read_meta(mv.reranker)["config"]).template
+            self.rerank_k, self.history_items = template.candidates, template.history_items
         self._folded: dict[int, int] = {}
         self._trained: dict[int, dict[str, np.ndarray]] = {}  # CF vectors before any refold
         # Load the text encoder now, not on the first new item (seconds).
@@ -206,7 +207,7 @@ class RetrievalService:
         user_id: str,
         exclude: list[str] | None = None,
         category: str | None = None,
-        history_items: int = 10,
+        history_items: int | None = None,
         n: int | None = None,
         shown: int | None = None,
         reranked: bool = True,
@@ -226,7 +227,7 @@ class RetrievalService:
         state: UserState,
         exclude: list[str] | None = None,
         category: str | None = None,
-        history_items: int = 10,
+        history_items: int | None = None,
         n: int | None = None,
         start: float | None = None,
         shown: int | None = None,
@@ -273,7 +274,7 @@ class RetrievalService:
             titles=[self.catalog.titles[i] for i in c.items],
             scores=c.scores,
             features=feats,
-            prompt_history=state.history[-history_items:],
+            prompt_history=state.history[-(history_items or self.history_items) :],
             explanations=self.explain(c, state.history, explained),
             user_version=state.version,
             model_version=self.version,

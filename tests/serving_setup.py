@@ -41,7 +41,7 @@ def tiny_reranker(root: Path, texts: list[str], dataset_version: str) -> Path:
     cfg = RerankerConfig(
         base_model=str(base),
         mode="hybrid",
-        template=PromptTemplate(candidates=20, history_items=10, item_tokens=8),
+        template=PromptTemplate(candidates=20, history_items=12, item_tokens=8),
     )
     info = inspect_base(str(base))
     renderer = make_renderer(info, load_tokenizer(info), cfg.template, texts)

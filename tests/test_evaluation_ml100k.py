@@ -14,6 +14,8 @@ from pipelines.sources import load_source
 from training.evaluation.harness import ModelSpec, evaluate, grid
 from training.retrieval import MostPopular, Transitions
 
+pytestmark = pytest.mark.data
+
 
 @pytest.fixture(scope="module")
 def ml100k(tmp_path_factory):

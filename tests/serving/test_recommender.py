@@ -249,3 +249,10 @@ def test_the_precompute_takes_the_most_active_users_first(svc):
     assert sorted(order) == sorted(cat.user_index)
     lengths = [len(cat.base_history(cat.user_index[u])) for u in order]
     assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+
+
+def test_the_prompt_shows_the_history_length_the_reranker_was_trained_with(svc):
+    """The test re-ranker's template shows 12 history items (not the default 10)."""
+    s, _, _ = svc
+    assert s.history_items == 12
+    assert len(s.retrieve("1").prompt_history) == 12

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,7 @@ def test_exclusions_filters_and_unknown_items(gen, parts):
 
 def test_a_new_item_is_reachable_at_once(parts):
     data, sources, _, _ = parts
-    content = Content().fit(data)
+    content = copy.deepcopy(sources["content"])  # grown below: the fixture's stays as fitted
     new = data.n_items
     content.partial_fit_items(new + 1, [data.item_text[50]])
     popularity = MostPopular().fit(data)
