@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# While developing: no Ray cluster, no slow tier (under a minute).
+# While developing: no Ray cluster, no slow tier (about two minutes).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not ray"
 

@@ -16,8 +16,9 @@ from pipelines.artifact import load_dataset, write_dataset
 from pipelines.errors import ArtifactError
 from pipelines.prepare import PrepareConfig, run_local
 from pipelines.sources import load_source
-from tests.serving_setup import tiny_reranker
+from tests.serving_setup import TEST_SOURCES, tiny_reranker
 from training.publish import current_version, load_version, publish_version
+from training.stack import spec_to_json
 
 pytestmark = pytest.mark.s3
 
@@ -82,7 +83,11 @@ def test_fit_and_publish_jobs_on_s3(batch_on_s3, tmp_path):
         storage.join(root, "stacks", "synthetic"),
         storage.join(root, "models"),
     )
-    proc = llmrec("fit", "--dataset", NAME, "--data", data, "--out", stack)
+    spec = tmp_path / "stack-spec.json"  # the test-sized stack, through --stack-spec
+    spec.write_text(json.dumps({"sources": spec_to_json(TEST_SOURCES)}))
+    proc = llmrec(
+        "fit", "--dataset", NAME, "--data", data, "--out", stack, "--stack-spec", str(spec)
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "stack.json" in listing(stack)
     proc = llmrec(
@@ -113,17 +118,19 @@ def test_fit_and_publish_jobs_on_s3(batch_on_s3, tmp_path):
     assert mv.version == "v1" and storage.local_path(mv.uri) is None
     assert mv.path.is_dir() and mv.reranker is not None and (mv.reranker / "heads.pt").exists()
     assert mv.stack().dataset_version == ds.manifest.version
+    fitted = json.loads((mv.path / "stack" / "stack.json").read_text())["spec"]
+    assert fitted["SASRec"]["params"]["epochs"] == TEST_SOURCES["SASRec"][1]["epochs"]
     assert load_version(models).path == mv.path
 
     # A second version fitted in the publish job itself; CURRENT follows it.
-    v2 = publish_version(ds, models, version="v2", progress=False)
+    v2 = publish_version(ds, models, version="v2", progress=False, spec=TEST_SOURCES)
     assert current_version(models) == "v2" and v2.reranker is None
 
 
 def test_a_publish_with_an_incompatible_input_changes_nothing(batch_on_s3, tmp_path):
     ds, root = batch_on_s3
     models = storage.join(root, "models-bad")
-    publish_version(ds, models, version="v1", progress=False)
+    publish_version(ds, models, version="v1", progress=False, spec=TEST_SOURCES)
     before = listing(models)
     other = tmp_path / "other-reranker"
     storage.download_dir(storage.join(root, "rerankers", "hybrid"), other)

@@ -21,8 +21,6 @@ from cluster.commands.common import (
 from cluster.commands.models import eval_, publish, train
 from cluster.commands.serving import serve_graph
 from pipelines.prepare import PrepareConfig
-from training.retrieval import SelfAttentive
-from training.stack import DEFAULT_SOURCES, StackSpec, spec_to_json
 
 #: SASRec's schedule in the demo: 20 epochs of batch 128, about 2.2x faster than the
 #: production schedule (40 of batch 32). SASRec alone then scores test NDCG@10 0.094-0.098
@@ -31,7 +29,11 @@ from training.stack import DEFAULT_SOURCES, StackSpec, spec_to_json
 DEMO_SASREC = {"epochs": 20, "batch_size": 128}
 
 
-def demo_sources() -> StackSpec:
+def demo_sources():
+    """The production sources with SASRec's demo schedule (a `training.stack.StackSpec`)."""
+    from training.retrieval import SelfAttentive
+    from training.stack import DEFAULT_SOURCES
+
     return {**DEFAULT_SOURCES, "SASRec": (SelfAttentive, DEMO_SASREC)}
 
 
@@ -93,6 +95,8 @@ def demo(
     # (DEMO_SASREC), unless --full. One file, read by train and publish alike.
     spec_file = root / "stacks" / ("ml-100k-spec.json" if full else "ml-100k-demo-spec.json")
     spec_file.parent.mkdir(parents=True, exist_ok=True)
+    from training.stack import DEFAULT_SOURCES, spec_to_json
+
     spec = DEFAULT_SOURCES if full else demo_sources()
     spec_file.write_text(json.dumps({"sources": spec_to_json(spec)}, indent=2))
 

@@ -55,7 +55,6 @@ def eval_(
 ) -> None:
     """Offline evaluation on the leave-one-out protocol (table, JSON, PNG): the retrievers,
     and retrieval + re-rank rows for each --reranker."""
-    set_threads()
     if not retrievers and not reranker:
         raise LlmrecError("nothing to evaluate: --no-retrievers needs at least one --reranker")
     with contextlib.ExitStack() as stack:
@@ -87,6 +86,7 @@ def _evaluate(
     from training.stack import load_spec, spec_from_eval, spec_to_json
 
     spec = load_spec(stack_spec)
+    set_threads()
     if retrievers:
         from training.evaluation.harness import evaluate
 
@@ -157,7 +157,6 @@ def train(
     template: PromptTemplate,
 ) -> None:
     """LoRA fine-tuning of the listwise LLM re-ranker with Ray Train (resumes by run name)."""
-    set_threads()
     from training.reranker.train import check_config
     from training.stack import load_spec
 
@@ -202,6 +201,7 @@ def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> No
     from training.reranker.examples import INSERT_DEPTH
     from training.reranker.train import prepare_examples
 
+    set_threads()
     with console.status("building examples (retrieval stack on held-out items)"):
         prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
     lm = (
@@ -259,7 +259,6 @@ def fit(
 ) -> None:
     """Fit the retrievers (CF, transitions, content, popularity, the learned fusion) on every
     interaction; `llmrec publish --stack` bundles the result into a model version."""
-    set_threads()
     from training.publish import fit_retrievers
     from training.stack import load_spec
 
@@ -267,6 +266,7 @@ def fit(
     ds = load_leave_one_out(dataset, data)
     target = out or str(DEFAULT_ROOT / "stacks" / dataset)
     start = time.perf_counter()
+    set_threads()
     with console.status("fitting the retrieval stack on all interactions"):
         stack = fit_retrievers(ds, target, progress=False, spec=spec)
     console.print(
@@ -296,7 +296,6 @@ def publish(
 ) -> None:
     """Publish the retrieval stack with the re-ranker as a new model version; CURRENT points
     at it, so a Serve application on `version: latest` swaps to it without downtime."""
-    set_threads()
     from training.publish import publish_version
     from training.stack import load_spec
 
@@ -306,6 +305,7 @@ def publish(
     ds = load_leave_one_out(dataset, data)
     target = root or str(DEFAULT_ROOT / "models" / dataset)
     doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"
+    set_threads()
     with console.status(doing):
         mv = publish_version(ds, target, reranker, version, progress=False, stack=stack, spec=spec)
     console.print(
