@@ -43,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT / "artifacts" / "datasets" / "ml-100k"))
     ap.add_argument("--settings", nargs="*", help="NAME=JSON params instead of the built-in list")
+    ap.add_argument("--out", default=str(OUT), help="the JSON results file")
     args = ap.parse_args()
     settings = dict(s.split("=", 1) for s in args.settings) if args.settings else dict(SETTINGS)
     settings = {k: v if isinstance(v, dict) else json.loads(v) for k, v in settings.items()}
@@ -87,9 +88,10 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "command": " ".join(["python", *sys.argv]),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
-    print(f"wrote {OUT}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

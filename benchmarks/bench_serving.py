@@ -144,7 +144,7 @@ def http_call(base: str, users: list[str], items: list[str]):
 
 def inprocess_call(retrieval, reranker, store, users, items):
     from serving.events import Event
-    from serving.recommender import respond
+    from serving.responses import respond
 
     lock = threading.Lock()  # one model instance, as one replica would have
 
@@ -314,7 +314,8 @@ def main() -> None:
     from serving.config import LiveSettings
     from serving.deploy import run_profile
     from serving.events import SQLiteEventStore
-    from serving.recommender import RerankService, RetrievalService
+    from serving.recommender import RetrievalService
+    from serving.rerank_service import RerankService
     from training.publish import load_version
 
     console = Console(width=180)

@@ -1,6 +1,6 @@
 """The back-end deployments of the graph: the event store's one writer, retrieval, the
 re-ranker and the cold-start fallback. Each is a thin Serve shell around a plain service in
-`serving.recommender` / `serving.events`."""
+`serving.recommender`, `serving.rerank_service` and `serving.events`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from ray import serve
 
 from serving.config import LiveSettings
 from serving.events import Event, StoredItem, open_store
-from serving.recommender import RerankService, RetrievalService, Retrieved, popularity_answer
+from serving.recommender import RetrievalService, Retrieved
 from serving.replicas import Replica, VersionedReplica
+from serving.rerank_service import RerankService
+from serving.responses import popularity_answer
 from training.publish import ModelVersion
 
 log = logging.getLogger("ray.serve")

@@ -142,7 +142,7 @@ def replay_cases(
     candidate model version); `store` is the log's store (events looked up by pseudonym)."""
     from tqdm import tqdm
 
-    from serving.recommender import respond
+    from serving.responses import respond
 
     clicked = positives(impressions, events)
     # Logs hold pseudonyms: the dataset's users are found by hashing their ids the same way.

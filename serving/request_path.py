@@ -26,8 +26,9 @@ from serving.config import LiveSettings
 from serving.events import open_store
 from serving.experiments import Experiment, Impression, Variant, assign
 from serving.metrics import Metrics
-from serving.recommender import RetrievalService, Retrieved, popularity_answer, respond
+from serving.recommender import RetrievalService, Retrieved
 from serving.replicas import Loaded, load_versions, pick
+from serving.responses import fallback_answer, popularity_answer, respond
 from training.publish import ModelVersion, load_version
 
 log = logging.getLogger("ray.serve")
@@ -59,32 +60,6 @@ def fallback_reason(e: BaseException) -> str:
     if isinstance(e, Lagging):
         return "loop_lag"
     return "retrieval_error"
-
-
-def fallback_answer(
-    user_id: str,
-    request_id: str,
-    reason: str,
-    items: list[dict[str, Any]],
-    model: str,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """The popularity answer given when retrieval did not answer in time."""
-    return {
-        "user_id": user_id,
-        "request_id": request_id,
-        "stage": "cold_start",
-        "path": "fallback",
-        "fallback": reason,
-        "routed": None,
-        "items": items,
-        "versions": {"model": model, "reranker": None},
-        "user_version": None,
-        "timings_ms": {n: round(v * 1000, 2) for n, v in timings.items()},
-        "ignored": {},
-        "cached": False,
-        "experiment": None,
-    }
 
 
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:

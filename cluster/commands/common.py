@@ -75,7 +75,8 @@ StackSpecFile = Annotated[
     typer.Option(
         "--stack-spec",
         help="the sources and their parameters: `llmrec eval`'s stack-spec.json (or its "
-        "eval.json) [default: the stack chosen on ML-100k validation]",
+        "eval.json) [default: artifacts/eval/<name>/stack-spec.json when `llmrec eval` wrote "
+        "one, else the stack chosen on ML-100k validation]",
     ),
 ]
 
@@ -168,3 +169,15 @@ def load_leave_one_out(dataset: str, data: str | None):
             "leave-one-out protocol: prepare with --split leave_one_out"
         )
     return ds
+
+
+def stack_spec_for(dataset: str, given: str | None):
+    """The retrieval stack a stage fits (a `training.stack.StackSpec`): `--stack-spec`, else
+    what `llmrec eval` chose for this dataset when it has run, else `DEFAULT_SOURCES`."""
+    from training.stack import load_spec
+
+    if given is None:
+        chosen = DEFAULT_ROOT / "eval" / dataset / "stack-spec.json"
+        given = str(chosen) if chosen.exists() else None
+    console.print(f"retrieval stack: {given or 'the default, chosen on ML-100k validation'}")
+    return load_spec(given)

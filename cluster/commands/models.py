@@ -22,6 +22,7 @@ from cluster.commands.common import (
     console,
     load_leave_one_out,
     read_meta_or_fail,
+    stack_spec_for,
     user_errors,
     validation_message,
 )
@@ -83,9 +84,9 @@ def _evaluate(
     import json
 
     from training.evaluation.report import print_report, write
-    from training.stack import load_spec, spec_from_eval, spec_to_json
+    from training.stack import spec_from_eval, spec_to_json
 
-    spec = load_spec(stack_spec)
+    spec = stack_spec_for(ds.manifest.name, stack_spec)
     set_threads()
     if retrievers:
         from training.evaluation.harness import evaluate
@@ -158,7 +159,6 @@ def train(
 ) -> None:
     """LoRA fine-tuning of the listwise LLM re-ranker with Ray Train (resumes by run name)."""
     from training.reranker.train import check_config
-    from training.stack import load_spec
 
     try:
         cfg = RerankerConfig.model_validate(
@@ -166,7 +166,7 @@ def train(
         )
     except ValidationError as e:
         raise LlmrecError(f"invalid parameters: {validation_message(e)}") from e
-    spec = load_spec(stack_spec)
+    spec = stack_spec_for(dataset, stack_spec)
     if full:
         settings = settings.model_copy(
             update={"epochs": max(settings.epochs, 10), "max_examples": None}
@@ -260,9 +260,8 @@ def fit(
     """Fit the retrievers (CF, transitions, content, popularity, the learned fusion) on every
     interaction; `llmrec publish --stack` bundles the result into a model version."""
     from training.publish import fit_retrievers
-    from training.stack import load_spec
 
-    spec = load_spec(stack_spec)
+    spec = stack_spec_for(dataset, stack_spec)
     ds = load_leave_one_out(dataset, data)
     target = out or str(DEFAULT_ROOT / "stacks" / dataset)
     start = time.perf_counter()
@@ -297,11 +296,10 @@ def publish(
     """Publish the retrieval stack with the re-ranker as a new model version; CURRENT points
     at it, so a Serve application on `version: latest` swaps to it without downtime."""
     from training.publish import publish_version
-    from training.stack import load_spec
 
     if stack and stack_spec:
         raise LlmrecError("--stack is fitted already: --stack-spec applies to a fit here only")
-    spec = load_spec(stack_spec)
+    spec = stack_spec_for(dataset, stack_spec)
     ds = load_leave_one_out(dataset, data)
     target = root or str(DEFAULT_ROOT / "models" / dataset)
     doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"

@@ -261,7 +261,7 @@ def replay(
     import json
 
     from serving.config import LiveSettings
-    from serving.recommender import RerankService, RetrievalService
+    from serving.recommender import RetrievalService
     from serving.replay import (
         NOTHING_TO_REPLAY,
         positives,
@@ -269,6 +269,7 @@ def replay(
         replay_cases,
         replay_report,
     )
+    from serving.rerank_service import RerankService
     from training.publish import load_version
 
     log = _event_store(store)

@@ -8,7 +8,9 @@ import pytest
 
 from serving.config import LiveSettings
 from serving.events import Event, SQLiteEventStore, StoredItem
-from serving.recommender import RerankService, RetrievalService, respond
+from serving.recommender import RetrievalService
+from serving.rerank_service import RerankService
+from serving.responses import respond
 from training.publish import load_version
 
 

@@ -13,8 +13,8 @@ import pytest
 from serving.api_models import Recommendation, recommendation_keys
 from serving.config import LiveSettings
 from serving.events import Event
-from serving.recommender import popularity_answer
 from serving.request_path import RequestPath
+from serving.responses import popularity_answer
 
 
 class Backends:

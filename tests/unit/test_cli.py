@@ -287,3 +287,26 @@ def test_eval_refuses_a_folder_without_a_reranker(tmp_path, prepared):
     assert_user_error(proc, "reranker.json missing")
     proc = llmrec("eval", "--dataset", "ml", "--data", str(prepared), "--no-retrievers")
     assert_user_error(proc, "nothing to evaluate")
+
+
+def test_fit_takes_the_stack_llmrec_eval_chose_for_the_dataset(tmp_path, prepared):
+    """Without --stack-spec, `fit` fits what `llmrec eval` wrote for the dataset (the stack
+    validation chose), says so, and the fitted stack records it."""
+    import json
+
+    from training.retrieval import ALS, Transitions
+    from training.stack import spec_from_json, spec_to_json
+
+    chosen = {"transitions": (Transitions, {"window": 1}), "ALS": (ALS, {"factors": 8})}
+    spec = tmp_path / "artifacts" / "eval" / "ml" / "stack-spec.json"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps({"sources": spec_to_json(chosen)}))
+    out = tmp_path / "stack"
+    proc = llmrec(
+        "fit", "--dataset", "ml", "--data", str(prepared), "--out", str(out), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "artifacts/eval/ml/stack-spec.json" in proc.stdout
+    fitted = spec_from_json(json.loads((out / "stack.json").read_text())["spec"])
+    assert list(fitted) == ["transitions", "ALS"]
+    assert fitted["transitions"][1]["window"] == 1 and fitted["ALS"][1]["factors"] == 8
