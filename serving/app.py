@@ -54,6 +54,7 @@ from serving.metrics import Metrics
 from serving.nearline import Nearline
 from serving.replicas import Replica
 from serving.request_path import RequestPath
+from training.threads import set_threads
 
 
 class Handles:
@@ -97,6 +98,9 @@ class Api(Replica):
         events: DeploymentHandle,
         settings: dict[str, Any] | None = None,
     ):
+        # One thread for torch and BLAS: the Api retrieves one request at a time (its
+        # retrieval pool has one worker), on cores shared with the re-ranker.
+        set_threads(1)
         self.retrieval = retrieval
         self.reranker = reranker
         self.events = events

@@ -20,6 +20,7 @@ from serving.replicas import Replica, VersionedReplica
 from serving.rerank_service import RerankService
 from serving.responses import popularity_answer
 from training.publish import ModelVersion
+from training.threads import set_threads
 
 log = logging.getLogger("ray.serve")
 
@@ -80,6 +81,9 @@ class RetrievalDeployment(VersionedReplica):
     from the ingress, and may run on other nodes."""
 
     def __init__(self, settings: dict[str, Any] | None = None):
+        # One thread for torch and BLAS: a replica retrieves one request at a time, on cores
+        # shared with the re-ranker and the proxy (training/threads.py says why).
+        set_threads(1)
         self.retrievals = 0
         self._start(settings)
 
