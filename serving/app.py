@@ -98,9 +98,9 @@ class Api(Replica):
         events: DeploymentHandle,
         settings: dict[str, Any] | None = None,
     ):
-        # One thread for torch and BLAS: the Api retrieves one request at a time (its
-        # retrieval pool has one worker), on cores shared with the re-ranker.
-        set_threads(1)
+        # Torch and BLAS threads set explicitly (every available core, or LLMREC_THREADS):
+        # one thread measured 10% fewer requests/s at concurrency 8 (docs/BENCHMARKS.md).
+        set_threads()
         self.retrieval = retrieval
         self.reranker = reranker
         self.events = events
