@@ -299,7 +299,7 @@ def publish(
 
     if stack and stack_spec:
         raise LlmrecError("--stack is fitted already: --stack-spec applies to a fit here only")
-    spec = stack_spec_for(dataset, stack_spec)
+    spec = None if stack else stack_spec_for(dataset, stack_spec)  # a fitted stack has its own
     ds = load_leave_one_out(dataset, data)
     target = root or str(DEFAULT_ROOT / "models" / dataset)
     doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"
