@@ -15,7 +15,7 @@ from ray import serve
 
 from serving.config import LiveSettings
 from serving.events import Event, StoredItem, open_store
-from serving.recommender import RetrievalService, Retrieved
+from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
 from serving.replicas import Replica, VersionedReplica
 from serving.rerank_service import RerankService
 from serving.responses import popularity_answer
@@ -23,15 +23,6 @@ from training.publish import ModelVersion
 from training.threads import set_threads
 
 log = logging.getLogger("ray.serve")
-
-
-def load_retrieval(mv: ModelVersion, settings: LiveSettings) -> RetrievalService:
-    return RetrievalService(mv, open_store(settings.store), settings)
-
-
-def refresh_retrieval(service: RetrievalService, settings: LiveSettings) -> None:
-    """Live settings a loaded retrieval service reads per request (candidates, dislikes)."""
-    service.settings = settings
 
 
 @serve.deployment(name="EventStore")

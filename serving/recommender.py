@@ -16,7 +16,7 @@ from pipelines.artifact import load_dataset
 from pipelines.errors import ArtifactError
 from serving.catalog import Catalog
 from serving.config import LiveSettings
-from serving.events import POSITIVE, Event, EventStore
+from serving.events import POSITIVE, Event, EventStore, open_store
 from training.candidates import CandidateConfig, Candidates
 from training.publish import ModelVersion
 from training.reranker.examples import subset
@@ -392,3 +392,14 @@ class RetrievalService:
                 }
             )
         return out
+
+
+def load_retrieval(mv: ModelVersion, settings: LiveSettings) -> RetrievalService:
+    """A replica's retrieval service for `mv` (the Retrieval deployment's, or the Api's own
+    with `retrieval_in_api`)."""
+    return RetrievalService(mv, open_store(settings.store), settings)
+
+
+def refresh_retrieval(service: RetrievalService, settings: LiveSettings) -> None:
+    """Live settings a loaded retrieval service reads per request (candidates, dislikes)."""
+    service.settings = settings

@@ -26,7 +26,7 @@ from serving.config import LiveSettings
 from serving.events import open_store
 from serving.experiments import Experiment, Impression, Variant, assign
 from serving.metrics import Metrics
-from serving.recommender import RetrievalService, Retrieved
+from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
 from serving.replicas import Loaded, load_versions, pick
 from serving.responses import fallback_answer, popularity_answer, respond
 from training.publish import ModelVersion, load_version
@@ -96,7 +96,6 @@ class RequestPath:
     def take(self, settings: LiveSettings) -> bool:
         """Load what `settings` name; whether that loaded or dropped model objects."""
         from pipelines.artifact import load_dataset
-        from serving.backends import load_retrieval, refresh_retrieval
         from serving.catalog import Catalog
         from training.retrieval import Retriever
 
