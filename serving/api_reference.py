@@ -17,9 +17,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "API.md"
 
 def _type(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
-        return (
-            f"[{schema['$ref'].rsplit('/', 1)[-1]}](#{schema['$ref'].rsplit('/', 1)[-1].lower()})"
-        )
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return f"[{name}](#{name.lower()})"
     if "anyOf" in schema:
         return " or ".join(_type(s) for s in schema["anyOf"])
     if schema.get("type") == "array":
