@@ -121,7 +121,8 @@ class Recommendation(_Closed):
     path: str = Field(description="warm, sparse, cold_start, or fallback")
     fallback: str | None = Field(
         description="why the answer is not the full pipeline's (a late, refused or failed "
-        "stage); None when nothing fell back"
+        "stage; store_unavailable: the event store did not answer, so the user's recent "
+        "events are missing); None when nothing fell back"
     )
     routed: str | None = Field(None, description="the re-ranker was skipped by routing, and why")
     items: list[RecommendedItem]

@@ -18,6 +18,7 @@ This module holds the routes and the composition; the request path is
 # No `from __future__ import annotations` here: FastAPI resolves the routes' annotations in
 # the replica, where string annotations of the ingress class's methods cannot be resolved.
 import asyncio
+import contextlib
 import time
 from typing import Annotated, Any
 
@@ -48,13 +49,40 @@ from serving.backends import (
     RetrievalDeployment,
 )
 from serving.config import LiveSettings
-from serving.events import EVENT_TYPES, Event, StoredItem
+from serving.events import EVENT_TYPES, Event, StoredItem, StoreUnavailable
 from serving.heap import GcPauses
 from serving.metrics import Metrics
 from serving.nearline import Nearline
 from serving.replicas import Replica
 from serving.request_path import RequestPath
 from training.threads import set_threads
+
+#: seconds a client waits before retrying a write the store could not take
+RETRY_AFTER_S = 1
+STORE_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the event store is unreachable: nothing stored; retry after Retry-After"}
+}
+
+
+async def stored_or_503(call: Any) -> Any:
+    """A write through the EventStore deployment; while the store is unreachable, HTTP 503
+    with Retry-After (the write was not made: retrying it, with the same event ids, stores
+    each event once)."""
+    try:
+        return await call
+    except Exception as e:
+        # Through a Serve handle the store's exception arrives wrapped (its `cause`).
+        if isinstance(e, StoreUnavailable) or isinstance(
+            getattr(e, "cause", None), StoreUnavailable
+        ):
+            raise HTTPException(
+                503,
+                "store: the event store is unreachable and nothing was stored; retry after "
+                f"{RETRY_AFTER_S} s (events with an event_id are stored once however often "
+                "they are sent)",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        raise
 
 
 class Handles:
@@ -180,7 +208,7 @@ class Api(Replica):
 
     # -- events, items, users ----------------------------------------------------------
 
-    @api.post("/events", response_model=EventsStored)
+    @api.post("/events", response_model=EventsStored, responses=STORE_DOWN)
     async def post_events(self, body: Annotated[Any, Body()]) -> dict[str, Any]:
         """One event object, or a list of them."""
         raw = body if isinstance(body, list) else [body]
@@ -210,7 +238,7 @@ class Api(Replica):
             )
             for e in batch
         ]
-        stored, duplicates = await self.events.append.remote(events)
+        stored, duplicates = await stored_or_503(self.events.append.remote(events))
         self.metrics.events.inc(stored)
         known = self.path.catalog.item_index
         if any(e.item_id not in known for e in events):
@@ -221,7 +249,9 @@ class Api(Replica):
 
     def _refresh_items(self) -> None:
         catalog = self.path.catalog
-        catalog.add(self.path.store.items(after=catalog.added))
+        # While the store is down the new items are taken on a later call.
+        with contextlib.suppress(StoreUnavailable):
+            catalog.add(self.path.store.items(after=catalog.added))
 
     @api.get("/items/{item_id}/similar", response_model=SimilarItems)
     async def similar(self, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10):
@@ -230,17 +260,17 @@ class Api(Replica):
             raise HTTPException(404, f"item_id: unknown item '{item_id}'")
         return {"item_id": item_id, "items": out}
 
-    @api.post("/items", status_code=201, response_model=ItemAdded)
+    @api.post("/items", status_code=201, response_model=ItemAdded, responses=STORE_DOWN)
     async def add_item(self, body: ItemIn) -> dict[str, Any]:
         item = StoredItem(str(body.item_id), body.title, body.text or "", body.categories)
         if item.item_id in self.path.catalog.item_index:
             raise HTTPException(409, f"item_id: '{item.item_id}' exists already")
-        if not await self.events.add_item.remote(item):
+        if not await stored_or_503(self.events.add_item.remote(item)):
             raise HTTPException(409, f"item_id: '{item.item_id}' exists already")
         self._refresh_items()
         return {"item_id": item.item_id, "recommendable": True}
 
-    @api.put("/users/{user_id}/attributes", response_model=AttributesSet)
+    @api.put("/users/{user_id}/attributes", response_model=AttributesSet, responses=STORE_DOWN)
     async def set_attributes(
         self, user_id: str, body: dict[str, StrictStr | StrictInt | float | None]
     ) -> dict[str, Any]:
@@ -254,13 +284,13 @@ class Api(Replica):
             codes = segment.encode(stated)
         except ValueError as e:
             raise HTTPException(422, f"body.{e}") from None
-        await self.events.set_attributes.remote(user_id, stated)
+        await stored_or_503(self.events.set_attributes.remote(user_id, stated))
         labels = segment.labels
         return {"user_id": user_id, "segments": {a: labels[a][c] for a, c in codes.items()}}
 
-    @api.delete("/users/{user_id}", response_model=UserErased)
+    @api.delete("/users/{user_id}", response_model=UserErased, responses=STORE_DOWN)
     async def delete_user(self, user_id: str) -> dict[str, Any]:
-        removed = await self.events.delete_user.remote(user_id)
+        removed = await stored_or_503(self.events.delete_user.remote(user_id))
         return {"user_id": user_id, "removed": removed}
 
     # -- operations ----------------------------------------------------------------------

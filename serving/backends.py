@@ -14,7 +14,7 @@ import numpy as np
 from ray import serve
 
 from serving.config import LiveSettings
-from serving.events import Event, StoredItem, open_store
+from serving.events import Event, StoredItem, shared_store
 from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
 from serving.replicas import Replica, VersionedReplica
 from serving.rerank_service import RerankService
@@ -35,7 +35,7 @@ class EventStoreDeployment(Replica):
 
     def _apply(self, settings: LiveSettings) -> bool:
         self.settings = settings
-        self.store = open_store(settings.store)
+        self.store = shared_store(settings.store)
         if settings.retention_days and self._retention is None:
             self._retention = threading.Thread(target=self._retain, daemon=True)
             self._retention.start()
@@ -126,7 +126,7 @@ class RerankerDeployment(VersionedReplica):
     def load(self, mv: ModelVersion, settings: LiveSettings) -> RerankService | None:
         if mv.reranker is None or not settings.rerank:
             return None
-        return RerankService(mv, open_store(settings.store), settings)
+        return RerankService(mv, shared_store(settings.store), settings)
 
     def version(self) -> str | None:
         return None if self.current is None else self.current.version

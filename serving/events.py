@@ -427,6 +427,19 @@ def sqlite_path(url: str) -> str | None:
     return None if "://" in url else url
 
 
+_shared: dict[str, EventStore] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(url: str) -> EventStore:
+    """The process's one store for `url` (a Redis store is a connection pool: one per
+    process, not one per reload). A store that failed to open is tried again next call."""
+    with _shared_lock:
+        if url not in _shared:
+            _shared[url] = open_store(url)
+        return _shared[url]
+
+
 def open_store(url: str) -> EventStore:
     """The event store at `url`: `sqlite://<path>` (see `sqlite_path`), or
     `redis://`/`rediss://` (see `serving.redis_store`)."""

@@ -16,7 +16,7 @@ from pipelines.artifact import load_dataset
 from pipelines.errors import ArtifactError
 from serving.catalog import Catalog
 from serving.config import LiveSettings
-from serving.events import POSITIVE, Event, EventStore, open_store
+from serving.events import POSITIVE, Event, EventStore, StoreUnavailable, shared_store
 from training.candidates import CandidateConfig, Candidates
 from training.publish import ModelVersion
 from training.reranker.examples import subset
@@ -42,6 +42,7 @@ class UserState:
     unknown_items: int  # events naming items not in the catalogue (stored, not used yet)
     recent_dislikes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     segment: dict[str, int] | None = None  # codes of stated attributes (None: dataset's own)
+    store_down: bool = False  # the store did not answer: the dataset's history only
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Retrieved:
     seconds: float
     ignored: dict[str, int] = field(default_factory=dict)
     history_len: int = 0  # items in the user's history (routing by history length)
+    store_down: bool = False  # retrieved without the user's stored events
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -119,8 +121,12 @@ class RetrievalService:
         return self.mv.version
 
     def sync_items(self) -> int:
-        """Take items added through the API since the last call; returns how many."""
-        new = self.store.items(after=self.catalog.added)
+        """Take items added through the API since the last call; returns how many (0 while
+        the store is down: they are taken when it is back)."""
+        try:
+            new = self.store.items(after=self.catalog.added)
+        except StoreUnavailable:
+            return 0
         if not new:
             return 0
         texts = self.catalog.add(new)
@@ -134,9 +140,16 @@ class RetrievalService:
         return len(new)
 
     def user_state(self, user_id: str) -> UserState:
-        events = self.store.events_of(user_id)
-        version = self.store.version(user_id) if events else 0
+        """The user's state from the dataset and the store; while the store is down, from
+        the dataset alone (the answer says so: it misses the user's recent events)."""
         index = self.catalog.user_index.get(user_id)
+        try:
+            events = self.store.events_of(user_id)
+            version = self.store.version(user_id) if events else 0
+        except StoreUnavailable:
+            state = self.state_of(user_id, index, [], 0, time.time())
+            state.store_down = True
+            return state
         state = self.state_of(user_id, index, events, version, time.time())
         # Stated attributes only matter on the cold-start path: read them only then.
         seg = self.stack.segment
@@ -281,6 +294,7 @@ class RetrievalService:
             model_version=self.version,
             seconds=time.perf_counter() - start,
             history_len=len(state.history),
+            store_down=state.store_down,
             ignored={
                 "unknown_item_events": state.unknown_items,
                 "unknown_excludes": unknown_excludes,
@@ -397,7 +411,7 @@ class RetrievalService:
 def load_retrieval(mv: ModelVersion, settings: LiveSettings) -> RetrievalService:
     """A replica's retrieval service for `mv` (the Retrieval deployment's, or the Api's own
     with `retrieval_in_api`)."""
-    return RetrievalService(mv, open_store(settings.store), settings)
+    return RetrievalService(mv, shared_store(settings.store), settings)
 
 
 def refresh_retrieval(service: RetrievalService, settings: LiveSettings) -> None:

@@ -51,9 +51,11 @@ from serving.redis_scripts import (
 PASSWORD_ENV = "LLMREC_REDIS_PASSWORD"
 PASSWORD_HINT = f"give the password in the URL (redis://:PASSWORD@host:port/db) or ${PASSWORD_ENV}"
 DURABILITY = ("always", "everysec", "none")
-#: after a failed call the server is not asked again for this long: a request does not
-#: spend its deadline on a connection that just failed
+#: after a failed call the server is not asked again for this long (doubling while it stays
+#: down, up to RETRY_MAX_S): requests do not spend their deadline on a connection that
+#: just failed
 RETRY_AFTER_S = 0.5
+RETRY_MAX_S = 5.0
 
 
 def parse_url(url: str) -> tuple[str, str, str]:
@@ -105,7 +107,7 @@ class RedisEventStore(EventStore):
         client_url, durability, prefix = parse_url(url)
         self.url = redacted(url)
         self.p = prefix
-        self._down_until = 0.0
+        self._down_until, self._down_for = 0.0, 0.0
         extra: dict[str, Any] = {}
         if urlsplit(client_url).password is None and os.environ.get(PASSWORD_ENV):
             extra["password"] = os.environ[PASSWORD_ENV]
@@ -114,8 +116,10 @@ class RedisEventStore(EventStore):
         self.r = redis.Redis.from_url(
             client_url,
             decode_responses=True,
-            socket_connect_timeout=0.5,
-            socket_timeout=5,
+            # Short: the request path reads the store within a deadline. The URL's query
+            # (socket_timeout=..., socket_connect_timeout=...) overrides them.
+            socket_connect_timeout=0.2,
+            socket_timeout=1.0,
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
             **extra,
@@ -168,10 +172,13 @@ class RedisEventStore(EventStore):
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(f"event store {self.url} is unreachable (retrying shortly)")
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as e:
-            self._down_until = time.monotonic() + RETRY_AFTER_S
+            self._down_for = min(RETRY_MAX_S, max(RETRY_AFTER_S, 2 * self._down_for))
+            self._down_until = time.monotonic() + self._down_for
             raise StoreUnavailable(f"event store {self.url} is unreachable: {e}") from None
+        self._down_for = 0.0
+        return out
 
     def pseudonym(self, user_id: str) -> str:
         return pseudonymise(self._key, user_id)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from serving.admission import LoopLag, WorkerQueue, deadline_margin, settled_within, within
 from serving.config import LiveSettings
-from serving.events import open_store
+from serving.events import StoreUnavailable, shared_store
 from serving.experiments import Experiment, Impression, Variant, assign
 from serving.metrics import Metrics
 from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
@@ -60,6 +60,15 @@ def fallback_reason(e: BaseException) -> str:
     if isinstance(e, Lagging):
         return "loop_lag"
     return "retrieval_error"
+
+
+def best_effort(write: Callable[[], Any]) -> None:
+    """A write off the request path (a cached list, an impression): while the store is down
+    it is dropped, since a list can be recomputed and an impression is analytics."""
+    try:
+        write()
+    except StoreUnavailable as e:
+        log.debug("dropped while the store is down: %s", e)
 
 
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
@@ -99,7 +108,7 @@ class RequestPath:
         from serving.catalog import Catalog
         from training.retrieval import Retriever
 
-        store = open_store(settings.store)
+        store = shared_store(settings.store)
         model = load_version(settings.model_root, settings.version)
         reloaded = self.model is None or model.path != self.model.path
         if reloaded:
@@ -186,8 +195,11 @@ class RequestPath:
     # -- answers -----------------------------------------------------------------------------
 
     def cached(self, user_id: str, k: int) -> dict[str, Any] | None:
-        version = self.store.version(user_id)
-        hit = self.store.cache_get(user_id, version)
+        try:
+            version = self.store.version(user_id)
+            hit = self.store.cache_get(user_id, version)
+        except StoreUnavailable:  # a miss: the request computes its answer (flagged)
+            return None
         if hit is None or hit["versions"]["model"] != self.model.version or len(hit["items"]) < k:
             return None
         hit["items"] = hit["items"][:k]
@@ -204,7 +216,10 @@ class RequestPath:
         if fresh is None or not fresh.done() or fresh.cancelled():
             return None
         r = fresh.result()
-        if r.user_version != self.store.version(user_id):
+        try:
+            if r.user_version != self.store.version(user_id):
+                return None
+        except StoreUnavailable:
             return None
         timings = {"total": time.perf_counter() - start}
         return respond(r, k, None, request_id, "nearline_pending", timings, None)
@@ -251,7 +266,7 @@ class RequestPath:
                 # Off the event loop: a write waits for the database's write lock, and the
                 # requests behind this one would wait with it.
                 put = partial(self.store.cache_put, user_id, out["user_version"], dict(out))
-                self.spawn(asyncio.to_thread(put))
+                self.spawn(asyncio.to_thread(best_effort, put))
             took = time.perf_counter() - start
             self.metrics.observe(out, took, "miss" if plain else None, deadline_s)
             return self.shown(out, exp, variant)
@@ -311,7 +326,7 @@ class RequestPath:
                 experiment=None if variant is None else exp.name,
                 variant=None if variant is None else variant.name,
             )
-            self.spawn(asyncio.to_thread(self.store.log_impression, imp))
+            self.spawn(asyncio.to_thread(best_effort, partial(self.store.log_impression, imp)))
         return out
 
     async def compute(

@@ -9,7 +9,7 @@ from pipelines.artifact import load_dataset
 from pipelines.errors import ArtifactError
 from serving.catalog import Catalog
 from serving.config import LiveSettings
-from serving.events import EventStore
+from serving.events import EventStore, StoreUnavailable
 from training.publish import ModelVersion
 from training.reranker.features import feature_names
 
@@ -56,7 +56,10 @@ class RerankService:
         self.score([(history, candidates, features)])
 
     def sync_items(self) -> None:
-        new = self.store.items(after=self.catalog.added)
+        try:
+            new = self.store.items(after=self.catalog.added)
+        except StoreUnavailable:  # taken when the store is back; scoring goes on
+            return
         if new:
             self.model.add_items(self.catalog.add(new))
 

@@ -70,7 +70,8 @@ def respond(
         "request_id": request_id,
         "stage": stage,
         "path": r.path,
-        "fallback": fallback,
+        # Without the store the answer misses the user's recent events: flagged as such.
+        "fallback": fallback or ("store_unavailable" if r.store_down else None),
         "routed": routed,
         "items": items,
         "versions": {"model": r.model_version, "reranker": reranker_version},

@@ -80,7 +80,8 @@ def make(published, tmp_path):
     def build(backends: Backends | None = None, **settings) -> tuple[RequestPath, Backends]:
         b = backends or Backends()
         path = RequestPath(b)
-        base = {"model_root": str(models), "store": f"sqlite://{tmp_path / 'events.db'}"}
+        store = settings.pop("store", f"sqlite://{tmp_path / 'events.db'}")
+        base = {"model_root": str(models), "store": store}
         path.take(LiveSettings(**{**base, "retrieval_in_api": True}))
         # What a Retrieval replica would hold, for the remote path.
         path.service_for_remote = path.local_current
@@ -170,3 +171,30 @@ def test_similar_items_locally_and_remotely(make):
     item = local.catalog.item_ids[0]
     near = asyncio.run(local.similar(item, 5))
     assert near == asyncio.run(remote.similar(item, 5)) and len(near) == 5
+
+
+def test_a_store_that_is_down_is_answered_from_the_models_on_time(make, tmp_path):
+    """Redis killed: answers keep coming, on time, flagged (they miss the user's recent
+    events), never an error; when it is back, the same replica finds it by itself."""
+    from cluster.local_redis import LocalRedis
+
+    server = LocalRedis(tmp_path / "redis").start()
+    try:
+        path, _ = make(store=server.url, deadline_ms=300)
+        item = path.catalog.item_ids[5]
+        path.store.append([Event("10", item, "click", time.time(), None, "e1")])
+        assert answer(path, "10")["fallback"] is None
+        server.kill()
+        for user in ("10", "11", "brand-new-user"):
+            t = time.perf_counter()
+            out = answer(path, user)
+            assert time.perf_counter() - t < 0.3
+            assert out["items"] and out["fallback"] == "store_unavailable", out["fallback"]
+        server.start()
+        end = time.time() + 15
+        while (out := answer(path, "10"))["fallback"] is not None:
+            assert time.time() < end, out["fallback"]
+            time.sleep(0.2)
+        assert out["user_version"] == path.store.version("10") > 0  # its events again
+    finally:
+        server.stop()
