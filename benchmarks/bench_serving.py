@@ -68,6 +68,7 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
             late_timings.append({"stage": key, **r.get("timings", {})})
     errors = sum(1 for r in rows if r.get("status", 200) >= 500 or r.get("error"))
     served = [r["ms"] for r in rec if r.get("cached") or r.get("stage") == "retrieval"]
+    cache = [r["ms"] for r in rec if r.get("cached")]
     # A stage that timed out gave up `margin` before the deadline: how long after that the
     # answer was done is what the margin has to cover.
     overshoot = np.array(
@@ -86,6 +87,9 @@ def summarize(rows: list[dict], duration: float, deadline_ms: float) -> dict:
         "recommend_p99_ms": float(np.percentile(ms, 99)),
         "cache_or_retrieval_p50_ms": float(np.percentile(served, 50)) if served else None,
         "cache_or_retrieval_p99_ms": float(np.percentile(served, 99)) if served else None,
+        # The cache path alone: where the event store's read cost shows.
+        "cache_p50_ms": float(np.percentile(cache, 50)) if cache else None,
+        "cache_p99_ms": float(np.percentile(cache, 99)) if cache else None,
         "error_rate": errors / max(len(rows), 1),
         "past_deadline": sum(late.values()),
         "past_deadline_by_stage": dict(sorted(late.items())),
@@ -300,6 +304,15 @@ def main() -> None:
         '"env_vars" key sets the replicas\' environment, e.g. \'{"env_vars": '
         '{"RAY_worker_niceness": "15"}}\')',
     )
+    p.add_argument("--reflection-trials", type=int, default=30)
+    p.add_argument(
+        "--stores",
+        nargs="+",
+        choices=("sqlite", "redis"),
+        default=["sqlite"],
+        help="event stores the graphs run on, each in turn (redis: a local redis-server with "
+        "AOF fsync always, started here); with two, a comparison table follows",
+    )
     p.add_argument("--name", default="serving", help="results file stem under benchmarks/results")
     args = p.parse_args()
 
@@ -383,12 +396,27 @@ def main() -> None:
         graphs.append(("graph without re-ranker", {"rerank": False}))
     extra = json.loads(args.live)
     graphs = [(variant, {**live, **extra}) for variant, live in graphs]
-    for n, (variant, live) in enumerate(graphs, start=1):
+    redis = None
+    if "redis" in args.stores:
+        from cluster.local_redis import LocalRedis
+
+        redis = LocalRedis(tmp / "redis").start()
+    if len(args.stores) > 1:  # each variant on each store, back to back
+        graphs = [(f"{v} [{s}]", live, s) for v, live in graphs for s in args.stores]
+    else:
+        graphs = [(v, live, args.stores[0]) for v, live in graphs]
+    results["event_reflection_by_store"] = {}
+    for n, (variant, live, store_kind) in enumerate(graphs, start=1):
         env = live.pop("env_vars", None)
+        # A fresh store per variant: none inherits another's cached lists.
+        store = (
+            f"{redis.url}?prefix=graph{n}"
+            if store_kind == "redis"
+            else f"sqlite://{tmp / f'graph-{n}.db'}"
+        )
         run_profile(
             "cpu",
-            # A fresh store per variant: none inherits another's cached lists.
-            {"model_root": root, "store": f"sqlite://{tmp / f'graph-{n}.db'}"},
+            {"model_root": root, "store": store},
             user_config=live or None,
             port=args.port,
             env=env,
@@ -410,10 +438,18 @@ def main() -> None:
                 }
             )
             console.print(results["cells"][-1])
-        if variant == "graph with re-ranker":
-            results["event_reflection"] = reflection(base, 30)
+        if (
+            variant.startswith("graph with re-ranker")
+            and "+" not in variant
+            and "shed" not in variant
+        ):
+            e = reflection(base, args.reflection_trials)
+            results["event_reflection_by_store"][store_kind] = e
+            results.setdefault("event_reflection", e)
         serve.shutdown()
     ray.shutdown()
+    if redis is not None:
+        redis.stop()
 
     t = Table(
         title=f"Serve graph under a closed loop, {args.duration:.0f} s per cell, "
@@ -471,17 +507,67 @@ def main() -> None:
         if cell["past_deadline"]:
             late = ", ".join(f"{k} {v}" for k, v in cell["past_deadline_by_stage"].items())
             console.print(f"past the deadline, {cell['variant']} at {cell['concurrency']}: {late}")
-    if "event_reflection" in results:
-        e = results["event_reflection"]
+    for kind, e in results["event_reflection_by_store"].items():
         console.print(
-            f"event reflected in the next request: {e['reflected']:.0%} of trials, "
+            f"event reflected in the next request ({kind}): {e['reflected']:.0%} of trials, "
             f"next-request latency p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms"
         )
+    if len(args.stores) > 1:
+        results["store_comparison"] = store_comparison(results)
+        console.print(store_table(results["store_comparison"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"
     out.write_text(json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def store_comparison(results: dict) -> list[dict]:
+    """Redis against SQLite, cell by cell of the graph with the re-ranker (same run)."""
+    cells = {
+        (c["variant"], c["concurrency"]): c
+        for c in results["cells"]
+        if c["variant"].startswith("graph with re-ranker [")
+    }
+    rows = []
+    for (variant, conc), redis in sorted(cells.items()):
+        if not variant.endswith("[redis]"):
+            continue
+        sqlite = cells.get((variant.replace("[redis]", "[sqlite]"), conc))
+        if sqlite is None:
+            continue
+
+        def delta(key: str, a: dict = redis, b: dict = sqlite) -> float | None:
+            return None if a[key] is None or b[key] is None else a[key] - b[key]
+
+        rows.append(
+            {
+                "concurrency": conc,
+                "cache_p50_added_ms": delta("cache_p50_ms"),
+                "cache_p99_added_ms": delta("cache_p99_ms"),
+                "rps_ratio": redis["throughput_rps"] / max(sqlite["throughput_rps"], 1e-9),
+                "errors": [sqlite["error_rate"], redis["error_rate"]],
+            }
+        )
+    return rows
+
+
+def store_table(rows: list[dict]) -> Table:
+    t = Table(title="Redis against SQLite (graph with re-ranker, same run)")
+    for col in ("conc.", "cache p50 added", "cache p99 added", "req/s Redis / SQLite"):
+        t.add_column(col, justify="right")
+    for r in rows:
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:+.2f} ms"
+
+        t.add_row(
+            str(r["concurrency"]),
+            ms(r["cache_p50_added_ms"]),
+            ms(r["cache_p99_added_ms"]),
+            f"{r['rps_ratio']:.0%}",
+        )
+    return t
 
 
 def run_info() -> dict[str, str]:

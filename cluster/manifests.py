@@ -25,11 +25,14 @@ from typing import Any
 
 import yaml
 
+from cluster.redis_manifest import redis_problems
+
 CLUSTER = Path(__file__).parent
 ROOT = CLUSTER.parent
 PROFILE = ROOT / "serving" / "profiles" / "gpu.yaml"
 RAYSERVICE = CLUSTER / "kuberay" / "rayservice.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob-batch.yaml"
+REDIS = CLUSTER / "kuberay" / "redis.yaml"
 LAUNCHER = CLUSTER / "launcher.yaml"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
 SERVE_KEY = "  serveConfigV2: |\n"
@@ -293,9 +296,16 @@ def all_problems() -> list[str]:
     for name, cfg in (
         ("serving/profiles/gpu.yaml", profile),
         ("serving/profiles/cpu.yaml", yaml.safe_load(PROFILE.with_name("cpu.yaml").read_text())),
+        (
+            "serving/profiles/cluster.yaml",
+            yaml.safe_load(PROFILE.with_name("cluster.yaml").read_text()),
+        ),
         ("rayservice.yaml serveConfigV2", serve_cfg),
     ):
         problems += serve_config_problems(cfg, name)
+    store = serve_cfg["applications"][0]["args"]["store"]
+    redis_docs = [d for d in yaml.safe_load_all(REDIS.read_text()) if d]
+    problems += redis_problems(redis_docs, service, store, "redis.yaml")
     problems += capacity_problems(
         serve_cfg, kuberay_groups(service["spec"]["rayClusterConfig"]), "rayservice.yaml"
     )
@@ -310,7 +320,7 @@ def all_problems() -> list[str]:
     have = sum(res.get("GPU", 0) * n for res, n in gpu_pods.values())
     if have < train_gpus:
         problems.append(f"rayjob-batch.yaml: training asks for {train_gpus} GPUs, at most {have:g}")
-    for path in (RAYSERVICE, RAYJOB, LAUNCHER, CLUSTER / "Dockerfile"):
+    for path in (RAYSERVICE, RAYJOB, LAUNCHER, REDIS, CLUSTER / "Dockerfile"):
         problems += image_problems(path.read_text(), path.name, ray.__version__)
     if "working_dir" not in yaml.safe_load(RUNTIME_ENV.read_text()):
         problems.append("runtime_env.yaml: no working_dir")

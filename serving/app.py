@@ -112,7 +112,7 @@ api = FastAPI(
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException):
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 @serve.deployment(name="Api")

@@ -16,7 +16,8 @@ APP_NAME = "llmrec"
 
 def read_profile(profile: str | Path) -> dict[str, Any]:
     path = Path(profile)
-    if not path.exists() and (PROFILES / f"{profile}.yaml").exists():
+    # A profile name wins over a folder of that name here ("cluster" is one).
+    if not path.is_file() and (PROFILES / f"{profile}.yaml").exists():
         path = PROFILES / f"{profile}.yaml"
     return yaml.safe_load(path.read_text())
 

@@ -26,7 +26,7 @@ from pipelines.errors import LlmrecError
 @app.command()
 @user_errors
 def serve(
-    profile: Annotated[str, typer.Option(help="cpu, gpu, or a Serve config YAML")] = "cpu",
+    profile: Annotated[str, typer.Option(help="cpu, gpu, cluster, or a Serve config YAML")] = "cpu",
     root: Annotated[
         str | None, typer.Option(help="model versions [default: the profile's model_root]")
     ] = None,
@@ -155,7 +155,7 @@ def _print_ready(cfg: dict, port: int | None, version: str) -> None:
 @app.command(name="serve-config")
 @user_errors
 def serve_config(
-    profile: Annotated[str, typer.Option(help="cpu, gpu, or a Serve config YAML")] = "cpu",
+    profile: Annotated[str, typer.Option(help="cpu, gpu, cluster, or a Serve config YAML")] = "cpu",
     out: Annotated[Path, typer.Option(help="where to write the config")] = Path(
         "serve-config.yaml"
     ),

@@ -1,20 +1,13 @@
-"""The cluster path on a real single-node cluster (`ray start --head` on loopback): batch
-stages as `ray job submit` jobs with cluster/runtime_env.yaml, the Serve config through
-`serve deploy`, a newly published version picked up while serving, bad jobs failing with a
-clear message, and a clean stop that leaves no process behind."""
+"""The batch path on a real cluster (`ray start` on loopback): stages as `ray job submit`
+jobs with cluster/runtime_env.yaml, bad jobs failing with a clear message, and `llmrec
+serve` stopping on Ctrl-C. Serving across the cluster's nodes: test_cluster_two_nodes.py."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
@@ -22,142 +15,19 @@ import requests
 
 from pipelines.artifact import load_dataset
 from tests.datafiles import write_ml100k
-from tests.tiny_models import tiny_causal
+from tests.ray.cluster_nodes import (
+    BIN,
+    NAME,
+    alive,
+    assert_failed_cleanly,
+    assert_succeeded,
+    free_port,
+    publish_job,
+    submit,
+)
 from training.publish import current_version
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
-REPO = Path(__file__).resolve().parents[2]
-BIN = os.path.dirname(sys.executable)
-NAME = "synthetic-3000-u60-i100-t20-s0"  # the synthetic source names its artifact by its spec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def alive(procs: list[psutil.Process]) -> list[str]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-class Head:
-    """A head node in its own process group, started from the venv (jobs use its python)."""
-
-    def __init__(self) -> None:
-        self.tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-        self.env = {
-            **os.environ,
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-        self.dash = free_port()
-        self.address = f"http://127.0.0.1:{self.dash}"
-        self.proc = subprocess.Popen(
-            [
-                f"{BIN}/ray",
-                "start",
-                "--head",
-                "--block",
-                f"--port={free_port()}",
-                "--node-ip-address=127.0.0.1",
-                f"--dashboard-port={self.dash}",
-                "--num-cpus=4",
-                "--include-dashboard=true",
-                f"--temp-dir={self.tmp}",
-            ],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, "ray start --head exited"
-                time.sleep(1)
-        pytest.fail("the job server did not come up in 120 s")
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self) -> None:
-        """`ray start --block` takes the whole node down on SIGTERM."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def head():
-    h = Head()
-    yield h
-    h.stop()
-
-
-def submit(head: Head, *args: str) -> subprocess.CompletedProcess:
-    """`ray job submit` of one `llmrec` stage with the project's runtime environment."""
-    cmd = [
-        f"{BIN}/ray",
-        "job",
-        "submit",
-        f"--address={head.address}",
-        "--runtime-env=cluster/runtime_env.yaml",
-        "--",
-        "llmrec",
-        *args,
-    ]
-    # The job agent can come up seconds after the dashboard on a loaded machine.
-    for _ in range(30):
-        proc = subprocess.run(
-            cmd, env=head.env, cwd=REPO, capture_output=True, text=True, timeout=600
-        )
-        if "No available agent to submit job" not in proc.stderr:
-            return proc
-        time.sleep(2)
-    return proc
-
-
-def publish_job(head: Head, name: str, data, rr, models, version: str):
-    return submit(
-        head,
-        "publish",
-        *("--dataset", name, "--data", str(data), "--reranker", str(rr)),
-        *("--root", str(models), "--version", version),
-    )
-
-
-def assert_succeeded(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "succeeded" in proc.stdout
-
-
-def assert_failed_cleanly(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    logs = proc.stdout + proc.stderr
-    assert proc.returncode != 0, logs[-2000:]
-    assert "failed" in logs.lower()
-    assert "error:" in logs and "Traceback" not in logs, logs[-2000:]
-    for f in fragments:
-        assert f in logs, logs[-2000:]
 
 
 def test_prepare_as_a_ray_job(head, tmp_path):
@@ -173,56 +43,6 @@ def test_prepare_as_a_ray_job(head, tmp_path):
 def test_a_bad_job_fails_with_a_clear_message(head, tmp_path):
     proc = submit(head, "prepare", "--dataset", "movielens", "--path", str(tmp_path / "missing"))
     assert_failed_cleanly(proc, "not a folder")
-
-
-@pytest.fixture(scope="module")
-def batch(head, tmp_path_factory):
-    """prepare -> tiny train -> publish v1, each a `ray job submit` of its stage."""
-    work = tmp_path_factory.mktemp("cluster")
-    data, rr, models = work / "ds", work / "reranker", work / "models"
-    assert_succeeded(
-        submit(
-            head,
-            "prepare",
-            "--dataset",
-            "synthetic",
-            "--synthetic-interactions",
-            "3000",
-            "--out",
-            str(data),
-        )
-    )
-    ds = load_dataset(str(data), expected_name=NAME)
-    base = tiny_causal(work / "tiny-lm", ds.items["text"].to_pylist())
-    proc = submit(
-        head,
-        "train",
-        "--dataset",
-        NAME,
-        "--data",
-        str(data),
-        "--out",
-        str(rr),
-        "--mode",
-        "lm",
-        "--base-model",
-        str(base),
-        "--max-examples",
-        "48",
-        "--epochs",
-        "1",
-        "--val-users",
-        "20",
-        "--cpus-per-worker",
-        "1",
-        "--storage",
-        str(work / "runs"),
-    )
-    assert_succeeded(proc)
-    assert "best checkpoint" in proc.stdout and (rr / "reranker.json").exists()
-    proc = publish_job(head, NAME, data, rr, models, "v1")
-    assert_succeeded(proc)
-    return work, data, rr, models
 
 
 def test_jobs_pointed_at_missing_or_incompatible_artifacts_fail_fast(head, batch, tmp_path):
@@ -250,101 +70,6 @@ def test_jobs_pointed_at_missing_or_incompatible_artifacts_fail_fast(head, batch
     assert time.perf_counter() - start < 240  # fails before any fitting or training
     assert sorted(p.relative_to(models) for p in models.rglob("*")) == before
     assert current_version(models) == "v1"
-
-
-def test_serve_deploy_then_publish_a_new_version_and_stop_cleanly(head, batch, tmp_path):
-    work, data, rr, models = batch
-    port = free_port()
-    cfg = tmp_path / "serve.yaml"
-    proc = subprocess.run(
-        [
-            f"{BIN}/llmrec",
-            "serve-config",
-            "--out",
-            str(cfg),
-            "--root",
-            str(models),
-            "--store",
-            f"sqlite://{work / 'events.db'}",
-            "--port",
-            str(port),
-            "--watch-s",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    deploy = subprocess.run(
-        [f"{BIN}/serve", "deploy", str(cfg), "-a", head.address],
-        env=head.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert deploy.returncode == 0, deploy.stderr
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    else:
-        status = subprocess.run(
-            [f"{BIN}/serve", "status", "-a", head.address],
-            env=head.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        pytest.fail(f"the deployed application never became ready:\n{status.stdout[-3000:]}")
-    user = load_dataset(str(data)).users["user_id"][0].as_py()
-    stages = []
-    for _ in range(10):  # the first calls may miss the deadline while replicas warm up
-        out = requests.get(f"{base}/recommend/{user}", params={"k": 5}, timeout=30).json()
-        assert out["versions"]["model"] == "v1" and len(out["items"]) == 5
-        stages.append(out["stage"])
-        if out["stage"] == "rerank":
-            break
-    assert stages[-1] == "rerank", stages
-
-    # Publish v2 as a job while serving: replicas on `version: latest` swap to it.
-    proc = publish_job(head, NAME, data, rr, models, "v2")
-    assert_succeeded(proc)
-    seen, errors = [], []
-    deadline = time.time() + 60
-    while time.time() < deadline and seen[-3:] != ["v2"] * 3:
-        r = requests.get(f"{base}/recommend/{user}", params={"k": 5}, timeout=30)
-        if r.status_code == 200:
-            seen.append(r.json()["versions"]["model"])
-        else:
-            errors.append(r.status_code)
-        time.sleep(0.3)
-    assert seen[-3:] == ["v2"] * 3, seen
-    assert not errors
-
-    # Stop: Serve first, then the node; nothing it started may survive.
-    procs = head.processes()
-    assert len(procs) > 5
-    down = subprocess.run(
-        [f"{BIN}/serve", "shutdown", "-y", "-a", head.address],
-        env=head.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert down.returncode == 0, down.stderr
-    head.stop()
-    deadline = time.time() + 60
-    while alive(procs) and time.time() < deadline:
-        time.sleep(1)
-    assert alive(procs) == []
-    with pytest.raises(requests.RequestException):
-        requests.get(f"{base}/healthz", timeout=2)
 
 
 def test_llmrec_serve_stops_on_ctrl_c(published, tmp_path):

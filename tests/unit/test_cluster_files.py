@@ -122,3 +122,35 @@ def test_an_image_without_the_profiles_serve_env_is_reported():
         "Dockerfile: ENV must set RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP as the Serve "
         "profile's runtime_env does"
     ]
+
+
+def _redis():
+    docs = [d for d in yaml.safe_load_all(m.REDIS.read_text()) if d]
+    service = yaml.safe_load(m.RAYSERVICE.read_text())
+    store = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["store"]
+    return docs, service, store
+
+
+def test_the_redis_manifest_keeps_the_durability_promise_and_matches_the_rayservice():
+    from cluster.redis_manifest import redis_problems
+
+    docs, service, store = _redis()
+    assert redis_problems(docs, service, store, "r") == []
+    weak = copy.deepcopy(docs)
+    sts = next(d for d in weak if d["kind"] == "StatefulSet")
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    args[args.index("always")] = "everysec"
+    sts["spec"]["volumeClaimTemplates"] = []
+    assert redis_problems(weak, service, store, "r") == [
+        "r: redis-server needs --appendonly yes --appendfsync always",
+        "r: the AOF directory /data is not on a PersistentVolumeClaim",
+    ]
+    assert redis_problems(docs, service, "redis://elsewhere:6379/0", "r") == [
+        "r: Service 'llmrec-redis', but the store names 'elsewhere'"
+    ]
+    no_env = copy.deepcopy(service)
+    no_env["spec"]["rayClusterConfig"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][
+        0
+    ].pop("env")
+    (problem,) = redis_problems(docs, no_env, store, "r")
+    assert problem.startswith("rayservice.yaml: the gpu pods must read $LLMREC_REDIS_PASSWORD")
