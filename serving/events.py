@@ -96,6 +96,12 @@ class EventStore(ABC):
     @abstractmethod
     def cache_put(self, user_id: str, version: int, payload: dict[str, Any]) -> None: ...
 
+    def current_cache(self, user_id: str) -> tuple[int, dict[str, Any] | None]:
+        """The user's version and the cached response computed at it (None: none is): what
+        the request path reads first. A networked store answers it in one round trip."""
+        version = self.version(user_id)
+        return version, self.cache_get(user_id, version)
+
     @abstractmethod
     def log_impression(self, impression: Impression) -> None:
         """Record what a response showed (analytics: not on the acknowledgement path)."""

@@ -259,6 +259,16 @@ class RedisEventStore(EventStore):
             return None
         return json.loads(payload)
 
+    def current_cache(self, user_id: str) -> tuple[int, dict[str, Any] | None]:
+        who = self.pseudonym(user_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.u(who, "ver")).hmget(self.u(who, "cache"), ["version", "payload"])
+        version, (stored, payload) = self._call(pipe.execute)
+        version = int(version or 0)
+        if stored is None or int(stored) != version:
+            return version, None
+        return version, json.loads(payload)
+
     def cache_put(self, user_id: str, version: int, payload: dict[str, Any]) -> None:
         # Never replace a newer entry with an older computation (checked in the script).
         who = self.pseudonym(user_id)

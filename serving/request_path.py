@@ -196,8 +196,7 @@ class RequestPath:
 
     def cached(self, user_id: str, k: int) -> dict[str, Any] | None:
         try:
-            version = self.store.version(user_id)
-            hit = self.store.cache_get(user_id, version)
+            _, hit = self.store.current_cache(user_id)
         except StoreUnavailable:  # a miss: the request computes its answer (flagged)
             return None
         if hit is None or hit["versions"]["model"] != self.model.version or len(hit["items"]) < k:

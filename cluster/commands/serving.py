@@ -195,14 +195,14 @@ def serve_config(
 
 def _event_store(store: str):
     """An existing event store (opening a missing SQLite path would create an empty one)."""
-    from serving.events import open_store, sqlite_path
+    from serving.events import StoreUnavailable, open_store, sqlite_path
 
     path = sqlite_path(store)
     if path is not None and not Path(path).exists():
         raise LlmrecError(f"no event store at '{path}'")
     try:
         return open_store(store)
-    except ValueError as e:
+    except (ValueError, StoreUnavailable) as e:
         raise LlmrecError(str(e)) from None
 
 

@@ -89,6 +89,14 @@ def test_cache_serves_only_its_version_and_never_goes_back(store_url):
     assert s.cache_get("u", 2) == {"v": 2}
     s.cache_put("u", 3, {"v": 3})
     assert s.cache_get("u", 3) == {"v": 3} and s.stats()["cached_lists"] == 1
+    # What the request path reads: the user's version and the entry only if it is current.
+    assert s.current_cache("u") == (0, None)
+    s.append([ev(user="w")])
+    v = s.version("w")
+    s.cache_put("w", v, {"v": "now"})
+    assert s.current_cache("w") == (v, {"v": "now"}) and s.current_cache("x") == (0, None)
+    s.append([ev(user="w", item="j")])
+    assert s.current_cache("w") == (s.version("w"), None)  # a newer event: stale
 
 
 def test_items_added_in_order_once(store_url):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from serving.ab_report import difference, experiment_report, outcomes, wilson
 from serving.config import LiveSettings
-from serving.events import Event, SQLiteEventStore
+from serving.events import Event, EventStore, SQLiteEventStore, open_store
 from serving.experiments import Experiment, Impression, assign
 
 EXP = {
@@ -126,7 +126,7 @@ def simulate_log(ctr: dict[str, float], users: int, seed: int):
     return impressions, events
 
 
-def simulate(store: SQLiteEventStore, ctr: dict[str, float], users: int, seed: int) -> None:
+def simulate(store: EventStore, ctr: dict[str, float], users: int, seed: int) -> None:
     impressions, events = simulate_log(ctr, users, seed)
     for i in impressions:
         store.log_impression(i)
@@ -155,17 +155,10 @@ def test_a_a_tests_are_flagged_at_the_nominal_five_percent():
     assert 0.02 <= flagged / 200 <= 0.09, flagged
 
 
-def test_the_report_command_writes_table_json_and_png(tmp_path):
-    store = SQLiteEventStore(tmp_path / "events.db")
-    simulate(store, {"control": 0.08, "treatment": 0.12}, users=3000, seed=3)
-    run = [
-        sys.executable,
-        "-m",
-        "cluster.cli",
-        "report",
-        "--store",
-        f"sqlite://{tmp_path / 'events.db'}",
-    ]
+def test_the_report_command_writes_table_json_and_png(tmp_path, store_url):
+    """On each event store, by its URL (SQLite and a real Redis server)."""
+    simulate(open_store(store_url), {"control": 0.08, "treatment": 0.12}, users=3000, seed=3)
+    run = [sys.executable, "-m", "cluster.cli", "report", "--store", store_url]
     proc = subprocess.run(
         [*run, "--experiment", "x", "--out", str(tmp_path / "rep")],
         capture_output=True,
@@ -182,3 +175,13 @@ def test_the_report_command_writes_table_json_and_png(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: no impressions logged for experiment 'nope'"
+
+
+def test_an_unreachable_store_is_a_one_line_error():
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "report", "--experiment", "x", "--store",
+         "redis://:secret@127.0.0.1:1/0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is unreachable" in proc.stderr and "secret" not in proc.stderr
