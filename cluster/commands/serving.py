@@ -51,6 +51,10 @@ def serve_graph(
     overrides = {k: v for k, v in (("model_root", root), ("store", store)) if v}
     args = resolved_args(profile, overrides)
     mv = load_version(args["model_root"], args.get("version", "latest"))
+    if not str(args["store"]).startswith("sqlite://"):
+        # A networked store is checked here (reachable, durable as promised): its one-line
+        # error beats a replica's traceback.
+        _event_store(args["store"])
     from cluster.ray_runtime import connect
 
     owned = connect(address)

@@ -127,3 +127,20 @@ def test_a_server_that_is_down_fails_fast_and_is_found_again(own_server):
 def test_an_unreachable_server_is_a_clear_error():
     with pytest.raises(StoreUnavailable, match="unreachable"):
         open_store("redis://127.0.0.1:1/0")
+
+
+def test_llmrec_serve_refuses_a_store_that_cannot_keep_its_promise(own_server, published):
+    """Before anything starts: one line naming the setting, no traceback."""
+    import subprocess
+    import sys
+
+    _, models = published
+    weak = own_server(fsync="everysec")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "serve", "--root", str(models), "--store", weak.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "appendfsync is 'everysec'" in proc.stderr
