@@ -54,9 +54,9 @@ def s3_uri():
     the environment, as on a cluster, so CLI subprocesses inherit them."""
     import pyarrow.fs as pafs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from cluster.local_redis import free_port
+
+    port = free_port()
     server = os.path.join(os.path.dirname(sys.executable), "moto_server")
     proc = subprocess.Popen(
         [server, "-H", "127.0.0.1", "-p", str(port)],

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,15 +18,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cluster.local_redis import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = os.path.dirname(sys.executable)
 NAME = "synthetic-3000-u60-i100-t20-s0"  # the synthetic source names its artifact by its spec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alive(procs: list[psutil.Process]) -> list[str]:
@@ -41,7 +36,31 @@ def alive(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
-class Head:
+class Node:
+    """A `ray start --block` process in its own process group, with its session folder."""
+
+    proc: subprocess.Popen
+    tmp: str
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        """`ray start --block` takes the whole node down on SIGTERM."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Head(Node):
     """A head node in its own process group, started from the venv (jobs use its python),
     marked by the custom resource `ingress` (the cluster profile's Api and EventStore)."""
 
@@ -84,25 +103,8 @@ class Head:
                 time.sleep(1)
         pytest.fail("the job server did not come up in 120 s")
 
-    def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
 
-    def stop(self) -> None:
-        """`ray start --block` takes the whole node down on SIGTERM."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-class Worker:
+class Worker(Node):
     """A second node joining the head's cluster (`ray start --address`), marked by the custom
     resource `models`; on this machine, so its agent and metrics ports are chosen free."""
 
@@ -143,22 +145,6 @@ class Worker:
             assert self.proc.poll() is None, "ray start --address exited"
             time.sleep(2)
         pytest.fail("the worker node did not join in 120 s")
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def submit(head: Head, *args: str) -> subprocess.CompletedProcess:
