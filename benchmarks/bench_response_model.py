@@ -41,9 +41,9 @@ def main() -> None:
 
     from serving.api_models import Recommendation
     from serving.config import LiveSettings
-    from serving.events import SQLiteEventStore
     from serving.recommender import RetrievalService
     from serving.responses import fallback_answer, popularity_answer, respond
+    from serving.sqlite_store import SQLiteEventStore
     from training.publish import load_version
 
     mv = load_version(args.model_root)

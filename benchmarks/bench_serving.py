@@ -326,9 +326,9 @@ def main() -> None:
 
     from serving.config import LiveSettings
     from serving.deploy import run_profile
-    from serving.events import SQLiteEventStore
     from serving.recommender import RetrievalService
     from serving.rerank_service import RerankService
+    from serving.sqlite_store import SQLiteEventStore
     from training.publish import load_version
 
     console = Console(width=180)

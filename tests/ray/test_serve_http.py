@@ -15,7 +15,7 @@ import requests
 
 from serving.api_models import recommendation_keys
 from serving.deploy import run_profile
-from serving.events import SQLiteEventStore
+from serving.sqlite_store import SQLiteEventStore
 
 pytestmark = pytest.mark.ray
 

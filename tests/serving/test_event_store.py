@@ -8,7 +8,8 @@ import sqlite3
 
 import pytest
 
-from serving.events import Event, SQLiteEventStore, open_store
+from serving.events import Event, open_store
+from serving.sqlite_store import SQLiteEventStore
 
 
 def ev(user="u", item="i", type_="click", ts=1.0, event_id=None):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from serving.config import LiveSettings
-from serving.events import Event, SQLiteEventStore, StoredItem
+from serving.events import Event, StoredItem
 from serving.recommender import RetrievalService
 from serving.rerank_service import RerankService
 from serving.responses import respond
+from serving.sqlite_store import SQLiteEventStore
 from training.publish import load_version
 
 

@@ -11,12 +11,13 @@ import sys
 import pytest
 
 from serving.config import LiveSettings
-from serving.events import Event, SQLiteEventStore
+from serving.events import Event
 from serving.experiments import Impression
 from serving.recommender import RetrievalService
 from serving.replay import ndcg, reciprocal_rank, replay_cases, replay_report, slate_order
 from serving.rerank_service import RerankService
 from serving.responses import respond
+from serving.sqlite_store import SQLiteEventStore
 from training.publish import load_version
 
 T0 = 2e9

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from serving.ab_report import difference, experiment_report, outcomes, wilson
 from serving.config import LiveSettings
-from serving.events import Event, EventStore, SQLiteEventStore, open_store
+from serving.events import Event, EventStore, open_store
 from serving.experiments import Experiment, Impression, assign
+from serving.sqlite_store import SQLiteEventStore
 
 EXP = {
     "name": "rerank-on-off",
