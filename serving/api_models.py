@@ -7,12 +7,13 @@ contract fails its tests instead of reaching clients."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -20,7 +21,27 @@ from pydantic import (
     field_validator,
 )
 
-Id = StrictStr | StrictInt
+# -- limits (in the published schema, so a client generated from it keeps them) -------------
+
+#: largest request body, in bytes (413 past it)
+MAX_BODY_BYTES = 2 * 1024 * 1024
+#: events in one POST /events (413 past it)
+MAX_BATCH_EVENTS = 1000
+#: the most items one /recommend or /items/{id}/similar answer may ask for
+K_MAX = 100
+MAX_ID_CHARS = 200
+MAX_EXCLUDE = 1000
+MAX_ATTRIBUTES = 20
+MAX_TITLE_CHARS, MAX_TEXT_CHARS, MAX_CATEGORIES = 500, 5000, 50
+#: timestamps are seconds since the epoch, before 2100
+MAX_TIMESTAMP = 4_102_444_800.0
+
+# An id is a non-empty string or an integer, both bounded (an unbounded integer would reach
+# Python's int-to-str limit when the id is stored).
+IdStr = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
+IdInt = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+Id = IdStr | IdInt
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 EventType = Literal["view", "click", "purchase", "rating", "dislike"]
 Stage = Literal["rerank", "retrieval", "cold_start"]
 
@@ -36,10 +57,10 @@ class EventIn(_Closed):
     user_id: Id
     item_id: Id
     type: EventType
-    value: float | None = None
-    timestamp: float | None = Field(None, ge=0)
-    event_id: StrictStr | None = Field(None, max_length=200)
-    request_id: StrictStr | None = Field(None, max_length=200)
+    value: Finite | None = None
+    timestamp: float | None = Field(None, ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)
+    event_id: StrictStr | None = Field(None, max_length=MAX_ID_CHARS)
+    request_id: StrictStr | None = Field(None, max_length=MAX_ID_CHARS)
 
     @field_validator("user_id", "item_id")
     @classmethod
@@ -51,19 +72,30 @@ class EventIn(_Closed):
 
 class RecommendIn(_Closed):
     user_id: Id
-    k: int | None = Field(None, ge=1)
-    exclude: list[Id] = Field(default_factory=list, max_length=1000)
-    category: StrictStr | None = None
+    k: int | None = Field(None, ge=1, le=K_MAX)
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    category: StrictStr | None = Field(None, max_length=MAX_ID_CHARS)
 
 
 class ItemIn(_Closed):
     item_id: Id
-    title: StrictStr = Field(min_length=1, max_length=500)
-    text: StrictStr | None = Field(None, max_length=5000)
-    categories: list[StrictStr] = Field(default_factory=list, max_length=50)
+    title: StrictStr = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    text: StrictStr | None = Field(None, max_length=MAX_TEXT_CHARS)
+    categories: list[Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_CATEGORIES
+    )
 
 
 EVENTS = TypeAdapter(list[EventIn])
+#: the body of POST /events as the schema publishes it (validated by `EVENTS`, whose errors
+#: name the event and field: `events[3].type`)
+EventsBody = EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+AttributeValue = Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)] | StrictInt | StrictFloat
+#: PUT /users/{id}/attributes: attribute name -> stated value (null: not stated)
+Attributes = Annotated[
+    dict[Annotated[str, Field(max_length=MAX_ID_CHARS)], AttributeValue | None],
+    Field(max_length=MAX_ATTRIBUTES),
+]
 
 
 def field_errors(e: ValidationError, batch: bool) -> str:
@@ -75,6 +107,25 @@ def field_errors(e: ValidationError, batch: bool) -> str:
         where = f"events[{index}].{rest}" if batch else rest
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def request_errors(errors: list[dict[str, Any]]) -> str:
+    """FastAPI's validation errors as one message naming each field: 'k: Input should be
+    less than or equal to 100' (the location's first part, query/path/body, dropped)."""
+    parts = []
+    for err in errors[:10]:
+        loc = [str(x) for x in err.get("loc", ())]
+        where = ".".join(loc[1:]) or (loc[0] if loc else "request")
+        if err.get("type") == "json_invalid":
+            where = "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "request: invalid"
+
+
+class Error(BaseModel):
+    """Every 4xx and 5xx answer: one message that names what to fix."""
+
+    detail: str
 
 
 # -- responses --------------------------------------------------------------------------------

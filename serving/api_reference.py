@@ -48,6 +48,8 @@ def render(spec: dict[str, Any]) -> str:
         "Generated from the OpenAPI schema the Serve graph publishes at `/openapi.json`",
         "(`python -m serving.api_reference`; a test fails when this file is out of date).",
         'Errors are JSON: `{"detail": ...}`, a message naming the field to fix.',
+        "An API key travels as `Authorization: Bearer <key>` or `X-API-Key: <key>`;",
+        "a 429 and a 503 carry `Retry-After` (seconds).",
         "",
         "## Operations",
         "",
@@ -57,6 +59,11 @@ def render(spec: dict[str, Any]) -> str:
             out += [f"### `{method.upper()} {path}`", ""]
             if op.get("description"):
                 out += [" ".join(op["description"].split()), ""]
+            scopes = sorted({s for req in op.get("security", []) for v in req.values() for s in v})
+            needs = (
+                f"API key with scope `{'`, `'.join(scopes)}`" if scopes else "open (no API key)"
+            )
+            out += [f"Access: {needs}.", ""]
             params = op.get("parameters", [])
             if params:
                 out += ["| parameter | in | type | required | limits |", "|---|---|---|---|---|"]

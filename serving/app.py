@@ -22,14 +22,22 @@ import contextlib
 import time
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import StrictInt, StrictStr, ValidationError
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.api_models import (
     EVENTS,
+    K_MAX,
+    MAX_BATCH_EVENTS,
+    MAX_BODY_BYTES,
+    MAX_EXCLUDE,
+    MAX_ID_CHARS,
+    Attributes,
     AttributesSet,
     EventsStored,
     Health,
@@ -41,13 +49,17 @@ from serving.api_models import (
     SimilarItems,
     UserErased,
     field_errors,
+    request_errors,
 )
+from serving.api_schema import errors, published_schema
+from serving.auth import Denied, Guard
 from serving.backends import (
     ColdStartDeployment,
     EventStoreDeployment,
     RerankerDeployment,
     RetrievalDeployment,
 )
+from serving.body_limit import BodyLimit
 from serving.config import LiveSettings
 from serving.events import EVENT_TYPES, Event, StoredItem, StoreUnavailable
 from serving.heap import GcPauses
@@ -59,9 +71,10 @@ from training.threads import set_threads
 
 #: seconds a client waits before retrying a write the store could not take
 RETRY_AFTER_S = 1
-STORE_DOWN: dict[int | str, dict[str, Any]] = {
-    503: {"description": "the event store is unreachable: nothing stored; retry after Retry-After"}
-}
+#: the API keys this process's Api replica accepts. Module state on purpose: Serve runs a
+#: pickled copy of the FastAPI app in the replica, whose dependencies reach this module's
+#: globals (one Api replica per process), not the replica object.
+GUARD = Guard()
 
 
 async def stored_or_503(call: Any) -> Any:
@@ -106,13 +119,55 @@ class Handles:
 
 api = FastAPI(
     title="llmrec",
-    description="Real-time recommendations: retrieval, LLM re-ranking, cold-start fallback.",
+    description="Real-time recommendations: retrieval, LLM re-ranking, cold-start fallback. "
+    "Every endpoint but /healthz and /readyz takes an API key with the scope it names "
+    "(`llmrec keys create`), as `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
 )
+api.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+api.openapi = lambda: published_schema(api)  # type: ignore[method-assign]
+
+_bearer = HTTPBearer(scheme_name="bearer", auto_error=False, description="an llmrec API key")
+_x_api_key = APIKeyHeader(
+    name="X-API-Key", scheme_name="x-api-key", auto_error=False, description="an llmrec API key"
+)
+
+
+def _presented(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    x_api_key: Annotated[str | None, Depends(_x_api_key)],
+) -> str | None:
+    return bearer.credentials if bearer is not None else x_api_key
+
+
+def _admit(scopes: SecurityScopes, key: Annotated[str | None, Depends(_presented)]) -> None:
+    """Runs before the body is validated: a caller without the key learns nothing else."""
+    try:
+        GUARD.admit(key, scopes.scopes[0])
+    except Denied as d:
+        GUARD.denied[d.status] = GUARD.denied.get(d.status, 0) + 1
+        raise HTTPException(d.status, d.message, headers=d.headers) from None
+
+
+def scope(name: str) -> Any:
+    """The route's dependency: an API key with scope `name`."""
+    return Security(_admit, scopes=[name])
 
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException):
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception):
+    # Logged by Serve with its traceback; the client gets the one error shape, no internals.
+    return JSONResponse({"detail": "internal error: the request was not completed"}, 500)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError):
+    # One shape for every error (`Error`): the fields to fix, named, in one string.
+    return JSONResponse({"detail": request_errors(list(exc.errors()))}, status_code=422)
 
 
 @serve.deployment(name="Api")
@@ -141,6 +196,9 @@ class Api(Replica):
         self._start(settings)
 
     def _apply(self, settings: LiveSettings) -> bool:
+        GUARD.configure(
+            settings.api_keys, not settings.insecure_local, settings.key_rate, settings.key_burst
+        )
         reloaded = self.path.take(settings)
         self.settings, self.served = settings, self.path.model.version
         return reloaded
@@ -179,18 +237,31 @@ class Api(Replica):
 
     # -- recommendations ------------------------------------------------------------------
 
-    @api.get("/recommend/{user_id}", response_model=Recommendation)
+    @api.get(
+        "/recommend/{user_id}",
+        response_model=Recommendation,
+        responses=errors(),
+        dependencies=[scope("recommend")],
+    )
     async def recommend_get(
         self,
-        user_id: str,
-        k: Annotated[int | None, Query(ge=1)] = None,
-        exclude: Annotated[list[str] | None, Query(max_length=1000)] = None,
-        category: str | None = None,
+        user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)],
+        k: Annotated[int | None, Query(ge=1, le=K_MAX)] = None,
+        exclude: Annotated[
+            list[Annotated[str, Query(max_length=MAX_ID_CHARS)]] | None,
+            Query(max_length=MAX_EXCLUDE, description="item ids, repeated or comma-separated"),
+        ] = None,
+        category: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
     ) -> dict[str, Any]:
         ex = [x for e in exclude or [] for x in e.split(",") if x]
         return await self._recommend(user_id, k, ex, category)
 
-    @api.post("/recommend", response_model=Recommendation)
+    @api.post(
+        "/recommend",
+        response_model=Recommendation,
+        responses=errors(413),
+        dependencies=[scope("recommend")],
+    )
     async def recommend_post(self, body: RecommendIn) -> dict[str, Any]:
         return await self._recommend(
             str(body.user_id), body.k, [str(x) for x in body.exclude], body.category
@@ -199,24 +270,25 @@ class Api(Replica):
     async def _recommend(
         self, user_id: str, k: int | None, exclude: list[str], category: str | None
     ) -> dict[str, Any]:
-        s = self.settings
-        k = k or s.k_default
-        if k > s.k_max:
-            raise HTTPException(422, f"k: must be at most {s.k_max}, got {k}")
+        k = k or self.settings.k_default
         self._ensure_background()
         return await self.path.recommend(user_id, k, exclude, category)
 
     # -- events, items, users ----------------------------------------------------------
 
-    @api.post("/events", response_model=EventsStored, responses=STORE_DOWN)
+    @api.post(
+        "/events",
+        response_model=EventsStored,
+        responses=errors(413, store=True),
+        dependencies=[scope("events")],
+    )
     async def post_events(self, body: Annotated[Any, Body()]) -> dict[str, Any]:
-        """One event object, or a list of them."""
+        """One event object, or a list of them (the schema is `api_models.EventsBody`)."""
         raw = body if isinstance(body, list) else [body]
-        if len(raw) > self.settings.max_batch_events:
+        if len(raw) > MAX_BATCH_EVENTS:
             raise HTTPException(
                 413,
-                f"body: {len(raw)} events, at most {self.settings.max_batch_events} per "
-                "request; split the batch",
+                f"body: {len(raw)} events, at most {MAX_BATCH_EVENTS} per request; split the batch",
             )
         if not raw:
             raise HTTPException(422, "body: an empty list holds no event")
@@ -253,14 +325,29 @@ class Api(Replica):
         with contextlib.suppress(StoreUnavailable):
             catalog.add(self.path.store.items(after=catalog.added))
 
-    @api.get("/items/{item_id}/similar", response_model=SimilarItems)
-    async def similar(self, item_id: str, k: Annotated[int, Query(ge=1, le=100)] = 10):
+    @api.get(
+        "/items/{item_id}/similar",
+        response_model=SimilarItems,
+        responses=errors(404),
+        dependencies=[scope("recommend")],
+    )
+    async def similar(
+        self,
+        item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)],
+        k: Annotated[int, Query(ge=1, le=K_MAX)] = 10,
+    ):
         out = await self.path.similar(item_id, k)
         if out is None:
             raise HTTPException(404, f"item_id: unknown item '{item_id}'")
         return {"item_id": item_id, "items": out}
 
-    @api.post("/items", status_code=201, response_model=ItemAdded, responses=STORE_DOWN)
+    @api.post(
+        "/items",
+        status_code=201,
+        response_model=ItemAdded,
+        responses=errors(409, 413, store=True),
+        dependencies=[scope("catalog")],
+    )
     async def add_item(self, body: ItemIn) -> dict[str, Any]:
         item = StoredItem(str(body.item_id), body.title, body.text or "", body.categories)
         if item.item_id in self.path.catalog.item_index:
@@ -270,9 +357,16 @@ class Api(Replica):
         self._refresh_items()
         return {"item_id": item.item_id, "recommendable": True}
 
-    @api.put("/users/{user_id}/attributes", response_model=AttributesSet, responses=STORE_DOWN)
+    @api.put(
+        "/users/{user_id}/attributes",
+        response_model=AttributesSet,
+        responses=errors(413, store=True),
+        dependencies=[scope("users")],
+    )
     async def set_attributes(
-        self, user_id: str, body: dict[str, StrictStr | StrictInt | float | None]
+        self,
+        user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)],
+        body: Attributes,
     ) -> dict[str, Any]:
         """What a user states about themselves (ML-100k: age, gender, occupation): until
         they have a history, they get what is popular with users who share it."""
@@ -288,8 +382,15 @@ class Api(Replica):
         labels = segment.labels
         return {"user_id": user_id, "segments": {a: labels[a][c] for a, c in codes.items()}}
 
-    @api.delete("/users/{user_id}", response_model=UserErased, responses=STORE_DOWN)
-    async def delete_user(self, user_id: str) -> dict[str, Any]:
+    @api.delete(
+        "/users/{user_id}",
+        response_model=UserErased,
+        responses=errors(store=True),
+        dependencies=[scope("users")],
+    )
+    async def delete_user(
+        self, user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)]
+    ) -> dict[str, Any]:
         removed = await stored_or_503(self.events.delete_user.remote(user_id))
         return {"user_id": user_id, "removed": removed}
 
@@ -321,8 +422,14 @@ class Api(Replica):
             return {"ready": False, "reason": reason, "model": model, "reranker": rr, "warm": warm}
         return {"ready": True, "model": model, "reranker": rr, "warm": warm}
 
-    @api.get("/metrics")
+    @api.get(
+        "/metrics",
+        response_class=Response,
+        responses=errors(metrics=True),
+        dependencies=[scope("ops")],
+    )
     async def metrics_text(self) -> Response:
+        """Prometheus text format."""
         # Gauges of state the replica keeps anyway: read when scraped, not on every change.
         self.metrics.warm.set(self.nearline.warm["done"])
         self.metrics.loop_lag.set(self.path.lag.recent_s(time.perf_counter()))
@@ -330,6 +437,8 @@ class Api(Replica):
             self.metrics.gc_pauses.labels(str(gen)).observe(seconds)
         for gen in range(3):
             self.metrics.gc_longest.labels(str(gen)).set(self._gc.longest_s[gen])
+        for status, n in GUARD.denied.items():
+            self.metrics.denied.labels(str(status)).set(n)
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 

@@ -72,9 +72,28 @@ class LiveSettings(BaseModel):
         "retrieval makes one hop (proxy to Api) instead of two; false: through the Retrieval "
         "deployment, which then scales apart from the ingress",
     )
-    k_default: int = Field(10, ge=1, le=100)
-    k_max: int = Field(100, ge=1, le=1000)
-    max_batch_events: int = Field(1000, ge=1, le=100_000, description="POST /events limit")
+    k_default: int = Field(10, ge=1, le=100, description="k when a request names none")
+    # Who may call: API keys (serving/auth.py). The limits of a request's size are part of
+    # the HTTP contract, not settings (serving/api_models.py).
+    api_keys: str | None = Field(
+        "artifacts/serving/api-keys.json",
+        description="the key file (llmrec keys create), or env:NAME for a secret injected as "
+        "an environment variable; re-read when it changes and on every reconfigure. No file: "
+        "no key, so every protected endpoint answers 401",
+    )
+    insecure_local: bool = Field(
+        False,
+        description="no key checking at all; only with the proxy on 127.0.0.1 "
+        "(llmrec serve --insecure-local)",
+    )
+    key_rate: float = Field(
+        200.0,
+        gt=0,
+        le=1e6,
+        description="requests/s one key may make on one Api replica (a key's own rate in the "
+        "key file wins); with N Api replicas a key may make N times this",
+    )
+    key_burst: float = Field(400.0, ge=1, le=1e7, description="requests a key may save up")
     cache: bool = Field(True, description="nearline: serve re-ranked lists computed after events")
     warm: bool = Field(
         True,

@@ -119,6 +119,11 @@ def resolved_args(profile: str | Path, overrides: dict[str, Any] | None = None) 
     root = str(args.get("model_root", "artifacts/models/ml-100k"))
     if "://" not in root:
         args["model_root"] = str(Path(root).resolve())
+    from serving.config import LiveSettings
+
+    keys = args.get("api_keys", LiveSettings.model_fields["api_keys"].default)
+    if keys and not str(keys).startswith("env:"):
+        args["api_keys"] = str(Path(keys).resolve())
     url = str(args.get("store", "sqlite://artifacts/serving/events.db"))
     if url.startswith("sqlite://"):
         args["store"] = f"sqlite://{Path(url[len('sqlite://') :]).resolve()}"

@@ -51,6 +51,13 @@ class Metrics:
         self.cold = Counter("llmrec_cold_start_total", "cold-start answers", registry=r)
         self.cache = Counter("llmrec_cache_total", "nearline cache lookups", ["result"], registry=r)
         self.events = Counter("llmrec_events_stored_total", "events stored", registry=r)
+        self.denied = Gauge(
+            "llmrec_denied_requests",
+            "requests refused since the replica started, by HTTP status: 401 (no or wrong "
+            "API key), 403 (key without the scope), 429 (key over its rate)",
+            ["status"],
+            registry=r,
+        )
         self.nearline = Counter(
             "llmrec_nearline_total",
             "lists computed off the request path (after events, and the precompute), by "

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from serving.api_models import K_MAX
 from serving.request_path import RequestPath
 
 log = logging.getLogger("ray.serve")
@@ -47,7 +48,7 @@ class Nearline:
             s = p.settings
             out = await p.compute(
                 user_id,
-                s.k_max,
+                K_MAX,
                 [],
                 None,
                 time.perf_counter(),

@@ -153,4 +153,26 @@ def demo(
     if not evaluate:
         console.print(f"to evaluate the re-ranker on the test split: {evaluation}", soft_wrap=True)
     if serve_:
-        serve_graph("cpu", str(models), f"sqlite://{root / 'serving' / 'events.db'}", port, None)
+        keys = root / "serving" / "api-keys.json"
+        key = _demo_key(keys)
+        console.print(
+            f"API key for this demo (every scope; revoke with llmrec keys revoke demo --file "
+            f"{keys}):\n  {key}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        store = f"sqlite://{root / 'serving' / 'events.db'}"
+        serve_graph("cpu", str(models), store, port, None, key=key, api_keys=str(keys))
+
+
+def _demo_key(path: Path) -> str:
+    """A fresh key named demo with every scope; the previous demo key is revoked (a key is
+    shown only once, so each run makes its own)."""
+    from cluster.commands.keys import create_key
+    from serving.auth import SCOPES, read_keys, revoke, write_keys
+
+    records = read_keys(str(path))
+    if any(r.active and r.name == "demo" for r in records):
+        revoke(records, "demo")
+        write_keys(path, records)
+    return create_key(str(path), "demo", list(SCOPES))

@@ -35,20 +35,43 @@ def serve(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address [default: $RAY_ADDRESS or local]")
     ] = None,
+    insecure_local: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-local",
+            help="check no API key at all, and listen on 127.0.0.1 only (a laptop, never a "
+            "shared host)",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the graph from a profile YAML on 127.0.0.1 until Ctrl-C."""
-    serve_graph(profile, root, store, port, address)
+    """Serve the graph from a profile YAML until Ctrl-C. Every endpoint but /healthz and
+    /readyz needs an API key (llmrec keys create)."""
+    serve_graph(profile, root, store, port, address, insecure_local=insecure_local)
 
 
 def serve_graph(
-    profile: str, root: str | None, store: str | None, port: int | None, address: str | None
+    profile: str,
+    root: str | None,
+    store: str | None,
+    port: int | None,
+    address: str | None,
+    insecure_local: bool = False,
+    key: str | None = None,
+    api_keys: str | None = None,
 ) -> None:
+    """Serve until Ctrl-C; `key` (the demo's) goes into the printed curl lines, `api_keys`
+    overrides the profile's key file."""
     from serving.deploy import export_serve_env, read_profile, resolved_args, run_profile
     from training.publish import load_version
 
     cfg = read_profile(profile)
     export_serve_env(profile)  # before connect: a cluster started here hands it on
-    overrides = {k: v for k, v in (("model_root", root), ("store", store)) if v}
+    overrides = {
+        k: v for k, v in (("model_root", root), ("store", store), ("api_keys", api_keys)) if v
+    }
+    if insecure_local:
+        overrides["insecure_local"] = True
+        cfg.setdefault("http_options", {})["host"] = "127.0.0.1"
     args = resolved_args(profile, overrides)
     mv = load_version(args["model_root"], args.get("version", "latest"))
     if not str(args["store"]).startswith("sqlite://"):
@@ -59,11 +82,13 @@ def serve_graph(
 
     owned = connect(address)
     _stop_on_signals()
+    host = "127.0.0.1" if insecure_local else None
     try:  # Ctrl-C while starting stops as cleanly as Ctrl-C while serving
         with console.status(f"starting the Serve graph on model version {mv.version}"):
-            run_profile(profile, args, port=port)
+            run_profile(profile, args, port=port, host=host)
         _wait_until_ready(cfg, port)
         _print_ready(cfg, port, mv.version)
+        _print_access(cfg, port, args, key)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -142,15 +167,46 @@ def _wait_until_ready(cfg: dict, port: int | None, timeout_s: float = 1800) -> N
 def _print_ready(cfg: dict, port: int | None, version: str) -> None:
     base = _base_url(cfg, port)
     console.print(f"[bold green]serving[/] {version} at {base} (OpenAPI docs: {base}/docs)")
+
+
+def _print_access(cfg: dict, port: int | None, args: dict, key: str | None) -> None:
+    """Who may call, and the curl lines to try (with the demo's key, or $LLMREC_API_KEY)."""
+    from serving.auth import read_keys
+
+    base = _base_url(cfg, port)
+    auth = ""
+    if args.get("insecure_local"):
+        console.print(
+            "[bold red]--insecure-local:[/] API keys are NOT checked; listening on 127.0.0.1 only",
+            highlight=False,
+        )
+    else:
+        source = args.get("api_keys")
+        try:
+            active = sum(r.active for r in read_keys(source))
+        except ValueError as e:
+            active, source = 0, f"{source} ({e})"
+        if not active:
+            console.print(
+                f"[bold yellow]no API key in {source}:[/] every endpoint but /healthz and "
+                "/readyz answers 401. Create one (a running graph picks it up):\n"
+                f"  llmrec keys create --name me --scope all --file {source}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        # A literal key in single quotes; else the shell expands the variable.
+        auth = f" -H 'Authorization: Bearer {key}'" if key else ' -H "Authorization: Bearer $K"'
+        if not key:
+            console.print("with your key in K:  export K=llmrec_...", highlight=False)
     console.print("try:", highlight=False)
     for line in (
-        f"curl -s '{base}/recommend/1?k=5'",
-        f"curl -s -X POST {base}/events -H 'content-type: application/json' "
+        f"curl -s{auth} '{base}/recommend/1?k=5'",
+        f"curl -s{auth} -X POST {base}/events -H 'content-type: application/json' "
         """-d '{"user_id": "1", "item_id": "50", "type": "click"}'""",
-        f"curl -s '{base}/recommend/1?k=5'",
-        f"curl -s '{base}/recommend/new-user-42?k=5'",
-        f"curl -s '{base}/items/50/similar?k=5'",
-        f"curl -s {base}/metrics | grep llmrec_",
+        f"curl -s{auth} '{base}/recommend/1?k=5'",
+        f"curl -s{auth} '{base}/recommend/new-user-42?k=5'",
+        f"curl -s{auth} '{base}/items/50/similar?k=5'",
+        f"curl -s{auth} {base}/metrics | grep llmrec_",
     ):
         console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print("Ctrl-C stops serving.")
