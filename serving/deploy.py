@@ -43,6 +43,18 @@ def export_serve_env(profile: str | Path) -> None:
         os.environ.setdefault(k, v)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_insecure(args: dict[str, Any], host: str) -> None:
+    """Key checking may be off only where nobody else can connect."""
+    if args.get("insecure_local") and host not in LOOPBACK:
+        raise ValueError(
+            f"insecure_local: API keys may be off only with the proxy on 127.0.0.1, but "
+            f"http_options.host is {host}; create a key (llmrec keys create) instead"
+        )
+
+
 def run_profile(
     profile: str | Path,
     args: dict[str, Any] | None = None,
@@ -69,6 +81,10 @@ def run_profile(
         http["port"] = port
     if host is not None:
         http["host"] = host
+    check_insecure(
+        {**app_cfg.get("args", {}), **(args or {}), **(user_config or {})},
+        http.get("host", "127.0.0.1"),
+    )
     serve.start(
         http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)},
         logging_config=cfg.get("logging_config"),
@@ -148,4 +164,5 @@ def render_config(
         http["port"] = port
     if host is not None:
         http["host"] = host
+    check_insecure(app["args"], http.get("host", "127.0.0.1"))
     return cfg

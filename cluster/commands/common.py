@@ -69,6 +69,14 @@ EventStoreUrl = Annotated[
     str, typer.Option(help="event store URL holding the events and logged impressions")
 ]
 DEFAULT_STORE = "sqlite://artifacts/serving/events.db"
+#: Where the Serve graph reads its API keys (the live setting `api_keys`).
+ApiKeys = Annotated[
+    str | None,
+    typer.Option(
+        help="API key file (llmrec keys create --file), or env:NAME for a secret in the "
+        "replicas' environment [default: the profile's, artifacts/serving/api-keys.json]"
+    ),
+]
 #: Which retrieval stack a stage fits: what `llmrec eval` chose on validation.
 StackSpecFile = Annotated[
     str | None,

@@ -14,6 +14,7 @@ from rich.console import Console
 from cluster.commands.common import (
     DEFAULT_ROOT,
     DEFAULT_STORE,
+    ApiKeys,
     EventStoreUrl,
     app,
     console,
@@ -35,6 +36,7 @@ def serve(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address [default: $RAY_ADDRESS or local]")
     ] = None,
+    api_keys: ApiKeys = None,
     insecure_local: Annotated[
         bool,
         typer.Option(
@@ -46,7 +48,9 @@ def serve(
 ) -> None:
     """Serve the graph from a profile YAML until Ctrl-C. Every endpoint but /healthz and
     /readyz needs an API key (llmrec keys create)."""
-    serve_graph(profile, root, store, port, address, insecure_local=insecure_local)
+    serve_graph(
+        profile, root, store, port, address, insecure_local=insecure_local, api_keys=api_keys
+    )
 
 
 def serve_graph(
@@ -226,6 +230,7 @@ def serve_config(
     watch_s: Annotated[
         float | None, typer.Option(help="seconds between checks of CURRENT (0: off)")
     ] = None,
+    api_keys: ApiKeys = None,
 ) -> None:
     """Write the profile as a config for `serve deploy`, with absolute paths (replicas do not
     run in this folder); `serve deploy` it again to change live settings in place."""
@@ -236,7 +241,12 @@ def serve_config(
 
     overrides = {
         k: v
-        for k, v in (("model_root", root), ("store", store), ("watch_s", watch_s))
+        for k, v in (
+            ("model_root", root),
+            ("store", store),
+            ("watch_s", watch_s),
+            ("api_keys", api_keys),
+        )
         if v is not None
     }
     try:
@@ -245,6 +255,8 @@ def serve_config(
         raise LlmrecError(f"invalid settings: {validation_message(e)}") from None
     except FileNotFoundError as e:
         raise LlmrecError(f"no profile '{profile}': {e.strerror}") from None
+    except ValueError as e:  # insecure_local on a public host
+        raise LlmrecError(str(e)) from None
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     console.print(
         f"wrote {out}; deploy it with: serve deploy {out} -a http://<head>:8265",

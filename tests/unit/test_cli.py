@@ -310,3 +310,24 @@ def test_fit_takes_the_stack_llmrec_eval_chose_for_the_dataset(tmp_path, prepare
     fitted = spec_from_json(json.loads((out / "stack.json").read_text())["spec"])
     assert list(fitted) == ["transitions", "ALS"]
     assert fitted["transitions"][1]["window"] == 1 and fitted["ALS"][1]["factors"] == 8
+
+
+def test_keys_create_prints_the_key_once_and_list_never_shows_it(tmp_path):
+    file = str(tmp_path / "keys.json")
+    made = llmrec("keys", "create", "--name", "web", "--scope", "recommend", "--file", file)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("llmrec_")
+    listed = llmrec("keys", "list", "--file", file)
+    assert "web" in listed.stdout and "recommend" in listed.stdout
+    assert key not in listed.stdout and key not in (tmp_path / "keys.json").read_text()
+    assert llmrec("keys", "revoke", "web", "--file", file).returncode == 0
+    assert_user_error(llmrec("keys", "revoke", "web", "--file", file), "no active key")
+
+
+def test_keys_create_refuses_an_unknown_scope(tmp_path):
+    proc = llmrec(
+        "keys", "create", "--name", "x", "--scope", "admin", "--file", str(tmp_path / "k")
+    )
+    assert_user_error(proc, "scope", "recommend, events, catalog, users, ops")
+    assert not (tmp_path / "k").exists()
