@@ -10,15 +10,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictFloat,
     StrictInt,
     StrictStr,
     TypeAdapter,
     ValidationError,
-    field_validator,
+    WithJsonSchema,
 )
 
 # -- limits (in the published schema, so a client generated from it keeps them) -------------
@@ -31,17 +34,70 @@ MAX_BATCH_EVENTS = 1000
 K_MAX = 100
 MAX_ID_CHARS = 200
 MAX_EXCLUDE = 1000
+#: GET /recommend's `exclude`: the whole URL must stay under the proxy's 64 KiB, even with
+#: every character percent-encoded (longer lists: POST /recommend)
+MAX_QUERY_EXCLUDE, MAX_QUERY_ID_CHARS = 50, 64
 MAX_ATTRIBUTES = 20
 MAX_TITLE_CHARS, MAX_TEXT_CHARS, MAX_CATEGORIES = 500, 5000, 50
 #: timestamps are seconds since the epoch, before 2100
 MAX_TIMESTAMP = 4_102_444_800.0
 
-# An id is a non-empty string or an integer, both bounded (an unbounded integer would reach
-# Python's int-to-str limit when the id is stored).
-IdStr = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
-IdInt = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
-Id = IdStr | IdInt
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: integers JSON parsers everywhere read exactly (an id past them would change in a client)
+MAX_JSON_INT = 2**53 - 1
+
+
+def _utf8(v: str) -> str:
+    # JSON may carry lone surrogates, which no store can encode: refused here, not at rest.
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (a lone surrogate is not)") from None
+    return v
+
+
+def _id(v: Any) -> str | int:
+    # One check with one message, instead of a union's error per member.
+    if isinstance(v, float) and v.is_integer():  # JSON Schema's integer includes 3.0
+        v = int(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        if abs(v) > MAX_JSON_INT:
+            raise ValueError(f"an integer id must lie within +-{MAX_JSON_INT}")
+        return v
+    if not isinstance(v, str):
+        raise ValueError("must be a string or an integer")
+    if not v.strip():
+        raise ValueError("must not be empty")
+    if len(v) > MAX_ID_CHARS:
+        raise ValueError(f"must be at most {MAX_ID_CHARS} characters")
+    return _utf8(v)
+
+
+def _number(v: Any) -> Any:
+    # Pydantic's lax numbers take true and "3"; JSON Schema's do not.
+    if isinstance(v, bool | str):
+        raise ValueError("must be a number")
+    return v
+
+
+#: a JSON number: finite, never a boolean or a string
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+#: a JSON integer (3.0 included)
+Integer = Annotated[int, BeforeValidator(_number)]
+#: a string field as stored: valid Unicode
+Text = Annotated[StrictStr, AfterValidator(_utf8)]
+#: an id: a non-empty string or an integer, both bounded
+Id = Annotated[
+    str | int,
+    PlainValidator(_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": r"\S"},
+                {"type": "integer", "minimum": -MAX_JSON_INT, "maximum": MAX_JSON_INT},
+            ]
+        }
+    ),
+]
 EventType = Literal["view", "click", "purchase", "rating", "dislike"]
 Stage = Literal["rerank", "retrieval", "cold_start"]
 
@@ -57,31 +113,24 @@ class EventIn(_Closed):
     user_id: Id
     item_id: Id
     type: EventType
-    value: Finite | None = None
-    timestamp: float | None = Field(None, ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)
-    event_id: StrictStr | None = Field(None, max_length=MAX_ID_CHARS)
-    request_id: StrictStr | None = Field(None, max_length=MAX_ID_CHARS)
-
-    @field_validator("user_id", "item_id")
-    @classmethod
-    def _not_blank(cls, v: Id) -> Id:
-        if isinstance(v, str) and not v.strip():
-            raise ValueError("must not be empty")
-        return v
+    value: Number | None = None
+    timestamp: Number | None = Field(None, ge=0, le=MAX_TIMESTAMP)
+    event_id: Text | None = Field(None, max_length=MAX_ID_CHARS)
+    request_id: Text | None = Field(None, max_length=MAX_ID_CHARS)
 
 
 class RecommendIn(_Closed):
     user_id: Id
-    k: int | None = Field(None, ge=1, le=K_MAX)
+    k: Integer | None = Field(None, ge=1, le=K_MAX)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE)
-    category: StrictStr | None = Field(None, max_length=MAX_ID_CHARS)
+    category: Text | None = Field(None, max_length=MAX_ID_CHARS)
 
 
 class ItemIn(_Closed):
     item_id: Id
-    title: StrictStr = Field(min_length=1, max_length=MAX_TITLE_CHARS)
-    text: StrictStr | None = Field(None, max_length=MAX_TEXT_CHARS)
-    categories: list[Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)]] = Field(
+    title: Text = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    text: Text | None = Field(None, max_length=MAX_TEXT_CHARS)
+    categories: list[Annotated[Text, Field(max_length=MAX_ID_CHARS)]] = Field(
         default_factory=list, max_length=MAX_CATEGORIES
     )
 
@@ -90,10 +139,14 @@ EVENTS = TypeAdapter(list[EventIn])
 #: the body of POST /events as the schema publishes it (validated by `EVENTS`, whose errors
 #: name the event and field: `events[3].type`)
 EventsBody = EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
-AttributeValue = Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)] | StrictInt | StrictFloat
+AttributeValue = (
+    Annotated[Text, Field(max_length=MAX_ID_CHARS)]
+    | StrictInt
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+)
 #: PUT /users/{id}/attributes: attribute name -> stated value (null: not stated)
 Attributes = Annotated[
-    dict[Annotated[str, Field(max_length=MAX_ID_CHARS)], AttributeValue | None],
+    dict[Annotated[Text, Field(max_length=MAX_ID_CHARS)], AttributeValue | None],
     Field(max_length=MAX_ATTRIBUTES),
 ]
 

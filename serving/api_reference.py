@@ -60,9 +60,7 @@ def render(spec: dict[str, Any]) -> str:
             if op.get("description"):
                 out += [" ".join(op["description"].split()), ""]
             scopes = sorted({s for req in op.get("security", []) for v in req.values() for s in v})
-            needs = (
-                f"API key with scope `{'`, `'.join(scopes)}`" if scopes else "open (no API key)"
-            )
+            needs = f"API key with scope `{'`, `'.join(scopes)}`" if scopes else "open (no API key)"
             out += [f"Access: {needs}.", ""]
             params = op.get("parameters", [])
             if params:

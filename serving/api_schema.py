@@ -21,6 +21,7 @@ _RETRY_AFTER = {
     }
 }
 _WHY = {
+    400: "the body could not be read as UTF-8 JSON",
     401: "no API key, or one that is not valid (unknown, wrong or revoked)",
     403: "the API key lacks the scope this endpoint needs",
     404: "no such item",
@@ -36,8 +37,9 @@ METRICS_MEDIA_TYPE = "text/plain"
 
 def errors(*statuses: int, store: bool = False, metrics: bool = False) -> Responses:
     """The error answers of a protected route: 401, 403, 422 and 429 always, plus `statuses`
-    (and 503 when it writes to the event store)."""
-    codes = sorted({401, 403, 422, 429, *statuses, *((503,) if store else ())})
+    (400 and 413 with a body, 503 when it writes to the event store)."""
+    body = (400, 413) if 413 in statuses else ()
+    codes = sorted({401, 403, 422, 429, *statuses, *body, *((503,) if store else ())})
     out: Responses = {}
     for code in codes:
         out[code] = {"model": Error, "description": _WHY[code]}

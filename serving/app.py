@@ -35,8 +35,9 @@ from serving.api_models import (
     K_MAX,
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
-    MAX_EXCLUDE,
     MAX_ID_CHARS,
+    MAX_QUERY_EXCLUDE,
+    MAX_QUERY_ID_CHARS,
     Attributes,
     AttributesSet,
     EventsStored,
@@ -71,10 +72,6 @@ from training.threads import set_threads
 
 #: seconds a client waits before retrying a write the store could not take
 RETRY_AFTER_S = 1
-#: the API keys this process's Api replica accepts. Module state on purpose: Serve runs a
-#: pickled copy of the FastAPI app in the replica, whose dependencies reach this module's
-#: globals (one Api replica per process), not the replica object.
-GUARD = Guard()
 
 
 async def stored_or_503(call: Any) -> Any:
@@ -141,10 +138,13 @@ def _presented(
 
 def _admit(scopes: SecurityScopes, key: Annotated[str | None, Depends(_presented)]) -> None:
     """Runs before the body is validated: a caller without the key learns nothing else."""
+    # The replica object, found as Serve finds it for the routes' `self`: the app and its
+    # dependencies run as a pickled copy in the replica, so module state would be a copy.
+    guard: Guard = serve.get_replica_context().servable_object.guard
     try:
-        GUARD.admit(key, scopes.scopes[0])
+        guard.admit(key, scopes.scopes[0])
     except Denied as d:
-        GUARD.denied[d.status] = GUARD.denied.get(d.status, 0) + 1
+        guard.denied[d.status] = guard.denied.get(d.status, 0) + 1
         raise HTTPException(d.status, d.message, headers=d.headers) from None
 
 
@@ -155,7 +155,10 @@ def scope(name: str) -> Any:
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException):
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    detail = exc.detail
+    if exc.status_code == 400:  # FastAPI could not read the body at all
+        detail = f"body: {detail}; send UTF-8 JSON"
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 @api.exception_handler(Exception)
@@ -188,6 +191,7 @@ class Api(Replica):
         self.reranker = reranker
         self.events = events
         self.metrics = Metrics()
+        self.guard = Guard()
         self.path = RequestPath(Handles(retrieval, reranker, cold_start), self.metrics)
         self.nearline = Nearline(self.path)
         self._gc = GcPauses()
@@ -196,7 +200,7 @@ class Api(Replica):
         self._start(settings)
 
     def _apply(self, settings: LiveSettings) -> bool:
-        GUARD.configure(
+        self.guard.configure(
             settings.api_keys, not settings.insecure_local, settings.key_rate, settings.key_burst
         )
         reloaded = self.path.take(settings)
@@ -248,8 +252,11 @@ class Api(Replica):
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)],
         k: Annotated[int | None, Query(ge=1, le=K_MAX)] = None,
         exclude: Annotated[
-            list[Annotated[str, Query(max_length=MAX_ID_CHARS)]] | None,
-            Query(max_length=MAX_EXCLUDE, description="item ids, repeated or comma-separated"),
+            list[Annotated[str, Query(max_length=MAX_QUERY_ID_CHARS)]] | None,
+            Query(
+                max_length=MAX_QUERY_EXCLUDE,
+                description="item ids, repeated or comma-separated (longer lists: POST /recommend)",
+            ),
         ] = None,
         category: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
     ) -> dict[str, Any]:
@@ -437,7 +444,7 @@ class Api(Replica):
             self.metrics.gc_pauses.labels(str(gen)).observe(seconds)
         for gen in range(3):
             self.metrics.gc_longest.labels(str(gen)).set(self._gc.longest_s[gen])
-        for status, n in GUARD.denied.items():
+        for status, n in self.guard.denied.items():
             self.metrics.denied.labels(str(status)).set(n)
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)

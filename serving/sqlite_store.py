@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from serving.events import KEY_ENV, Event, EventStore, StoredItem, pseudonymise
+from serving.events import EVENT_TYPES, KEY_ENV, Event, EventStore, StoredItem, pseudonymise
 from serving.experiments import Impression
 
 
@@ -250,6 +250,31 @@ class SQLiteEventStore(EventStore):
             c.execute("ROLLBACK")
             raise
         return {"events": events, "impressions": shown}
+
+    def integrity_problems(self) -> list[str]:
+        """What is wrong in the file (empty when sound): SQLite's own check, then every
+        event whole (a pseudonymised user, a known type, a finite time) and no cached list
+        claiming a version past its user's last event."""
+        c = self._conn()
+        problems = [r[0] for r in c.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        types = ",".join(f"'{t}'" for t in EVENT_TYPES)
+        checks = {
+            "events with a raw or empty user id": "SELECT COUNT(*) FROM events WHERE "
+            "length(user_id) != 32 OR user_id GLOB '*[^0-9a-f]*'",
+            "events without an item": "SELECT COUNT(*) FROM events WHERE item_id = ''",
+            "events of an unknown type": f"SELECT COUNT(*) FROM events WHERE type NOT IN ({types})",
+            "events without a finite time": "SELECT COUNT(*) FROM events WHERE ts IS NULL "
+            "OR ts < 0 OR ts > 1e10",
+            "cached lists newer than their user's events": "SELECT COUNT(*) FROM cache c "
+            "WHERE c.version > COALESCE((SELECT MAX(seq) FROM events e "
+            "WHERE e.user_id = c.user_id), 0)",
+            "items without a title": "SELECT COUNT(*) FROM items WHERE title = ''",
+        }
+        for what, sql in checks.items():
+            n = c.execute(sql).fetchone()[0]
+            if n:
+                problems.append(f"{n} {what}")
+        return problems
 
     def stats(self) -> dict[str, int]:
         c = self._conn()

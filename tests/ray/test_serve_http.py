@@ -16,8 +16,11 @@ import requests
 from serving.api_models import recommendation_keys
 from serving.deploy import run_profile
 from serving.sqlite_store import SQLiteEventStore
+from tests.http_client import KeyedClient, all_scopes_key
 
 pytestmark = pytest.mark.ray
+#: every call below carries the module's API key (the server fixture makes it)
+http = KeyedClient()
 
 
 def _free_port() -> int:
@@ -47,11 +50,14 @@ def server(ray_cluster, published, tmp_path_factory, handle_loop):
 
     _, models = published
     db = tmp_path_factory.mktemp("serve") / "events.db"
+    keys = db.parent / "api-keys.json"
+    http.key = all_scopes_key(keys)
     port = _free_port()
     # No precompute: these tests watch requests compute their lists (one test turns it on).
     args = {
         "model_root": str(models),
         "store": f"sqlite://{db}",
+        "api_keys": str(keys),
         "deadline_ms": 3000,
         "warm": False,
     }
@@ -70,7 +76,7 @@ def wait_ready(base: str, timeout: float = 120) -> None:
     end = time.time() + timeout
     while time.time() < end:
         try:
-            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+            if http.get(f"{base}/readyz", timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -79,7 +85,7 @@ def wait_ready(base: str, timeout: float = 120) -> None:
 
 
 def rec(base, user, **params):
-    r = requests.get(f"{base}/recommend/{user}", params=params, timeout=30)
+    r = http.get(f"{base}/recommend/{user}", params=params, timeout=30)
     assert r.status_code == 200, r.text
     out = r.json()
     assert_contract(out)
@@ -107,7 +113,7 @@ def rec_at_once(base, users, k: int) -> list[dict]:
 
 
 def post_events(base, events):
-    r = requests.post(f"{base}/events", json=events, timeout=30)
+    r = http.post(f"{base}/events", json=events, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -151,8 +157,8 @@ def wait_for_impressions(db, user: str, at_least: int = 1) -> None:
 
 def test_composition_end_to_end(server):
     base, _, _ = server
-    assert requests.get(f"{base}/healthz").json() == {"status": "ok"}
-    ready = requests.get(f"{base}/readyz").json()
+    assert http.get(f"{base}/healthz").json() == {"status": "ok"}
+    ready = http.get(f"{base}/readyz").json()
     assert ready["ready"] and ready["model"] == "v2"
     out = rec(base, "10", k=7)
     assert out["stage"] == "rerank" and out["path"] == "warm" and out["fallback"] is None
@@ -161,8 +167,8 @@ def test_composition_end_to_end(server):
     assert {"item_id", "title", "score", "sources", "stage", "explanation"} <= set(item)
     assert out["versions"]["model"] == "v2"
     assert {"retrieval", "rerank", "total"} <= set(out["timings_ms"])
-    assert "/recommend/{user_id}" in requests.get(f"{base}/openapi.json").json()["paths"]
-    post = requests.post(f"{base}/recommend", json={"user_id": 10, "k": 3}, timeout=30)
+    assert "/recommend/{user_id}" in http.get(f"{base}/openapi.json").json()["paths"]
+    post = http.post(f"{base}/recommend", json={"user_id": 10, "k": 3}, timeout=30)
     assert post.status_code == 200 and len(post.json()["items"]) == 3
 
 
@@ -212,7 +218,7 @@ def test_stated_attributes_give_segment_popularity_until_erased(server):
         "popular overall",
         "new or rarely seen: picked to explore",
     }
-    r = requests.put(url, json={"age": 52, "gender": "M", "occupation": "retired"}, timeout=30)
+    r = http.put(url, json={"age": 52, "gender": "M", "occupation": "retired"}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["segments"] == {"age": "50-55", "gender": "M", "occupation": "retired"}
     out = rec(base, user, k=10)
@@ -229,17 +235,17 @@ def test_stated_attributes_give_segment_popularity_until_erased(server):
         ({"age": "old"}, "body.age: a number of years"),
         (["age", 3], "body"),
     ]:
-        bad = requests.put(url, json=body, timeout=30)
+        bad = http.put(url, json=body, timeout=30)
         assert bad.status_code == 422 and fragment in str(bad.json()["detail"]), bad.text
     assert rec(base, user, k=10)["items"] == out["items"]  # the refused updates changed nothing
-    receipt = requests.delete(f"{base}/users/{user}", timeout=30).json()["removed"]
+    receipt = http.delete(f"{base}/users/{user}", timeout=30).json()["removed"]
     assert receipt["attributes"] == 1
     assert rec(base, user, k=10)["items"] == anonymous["items"]
 
 
 def test_a_new_item_appears_in_similar_items(server):
     base, _, _ = server
-    r = requests.post(
+    r = http.post(
         f"{base}/items",
         json={
             "item_id": "toy-story-5",
@@ -248,10 +254,10 @@ def test_a_new_item_appears_in_similar_items(server):
         },
     )
     assert r.status_code == 201
-    sim = requests.get(f"{base}/items/1/similar", params={"k": 10}).json()
+    sim = http.get(f"{base}/items/1/similar", params={"k": 10}).json()
     assert "toy-story-5" in [x["item_id"] for x in sim["items"]]
-    assert requests.post(f"{base}/items", json={"item_id": "1", "title": "x"}).status_code == 409
-    missing = requests.get(f"{base}/items/nope/similar")
+    assert http.post(f"{base}/items", json={"item_id": "1", "title": "x"}).status_code == 409
+    missing = http.get(f"{base}/items/nope/similar")
     assert missing.status_code == 404 and "item_id" in missing.json()["detail"]
 
 
@@ -339,9 +345,9 @@ def test_precomputed_lists_answer_returning_users_until_their_next_event(
     deploy(warm=True, warm_users=5, store=f"sqlite://{tmp_path / 'warm.db'}")
     try:
         # Ready means warm: the precompute is over when /readyz first says ready.
-        w = requests.get(f"{base}/readyz").json()["warm"]
+        w = http.get(f"{base}/readyz").json()["warm"]
         assert w["model"] == "v2" and w["users"] == w["done"] == 5 and w["seconds"] is not None
-        metrics = requests.get(f"{base}/metrics").text
+        metrics = http.get(f"{base}/metrics").text
         assert "llmrec_warm_users 5.0" in metrics
         lag = re.search(r"^llmrec_loop_lag_seconds ([0-9.e+-]+)$", metrics, re.M)
         assert lag is not None and 0 <= float(lag.group(1)) < 1
@@ -363,7 +369,7 @@ def test_precomputed_lists_answer_returning_users_until_their_next_event(
 
 
 def nearline_counts(base: str) -> dict[str, float]:
-    text = requests.get(f"{base}/metrics").text
+    text = http.get(f"{base}/metrics").text
     found = re.findall(r'^llmrec_nearline_total\{result="(\w+)"\} ([0-9.e+]+)$', text, re.M)
     return {k: float(v) for k, v in found}
 
@@ -457,7 +463,7 @@ def test_deleting_a_user_removes_their_events_and_state(server):
     post_events(base, [{"user_id": "gone", "item_id": "1", "type": "click"}] * 2)
     rec(base, "gone")
     wait_for_impressions(db, "gone")
-    r = requests.delete(f"{base}/users/gone").json()
+    r = http.delete(f"{base}/users/gone").json()
     assert r["removed"]["events"] == 2 and r["removed"]["impressions"] >= 1
     assert SQLiteEventStore(db).events_of("gone") == []
     assert impressions_of(db, "gone") == 0
@@ -513,7 +519,7 @@ def test_deleting_a_user_removes_their_events_and_state(server):
 def test_bad_input_gets_a_4xx_naming_the_field(server, method, path, kwargs, status, fragment):
     base, db, _ = server
     before = SQLiteEventStore(db).stats()["events"]
-    r = getattr(requests, method)(f"{base}{path}", timeout=30, **kwargs)
+    r = getattr(http, method)(f"{base}{path}", timeout=30, **kwargs)
     assert r.status_code == status, r.text
     assert fragment in r.text
     assert SQLiteEventStore(db).stats()["events"] == before  # nothing stored, nothing lost
@@ -544,7 +550,7 @@ def test_hot_swap_without_dropping_requests(server):
     def load():
         while not stop.is_set():
             try:
-                r = requests.get(f"{base}/recommend/17", params={"exclude": "1"}, timeout=30)
+                r = http.get(f"{base}/recommend/17", params={"exclude": "1"}, timeout=30)
                 if r.status_code != 200:
                     errors.append(r.status_code)
                 else:
@@ -583,7 +589,7 @@ def test_publishing_moves_a_latest_deployment_without_a_redeploy(server, publish
         point_current(models, "v1")
         end = time.time() + 30
         while time.time() < end:
-            r = requests.get(f"{base}/recommend/18", params={"exclude": "1"}, timeout=30)
+            r = http.get(f"{base}/recommend/18", params={"exclude": "1"}, timeout=30)
             if r.status_code != 200:
                 errors.append(r.status_code)
                 continue
@@ -593,7 +599,7 @@ def test_publishing_moves_a_latest_deployment_without_a_redeploy(server, publish
             time.sleep(0.2)
         assert seen[-3:] == ["v1"] * 3, seen
         assert not errors
-        assert requests.get(f"{base}/readyz", timeout=10).json()["model"] == "v1"
+        assert http.get(f"{base}/readyz", timeout=10).json()["model"] == "v1"
     finally:
         point_current(models, "v2")
         deploy()
@@ -718,7 +724,7 @@ def test_logs_hold_no_raw_user_id_or_event_text(server):
     deploy(drills={"rerank_fail": True})
     try:
         out = rec(base, user, k=5)
-        requests.post(f"{base}/recommend", json={"user_id": user, "k": 3}, timeout=30)
+        http.post(f"{base}/recommend", json={"user_id": user, "k": 3}, timeout=30)
         post_events(
             base,
             [
@@ -736,8 +742,8 @@ def test_logs_hold_no_raw_user_id_or_event_text(server):
         # from retrieval before its re-rank is even tried)
         assert rec(base, user, k=5, exclude="1")["fallback"] == "rerank_error"
         bad = {"user_id": user, "item_id": "7", "type": text}
-        assert requests.post(f"{base}/events", json=bad, timeout=30).status_code == 422
-        requests.delete(f"{base}/users/{user}", timeout=30)
+        assert http.post(f"{base}/events", json=bad, timeout=30).status_code == 422
+        http.delete(f"{base}/users/{user}", timeout=30)
     finally:
         deploy()
     # The scan reaches the replicas' logs: the failure it caused is logged there.
@@ -790,7 +796,7 @@ def test_readyz_says_ready_only_once_the_first_answers_will_be_normal(server, pu
     deploy(wait=False, warm=True, warm_users=n, store=f"sqlite://{tmp_path / 'ready.db'}")
     try:
         not_ready, end = 0, time.time() + 120
-        while (r := requests.get(f"{base}/readyz", timeout=10)).status_code != 200:
+        while (r := http.get(f"{base}/readyz", timeout=10)).status_code != 200:
             body = r.json()
             assert r.status_code == 503 and body["ready"] is False and body["reason"], body
             not_ready += 1
@@ -819,7 +825,7 @@ def test_the_retrieval_deployment_answers_when_retrieval_is_not_in_the_api(serve
         after = rec(base, "30", k=5)
         assert after["user_version"] > out["user_version"]
         assert clicked not in [x["item_id"] for x in after["items"]]
-        similar = requests.get(f"{base}/items/{clicked}/similar", params={"k": 3}, timeout=30)
+        similar = http.get(f"{base}/items/{clicked}/similar", params={"k": 3}, timeout=30)
         assert similar.status_code == 200 and len(similar.json()["items"]) == 3
         assert call(handle_loop, "Retrieval", "stats")["retrievals"] >= before + 2
     finally:

@@ -65,3 +65,21 @@ def test_user_ids_are_pseudonymised_at_rest(tmp_path, monkeypatch):
     # Another key (or a lost key file) cannot link the stored events to anyone.
     monkeypatch.setenv("LLMREC_PSEUDONYM_KEY", "another-key")
     assert SQLiteEventStore(db).events_of("bob@example.com") == []
+
+
+def test_integrity_problems_names_what_is_wrong(tmp_path):
+    store = SQLiteEventStore(tmp_path / "e.db")
+    store.append([Event("u1", "i1", "view", 1.0)])
+    assert store.integrity_problems() == []
+    with sqlite3.connect(tmp_path / "e.db") as c:
+        c.execute(
+            "INSERT INTO events (user_id, item_id, type, ts, received) "
+            "VALUES ('raw-id', 'x', 'like', 1, 1)"
+        )
+        c.execute(
+            "INSERT INTO cache (user_id, version, payload) VALUES (?, 99, '{}')",
+            (store.pseudonym("u1"),),
+        )
+    problems = "; ".join(store.integrity_problems())
+    for what in ("raw or empty user id", "unknown type", "newer than their user's events"):
+        assert what in problems, problems
