@@ -26,6 +26,19 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
+#: the benchmark's API key header (the graph checks keys, as served): set by `bench_keys`
+AUTH: dict[str, str] = {}
+
+
+def bench_keys(folder: Path) -> str:
+    """A key file with one key of every scope and no practical rate limit; the key goes into
+    AUTH. Returns the file for the graph's `api_keys`."""
+    from serving.auth import SCOPES, new_key, write_keys
+
+    key, record = new_key("bench", list(SCOPES), rate=1e6)
+    write_keys(folder / "api-keys.json", [record])
+    AUTH["Authorization"] = f"Bearer {key}"
+    return str(folder / "api-keys.json")
 
 
 def closed_loop(call, concurrency: int, duration: float, seed: int) -> list[dict]:
@@ -117,8 +130,10 @@ def http_call(base: str, users: list[str], items: list[str]):
     session = threading.local()
 
     def call(rng: random.Random):
-        s = getattr(session, "s", None) or requests.Session()
-        session.s = s
+        s = getattr(session, "s", None)
+        if s is None:
+            s = session.s = requests.Session()
+            s.headers.update(AUTH)
         user = rng.choice(users)
         try:
             if rng.random() < 0.1:
@@ -192,7 +207,7 @@ def ingress_state(base: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
-    text = requests.get(f"{base}/metrics", timeout=10).text
+    text = requests.get(f"{base}/metrics", headers=AUTH, timeout=10).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "llmrec_loop_lag_wakeup_seconds_bucket":
@@ -240,14 +255,17 @@ def reflection(base: str, trials: int) -> dict:
     answered_by: dict[str, int] = {}
     for i in range(trials):
         user = f"reflect-{i}"
-        requests.post(f"{base}/events", json={"user_id": user, "item_id": "1", "type": "click"})
-        top = requests.get(f"{base}/recommend/{user}", params={"k": 1}).json()["items"][0]
+        click = {"user_id": user, "item_id": "1", "type": "click"}
+        requests.post(f"{base}/events", json=click, headers=AUTH)
+        top = requests.get(f"{base}/recommend/{user}", params={"k": 1}, headers=AUTH).json()
+        top = top["items"][0]
         requests.post(
             f"{base}/events",
             json={"user_id": user, "item_id": top["item_id"], "type": "click"},
+            headers=AUTH,
         )
         t = time.perf_counter()
-        got = requests.get(f"{base}/recommend/{user}", params={"k": 10}).json()
+        got = requests.get(f"{base}/recommend/{user}", params={"k": 10}, headers=AUTH).json()
         ms.append((time.perf_counter() - t) * 1000)
         reflected += top["item_id"] not in [x["item_id"] for x in got["items"]]
         how = "cache" if got["cached"] else got["stage"]
@@ -338,6 +356,7 @@ def main() -> None:
     if args.reflection_only:
         reflection_only(args, root, tmp, console)
         return
+    keys = bench_keys(tmp)
     from serving.deploy import read_profile
 
     # The in-process variant runs the re-ranker with the CPU profile's compression too.
@@ -416,7 +435,7 @@ def main() -> None:
         )
         run_profile(
             "cpu",
-            {"model_root": root, "store": store},
+            {"model_root": root, "store": store, "api_keys": keys},
             user_config=live or None,
             port=args.port,
             env=env,
@@ -599,7 +618,9 @@ def reflection_only(args, root: str, tmp: Path, console: Console) -> None:
     for n, value in enumerate(args.reflection_only):
         live = {"reflect_ms": value or None}
         store = f"sqlite://{tmp / f'reflect-{n}.db'}"
-        run_profile("cpu", {"model_root": root, "store": store}, user_config=live, port=args.port)
+        keys = bench_keys(tmp)
+        args_ = {"model_root": root, "store": store, "api_keys": keys}
+        run_profile("cpu", args_, user_config=live, port=args.port)
         _wait(base)
         cell = {"reflect_ms": value or None, **reflection(base, 30)}
         out["cells"].append(cell)

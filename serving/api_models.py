@@ -79,10 +79,15 @@ def _number(v: Any) -> Any:
     return v
 
 
-#: a JSON number: finite, never a boolean or a string
-Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
-#: a JSON integer (3.0 included)
-Integer = Annotated[int, BeforeValidator(_number)]
+def number(**limits: Any) -> Any:
+    """A JSON number within `limits`: finite, never a boolean or a string. (The limits come
+    before the validator, or they would not reach the published schema.)"""
+    return Annotated[float, Field(allow_inf_nan=False, **limits), BeforeValidator(_number)]
+
+
+def integer(**limits: Any) -> Any:
+    """A JSON integer within `limits` (3.0 included; true and "3" not)."""
+    return Annotated[int, Field(**limits), BeforeValidator(_number)]
 #: a string field as stored: valid Unicode
 Text = Annotated[StrictStr, AfterValidator(_utf8)]
 #: an id: a non-empty string or an integer, both bounded
@@ -113,15 +118,15 @@ class EventIn(_Closed):
     user_id: Id
     item_id: Id
     type: EventType
-    value: Number | None = None
-    timestamp: Number | None = Field(None, ge=0, le=MAX_TIMESTAMP)
+    value: number() | None = None
+    timestamp: number(ge=0, le=MAX_TIMESTAMP) | None = None
     event_id: Text | None = Field(None, max_length=MAX_ID_CHARS)
     request_id: Text | None = Field(None, max_length=MAX_ID_CHARS)
 
 
 class RecommendIn(_Closed):
     user_id: Id
-    k: Integer | None = Field(None, ge=1, le=K_MAX)
+    k: integer(ge=1, le=K_MAX) | None = None
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE)
     category: Text | None = Field(None, max_length=MAX_ID_CHARS)
 

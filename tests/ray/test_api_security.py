@@ -121,7 +121,7 @@ def test_a_key_over_its_rate_gets_429_and_other_keys_do_not(graph):
 def test_bodies_past_their_limits_are_refused_and_nothing_is_stored(graph):
     events = KeyedClient(graph.keys["events"])
     before = SQLiteEventStore(graph.db).stats()["events"]
-    huge = [{"user_id": "big", "item_id": "1", "type": "view", "event_id": "x" * 150}] * 9000
+    huge = [{"user_id": "big", "item_id": "1", "type": "view", "event_id": "x" * 150}] * 12000
     r = events.post(f"{graph.base}/events", json=huge, timeout=60)
     assert r.status_code == 413 and "bytes" in r.json()["detail"], r.text[:200]
     r = events.post(f"{graph.base}/events", json=huge[:1001], timeout=60)

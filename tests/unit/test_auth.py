@@ -178,3 +178,12 @@ def test_a_body_past_the_limit_is_413_before_the_app_reads_it(declared):
     assert "limit of 10 bytes" in json.loads(sent[1]["body"])["detail"]
     ok = _call(app, [] if not declared else [(b"content-length", b"9")], [b"01234", b"5678"])
     assert ok[0]["status"] == 200 and ok[1]["body"] == b"012345678"
+
+
+def test_key_checking_may_be_off_only_on_loopback():
+    from serving.deploy import check_insecure
+
+    check_insecure({"insecure_local": True}, "127.0.0.1")
+    check_insecure({"insecure_local": False}, "0.0.0.0")
+    with pytest.raises(ValueError, match="only with the proxy on 127.0.0.1"):
+        check_insecure({"insecure_local": True}, "0.0.0.0")

@@ -1,0 +1,261 @@
+"""What API keys cost and what the rate limit protects, over loopback HTTP on one graph:
+
+1. The cache path (returning users whose lists the nearline step cached) with keys checked
+   and with checking off (`insecure_local`, a live change of the same graph), in alternating
+   rounds: the p50/p99 each adds.
+2. A well-behaved key (a paced client) alone, then while an abusive key (many threads, no
+   pause) is held to its rate: the well-behaved key's latency and answers past the deadline,
+   and how much of the abuser's traffic got 429.
+
+    python benchmarks/bench_api_keys.py --model-root artifacts/models/ml-100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+from benchmarks.bench_serving import _wait, closed_loop, run_info  # noqa: E402
+
+
+def keyed_session(key: str | None):
+    import requests
+
+    s = requests.Session()
+    if key is not None:
+        s.headers["Authorization"] = f"Bearer {key}"
+    return s
+
+
+def cache_rows(base: str, users: list[str], key: str | None, concurrency: int, seconds: float):
+    local = threading.local()
+
+    def call(rng: random.Random):
+        s = getattr(local, "s", None)
+        if s is None:
+            s = local.s = keyed_session(key)
+        r = s.get(f"{base}/recommend/{rng.choice(users)}", params={"k": 10}, timeout=30)
+        return "recommend", {"status": r.status_code, "cached": r.json().get("cached", False)}
+
+    return closed_loop(call, concurrency, seconds, seed=concurrency)
+
+
+def pct(rows: list[dict], q: float) -> float:
+    return float(np.percentile([r["ms"] for r in rows], q)) if rows else float("nan")
+
+
+def warm_cache(base: str, key: str, users: list[str], console: Console) -> None:
+    """One event per user, then wait until each user's list is cached."""
+    s = keyed_session(key)
+    for u in users:
+        s.post(f"{base}/events", json={"user_id": u, "item_id": "50", "type": "view"}, timeout=30)
+    end = time.time() + 300
+    pending = list(users)
+    while pending and time.time() < end:
+        pending = [
+            u for u in pending if not s.get(f"{base}/recommend/{u}", timeout=30).json()["cached"]
+        ]
+        time.sleep(0.2)
+    console.print(f"cached lists: {len(users) - len(pending)} of {len(users)}")
+
+
+def paced(base: str, key: str, rate: float, seconds: float, out: list[dict], users: list[str]):
+    """One request every 1/rate s (skipping ahead when late), from one session."""
+    s = keyed_session(key)
+    rng = random.Random(7)
+    start = time.perf_counter()
+    n = 0
+    while (now := time.perf_counter()) < start + seconds:
+        due = start + n / rate
+        if now < due:
+            time.sleep(due - now)
+        n += 1
+        t = time.perf_counter()
+        r = s.get(f"{base}/recommend/{rng.choice(users)}", params={"k": 10}, timeout=30)
+        body = r.json()
+        out.append(
+            {
+                "ms": (time.perf_counter() - t) * 1000,
+                "status": r.status_code,
+                "fallback": body.get("fallback"),
+            }
+        )
+
+
+def abuse(base: str, key: str, threads: int, stop: threading.Event, out: list[int], users):
+    def worker(w: int) -> None:
+        s = keyed_session(key)
+        rng = random.Random(w)
+        codes = []
+        while not stop.is_set():
+            codes.append(s.get(f"{base}/recommend/{rng.choice(users)}", timeout=30).status_code)
+        out.extend(codes)
+
+    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    for t in ts:
+        t.start()
+    return ts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model-root", default="artifacts/models/ml-100k")
+    p.add_argument("--port", type=int, default=8767)
+    p.add_argument("--cache-users", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per mode")
+    p.add_argument("--round-s", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--good-rate", type=float, default=10.0, help="the paced key's requests/s")
+    p.add_argument("--abuse-threads", type=int, default=16)
+    p.add_argument("--abuse-rate", type=float, default=20.0, help="the abusive key's limit")
+    p.add_argument("--abuse-s", type=float, default=40.0)
+    args = p.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from serving.deploy import export_serve_env
+
+    export_serve_env("cpu")
+    import ray
+    from ray import serve
+
+    from serving.auth import SCOPES, new_key, write_keys
+    from serving.deploy import run_profile
+
+    console = Console(width=160)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-keys"))
+    good, good_rec = new_key("good", list(SCOPES))
+    bad, bad_rec = new_key("abuser", ["recommend"], rate=args.abuse_rate)
+    write_keys(tmp / "keys.json", [good_rec, bad_rec])
+    ray.init(log_to_driver=False, include_dashboard=False)
+    base = f"http://127.0.0.1:{args.port}"
+    graph = {
+        "model_root": str(Path(args.model_root).resolve()),
+        "store": f"sqlite://{tmp / 'events.db'}",
+        "api_keys": str(tmp / "keys.json"),
+        "warm": False,
+    }
+
+    def deploy(**live) -> None:
+        run_profile("cpu", graph, user_config=live or None, port=args.port)
+        _wait(base)
+
+    deploy()
+    users = [f"bench-{i}" for i in range(args.cache_users)]
+    warm_cache(base, good, users, console)
+    out: dict = {**run_info(), "cache_path": [], "abuse": {}}
+    table = Table(title="API keys on the cache path (same graph, alternating rounds)")
+    for c in ("concurrency", "keys", "requests", "cached", "p50 ms", "p99 ms"):
+        table.add_column(c)
+    for c in args.concurrency:
+        rows: dict[str, list[dict]] = {"checked": [], "off": []}
+        for _ in range(args.rounds):
+            for mode in ("checked", "off"):
+                deploy(insecure_local=mode == "off")
+                key = good if mode == "checked" else None
+                rows[mode] += cache_rows(base, users, key, c, args.round_s)
+        cell = {"concurrency": c}
+        for mode, rs in rows.items():
+            ok = [r for r in rs if r["status"] == 200]
+            cell[mode] = {
+                "requests": len(rs),
+                "errors": len(rs) - len(ok),
+                "cached_share": float(np.mean([r["cached"] for r in ok])) if ok else 0.0,
+                "p50_ms": pct(ok, 50),
+                "p99_ms": pct(ok, 99),
+            }
+            table.add_row(
+                str(c),
+                mode,
+                str(len(rs)),
+                f"{cell[mode]['cached_share']:.0%}",
+                f"{cell[mode]['p50_ms']:.2f}",
+                f"{cell[mode]['p99_ms']:.2f}",
+            )
+        cell["added_p50_ms"] = cell["checked"]["p50_ms"] - cell["off"]["p50_ms"]
+        cell["added_p99_ms"] = cell["checked"]["p99_ms"] - cell["off"]["p99_ms"]
+        out["cache_path"].append(cell)
+    console.print(table)
+    deploy()  # keys checked again for the abuse phase
+    known = [str(u) for u in range(1, 944)]
+    deadline_ms = 200.0
+    phases = {}
+    for phase in ("alone", "with abuser"):
+        good_rows: list[dict] = []
+        codes: list[int] = []
+        stop = threading.Event()
+        threads = (
+            abuse(base, bad, args.abuse_threads, stop, codes, known) if phase != "alone" else []
+        )
+        paced(base, good, args.good_rate, args.abuse_s, good_rows, known)
+        stop.set()
+        for t in threads:
+            t.join()
+        ok = [r for r in good_rows if r["status"] == 200]
+        phases[phase] = {
+            "good_requests": len(good_rows),
+            "good_errors": len(good_rows) - len(ok),
+            "good_p50_ms": pct(ok, 50),
+            "good_p99_ms": pct(ok, 99),
+            "good_past_deadline": sum(r["ms"] > deadline_ms for r in ok),
+            "good_fallbacks": sum(r["fallback"] is not None for r in ok),
+            "abuser_requests": len(codes),
+            "abuser_per_s": len(codes) / args.abuse_s,
+            "abuser_429_share": (codes.count(429) / len(codes)) if codes else None,
+            "abuser_200": codes.count(200),
+        }
+    out["abuse"] = {
+        "good_rate": args.good_rate,
+        "abuse_threads": args.abuse_threads,
+        "abuser_limit_per_s": args.abuse_rate,
+        "seconds": args.abuse_s,
+        "deadline_ms": deadline_ms,
+        "phases": phases,
+    }
+    t = Table(title="A well-behaved key while an abusive key is rate-limited")
+    for col in (
+        "phase",
+        "good req",
+        "good p50",
+        "good p99",
+        "past 200 ms",
+        "fallbacks",
+        "abuser req/s",
+        "abuser 429",
+    ):
+        t.add_column(col)
+    for phase, r in phases.items():
+        share = r["abuser_429_share"]
+        t.add_row(
+            phase,
+            str(r["good_requests"]),
+            f"{r['good_p50_ms']:.1f}",
+            f"{r['good_p99_ms']:.1f}",
+            str(r["good_past_deadline"]),
+            str(r["good_fallbacks"]),
+            f"{r['abuser_per_s']:.0f}",
+            "-" if share is None else f"{share:.1%}",
+        )
+    console.print(t)
+    serve.shutdown()
+    ray.shutdown()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "api-keys.json").write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {RESULTS / 'api-keys.json'}")
+
+
+if __name__ == "__main__":
+    main()
