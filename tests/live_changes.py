@@ -25,6 +25,7 @@ def _other(name: str, value: Any) -> Any:
         "admit_share": 0.5,
         "dislike_similarity": 0.7,
         "k_default": 9,
+        "api_keys": "env:LLMREC_TEST_KEYS",  # a secret in the environment instead of a file
     }
     if name in special:
         return special[name]

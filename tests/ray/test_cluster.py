@@ -72,9 +72,11 @@ def test_jobs_pointed_at_missing_or_incompatible_artifacts_fail_fast(head, batch
     assert current_version(models) == "v1"
 
 
-def test_llmrec_serve_stops_on_ctrl_c(published, tmp_path):
-    """The quick start serves "until Ctrl-C": SIGINT must end the command and its local
-    cluster promptly, leaving no process behind."""
+def test_llmrec_serve_is_safe_by_default_and_stops_on_ctrl_c(published, tmp_path):
+    """`llmrec serve` with no key configured starts, says how to create one, and refuses
+    every protected call until a key is created (taken while serving). The quick start
+    serves "until Ctrl-C": SIGINT must end the command and its local cluster promptly,
+    leaving no process behind."""
     _, models = published
     port = free_port()
     log = tmp_path / "serve.log"
@@ -89,6 +91,8 @@ def test_llmrec_serve_stops_on_ctrl_c(published, tmp_path):
                 str(port),
                 "--store",
                 f"sqlite://{tmp_path / 'events.db'}",
+                "--api-keys",
+                str(tmp_path / "api-keys.json"),
             ],
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -102,7 +106,35 @@ def test_llmrec_serve_stops_on_ctrl_c(published, tmp_path):
             if time.time() > deadline:
                 pytest.fail("llmrec serve never became ready")
             time.sleep(1)
-        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/readyz", timeout=10).status_code == 200
+        started = log.read_text()
+        assert "no API key in" in started and "llmrec keys create" in started, started[-2000:]
+        r = requests.get(f"{base}/recommend/1?k=3", timeout=10)
+        assert r.status_code == 401 and "Authorization: Bearer" in r.json()["detail"]
+        made = subprocess.run(
+            [
+                f"{BIN}/llmrec",
+                "keys",
+                "create",
+                "--name",
+                "me",
+                "--scope",
+                "recommend",
+                "--file",
+                str(tmp_path / "api-keys.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        auth = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+        deadline = time.time() + 15
+        while (
+            r := requests.get(f"{base}/recommend/1?k=3", headers=auth, timeout=10)
+        ).status_code != 200:
+            assert time.time() < deadline, r.text
+            time.sleep(0.5)
         children = psutil.Process(proc.pid).children(recursive=True)
         start = time.perf_counter()
         proc.send_signal(signal.SIGINT)

@@ -19,6 +19,7 @@ import requests
 from cluster.local_redis import LocalRedis
 from pipelines.artifact import load_dataset
 from serving.events import open_store
+from tests.http_client import KeyedClient
 from tests.ray.cluster_nodes import (
     BIN,
     NAME,
@@ -33,6 +34,8 @@ from tests.ray.cluster_nodes import (
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 REPLICA = re.compile(r"ServeReplica:llmrec:(\w+)")
 DEADLINE_S = 0.2  # the cluster profile's deadline_ms
+#: the calls below carry the key `deploy` creates with `llmrec keys create`
+http = KeyedClient()
 
 
 def replicas(procs: list[psutil.Process]) -> dict[str, list[psutil.Process]]:
@@ -49,13 +52,32 @@ def replicas(procs: list[psutil.Process]) -> dict[str, list[psutil.Process]]:
 
 
 def deploy(head: Head, models, store: str, port: int, tmp_path) -> str:
-    cfg = tmp_path / "serve.yaml"
+    cfg, keys = tmp_path / "serve.yaml", tmp_path / "api-keys.json"
+    made = subprocess.run(
+        [
+            f"{BIN}/llmrec",
+            "keys",
+            "create",
+            "--name",
+            "tests",
+            "--scope",
+            "all",
+            "--file",
+            str(keys),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    http.key = made.stdout.strip().splitlines()[-1]
     proc = subprocess.run(
         [
             f"{BIN}/llmrec",
             "serve-config",
             *("--profile", "cluster", "--out", str(cfg), "--root", str(models)),
             *("--store", store, "--port", str(port), "--host", "127.0.0.1", "--watch-s", "1"),
+            *("--api-keys", str(keys)),
         ],
         capture_output=True,
         text=True,
@@ -77,7 +99,7 @@ def deploy(head: Head, models, store: str, port: int, tmp_path) -> str:
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
-            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+            if http.get(f"{base}/readyz", timeout=5).status_code == 200:
                 return base
         except requests.RequestException:
             pass
@@ -110,7 +132,7 @@ class Load:
             user = self.users[i % len(self.users)]
             t = time.perf_counter()
             try:
-                r = requests.get(f"{self.base}/recommend/{user}", timeout=10)
+                r = http.get(f"{self.base}/recommend/{user}", timeout=10)
                 self.statuses.append(r.status_code)
                 if r.status_code == 200:
                     self.answers += 1
@@ -123,7 +145,7 @@ class Load:
             event_id = f"load-{uuid.uuid4().hex}"
             event = {"user_id": user, "item_id": self.items[i % len(self.items)], "type": "view"}
             try:
-                r = requests.post(
+                r = http.post(
                     f"{self.base}/events", json={**event, "event_id": event_id}, timeout=10
                 )
                 if r.status_code == 200:
@@ -169,38 +191,38 @@ def _check_two_nodes(head, worker, data, rr, models, redis, tmp_path) -> None:
 
     # Read-your-writes: the event's version is in the very next answer.
     user = users[0]
-    r = requests.post(
+    r = http.post(
         f"{base}/events",
         json={"user_id": user, "item_id": items[3], "type": "click", "event_id": "ryw-1"},
         timeout=30,
     )
     assert r.status_code == 200 and r.json()["stored"] == 1, r.text
-    out = requests.get(f"{base}/recommend/{user}", timeout=30).json()
+    out = http.get(f"{base}/recommend/{user}", timeout=30).json()
     assert out["user_version"] == store.version(user) > 0, out
-    cold = requests.get(f"{base}/recommend/nobody-{uuid.uuid4().hex[:6]}", timeout=30).json()
+    cold = http.get(f"{base}/recommend/nobody-{uuid.uuid4().hex[:6]}", timeout=30).json()
     assert cold["path"] == "cold_start" and cold["items"], cold
 
     # Redis killed: answers from the models, on time and flagged; writes 503 + Retry-After.
     redis.kill()
     for u in users[:3]:
         t = time.perf_counter()
-        r = requests.get(f"{base}/recommend/{u}", timeout=30)
+        r = http.get(f"{base}/recommend/{u}", timeout=30)
         assert r.status_code == 200 and time.perf_counter() - t < 1.0, r.text
         assert r.json()["fallback"] == "store_unavailable", r.json()["fallback"]
     down = {"user_id": user, "item_id": items[4], "type": "click", "event_id": "down-1"}
-    r = requests.post(f"{base}/events", json=down, timeout=30)
+    r = http.post(f"{base}/events", json=down, timeout=30)
     assert r.status_code == 503 and r.headers.get("Retry-After") == "1", (r.text, r.headers)
     assert "nothing was stored" in r.json()["detail"]
     # Back: the same replicas find it by themselves (no redeploy).
     redis.start()
     deadline = time.time() + 30
-    while (r := requests.post(f"{base}/events", json=down, timeout=30)).status_code != 200:
+    while (r := http.post(f"{base}/events", json=down, timeout=30)).status_code != 200:
         assert r.status_code == 503 and time.time() < deadline, r.text
         time.sleep(0.5)
     ids = [e.event_id for e in open_store(redis.url).events_of(user)]
     assert ids == ["ryw-1", "down-1"], ids
     deadline = time.time() + 30
-    while requests.get(f"{base}/recommend/{user}", timeout=30).json()["fallback"] is not None:
+    while http.get(f"{base}/recommend/{user}", timeout=30).json()["fallback"] is not None:
         assert time.time() < deadline
         time.sleep(0.5)
 
@@ -227,7 +249,7 @@ def _check_two_nodes(head, worker, data, rr, models, redis, tmp_path) -> None:
         deadline = time.time() + 60
         seen: list[str] = []
         while time.time() < deadline and seen[-3:] != ["v2"] * 3:
-            r = requests.get(f"{base}/recommend/{users[1]}", timeout=30)
+            r = http.get(f"{base}/recommend/{users[1]}", timeout=30)
             assert r.status_code == 200, r.text
             seen.append(r.json()["versions"]["model"])
             time.sleep(0.3)
@@ -251,4 +273,4 @@ def _check_two_nodes(head, worker, data, rr, models, redis, tmp_path) -> None:
         time.sleep(1)
     assert alive(procs) == []
     with pytest.raises(requests.RequestException):
-        requests.get(f"{base}/healthz", timeout=2)
+        http.get(f"{base}/healthz", timeout=2)

@@ -185,5 +185,5 @@ def test_key_checking_may_be_off_only_on_loopback():
 
     check_insecure({"insecure_local": True}, "127.0.0.1")
     check_insecure({"insecure_local": False}, "0.0.0.0")
-    with pytest.raises(ValueError, match="only with the proxy on 127.0.0.1"):
+    with pytest.raises(ValueError, match=r"only with the proxy on 127\.0\.0\.1"):
         check_insecure({"insecure_local": True}, "0.0.0.0")
