@@ -86,6 +86,10 @@ class Head(Node):
                 "--num-cpus=4",
                 "--resources=" + json.dumps({"ingress": 100}),
                 "--include-dashboard=true",
+                # Free ports, not the defaults: another local cluster of the test run (the
+                # session's, or one `llmrec serve` started) may hold them.
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
                 f"--temp-dir={self.tmp}",
             ],
             env=self.env,
