@@ -7,6 +7,7 @@ contract fails its tests instead of reaching clients."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,8 +17,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    StrictFloat,
-    StrictInt,
     StrictStr,
     TypeAdapter,
     ValidationError,
@@ -75,7 +74,7 @@ def _id(v: Any) -> str | int:
 def _number(v: Any) -> Any:
     # Pydantic's lax numbers take true and "3"; JSON Schema's do not.
     if isinstance(v, bool | str):
-        raise ValueError("must be a number")
+        raise ValueError("must be a JSON number, not a string or a boolean")
     return v
 
 
@@ -88,6 +87,8 @@ def number(**limits: Any) -> Any:
 def integer(**limits: Any) -> Any:
     """A JSON integer within `limits` (3.0 included; true and "3" not)."""
     return Annotated[int, Field(**limits), BeforeValidator(_number)]
+
+
 #: a string field as stored: valid Unicode
 Text = Annotated[StrictStr, AfterValidator(_utf8)]
 #: an id: a non-empty string or an integer, both bounded
@@ -144,14 +145,40 @@ EVENTS = TypeAdapter(list[EventIn])
 #: the body of POST /events as the schema publishes it (validated by `EVENTS`, whose errors
 #: name the event and field: `events[3].type`)
 EventsBody = EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
-AttributeValue = (
-    Annotated[Text, Field(max_length=MAX_ID_CHARS)]
-    | StrictInt
-    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
-)
+
+
+def _attribute(v: Any) -> str | int | float | None:
+    # One check with one message (a union would report an error per member).
+    if v is None or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+    if isinstance(v, str):
+        if len(v) > MAX_ID_CHARS:
+            raise ValueError(f"must be at most {MAX_ID_CHARS} characters")
+        return _utf8(v)
+    raise ValueError("must be a string, a number or null")
+
+
+#: a stated attribute's value (null: not stated)
+AttributeValue = Annotated[
+    str | int | float | None,
+    PlainValidator(_attribute),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_ID_CHARS},
+                {"type": "number"},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 #: PUT /users/{id}/attributes: attribute name -> stated value (null: not stated)
 Attributes = Annotated[
-    dict[Annotated[Text, Field(max_length=MAX_ID_CHARS)], AttributeValue | None],
+    dict[Annotated[Text, Field(max_length=MAX_ID_CHARS)], AttributeValue],
     Field(max_length=MAX_ATTRIBUTES),
 ]
 
