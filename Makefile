@@ -22,9 +22,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# While developing: no Ray cluster, no slow tier (about two minutes).
+# While developing: no Ray cluster, no local S3, no slow tier (under two minutes).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not ray"
+	$(BIN)/python -m pytest -m "not slow and not ray and not s3"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

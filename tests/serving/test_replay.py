@@ -75,6 +75,7 @@ def test_replay_finds_the_worse_logged_order_and_leaks_nothing_later(logged):
     assert same["verdict"].startswith("no significant difference")
 
 
+@pytest.mark.slow  # the whole command, models loaded: seconds
 def test_the_replay_command_writes_its_report(logged, tmp_path):
     _, _, _, db, models = logged
     cmd = [sys.executable, "-m", "cluster.cli", "replay", "--model-root", str(models)]

@@ -289,6 +289,7 @@ def test_eval_refuses_a_folder_without_a_reranker(tmp_path, prepared):
     assert_user_error(proc, "nothing to evaluate")
 
 
+@pytest.mark.slow  # fits a stack through the command: seconds
 def test_fit_takes_the_stack_llmrec_eval_chose_for_the_dataset(tmp_path, prepared):
     """Without --stack-spec, `fit` fits what `llmrec eval` wrote for the dataset (the stack
     validation chose), says so, and the fitted stack records it."""
