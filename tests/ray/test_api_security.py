@@ -131,6 +131,52 @@ def test_bodies_past_their_limits_are_refused_and_nothing_is_stored(graph):
     assert SQLiteEventStore(graph.db).stats()["events"] == before
 
 
+@pytest.mark.parametrize(
+    ("scope", "method", "path", "body", "field"),
+    [
+        # Each answered 500 before ids and texts were checked for valid Unicode.
+        (
+            "events",
+            "POST",
+            "/events",
+            r'{"user_id": "\udc80", "item_id": "1", "type": "view"}',
+            "user_id",
+        ),
+        ("catalog", "POST", "/items", r'{"item_id": "new-1", "title": "\udc80"}', "title"),
+        ("recommend", "POST", "/recommend", r'{"user_id": "\udc80"}', "user_id"),
+        # Each was stored as it came before numbers had to be finite and within bounds.
+        (
+            "events",
+            "POST",
+            "/events",
+            '{"user_id": "u", "item_id": "1", "type": "view", "value": NaN}',
+            "value",
+        ),
+        (
+            "events",
+            "POST",
+            "/events",
+            '{"user_id": "u", "item_id": "1", "type": "view", "timestamp": 1e300}',
+            "timestamp",
+        ),
+        ("users", "PUT", "/users/u/attributes", '{"age": Infinity}', "age"),
+    ],
+)
+def test_input_that_once_broke_the_graph_gets_a_422_naming_the_field(
+    graph, scope, method, path, body, field
+):
+    before = SQLiteEventStore(graph.db).stats()
+    r = KeyedClient(graph.keys[scope]).request(
+        method,
+        f"{graph.base}{path}",
+        data=body.encode("utf-8", "surrogatepass"),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 422 and r.json()["detail"].startswith(f"{field}: "), r.text
+    assert SQLiteEventStore(graph.db).stats() == before
+
+
 def test_keys_created_and_revoked_reach_the_running_graph(graph, tmp_path):
     url = f"{graph.base}/recommend/5?k=3"
     made = subprocess.run(
