@@ -174,7 +174,7 @@ def _print_ready(cfg: dict, port: int | None, version: str) -> None:
 
 
 def _print_access(cfg: dict, port: int | None, args: dict, key: str | None) -> None:
-    """Who may call, and the curl lines to try (with the demo's key, or $LLMREC_API_KEY)."""
+    """Who may call, and the curl lines to try (with the demo's key, or a shell variable)."""
     from serving.auth import read_keys
 
     base = _base_url(cfg, port)
