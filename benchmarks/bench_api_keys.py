@@ -102,29 +102,20 @@ def paced(base: str, key: str, rate: float, seconds: float, out: list[dict], use
 
 def _abuser(base: str, key: str, threads: int, seconds: float, users, queue) -> None:
     """In a process of its own (its threads must not share the measuring client's GIL):
-    requests without pause for `seconds`; puts the status codes on `queue`."""
-    codes: list[int] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+    `bench_serving.closed_loop` for `seconds`; puts the status codes on `queue`."""
+    local = threading.local()
 
-    def worker(w: int) -> None:
-        s = keyed_session(key)
-        rng = random.Random(w)
-        mine = []
-        while time.perf_counter() < stop:
-            try:
-                mine.append(s.get(f"{base}/recommend/{rng.choice(users)}", timeout=30).status_code)
-            except Exception:
-                mine.append(0)
-        with lock:
-            codes.extend(mine)
+    def call(rng: random.Random):
+        s = getattr(local, "s", None)
+        if s is None:
+            s = local.s = keyed_session(key)
+        try:
+            code = s.get(f"{base}/recommend/{rng.choice(users)}", timeout=30).status_code
+        except Exception:
+            code = 0
+        return "recommend", {"status": code}
 
-    ts = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    queue.put(codes)
+    queue.put([r["status"] for r in closed_loop(call, threads, seconds, seed=99)])
 
 
 def abuse(base: str, key: str, threads: int, seconds: float, users):

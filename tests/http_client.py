@@ -31,10 +31,17 @@ class KeyedClient:
         return self.request("DELETE", url, **kw)
 
 
-def all_scopes_key(path) -> str:
-    """A key with every scope, written to the key file at `path` (created if missing)."""
-    from serving.auth import SCOPES, new_key, read_keys, write_keys
+def add_key(path, name: str, scopes: list[str], rate: float | None = None) -> str:
+    """A new key, its record added to the key file at `path` (created if missing)."""
+    from serving.auth import new_key, read_keys, write_keys
 
-    key, record = new_key("tests", list(SCOPES))
+    key, record = new_key(name, scopes, rate)
     write_keys(path, [*read_keys(str(path)), record])
     return key
+
+
+def all_scopes_key(path) -> str:
+    """A key with every scope, added to the key file at `path`."""
+    from serving.auth import SCOPES
+
+    return add_key(path, "tests", list(SCOPES))

@@ -17,7 +17,7 @@ import requests
 from serving.auth import SCOPES, new_key, read_keys, revoke, write_keys
 from serving.deploy import run_profile
 from serving.sqlite_store import SQLiteEventStore
-from tests.http_client import KeyedClient
+from tests.http_client import KeyedClient, add_key
 from tests.ray.test_serve_http import _free_port, wait_ready
 
 pytestmark = pytest.mark.ray
@@ -34,10 +34,8 @@ class Graph:
         self.keys: dict[str, str] = {}
 
     def add_key(self, name: str, scopes: list[str], rate: float | None = None) -> str:
-        key, record = new_key(name, scopes, rate)
-        write_keys(self.keys_file, [*read_keys(str(self.keys_file)), record])
-        self.keys[name] = key
-        return key
+        self.keys[name] = add_key(self.keys_file, name, scopes, rate)
+        return self.keys[name]
 
 
 @pytest.fixture(scope="module")
