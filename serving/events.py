@@ -11,11 +11,10 @@ their newest event, so "is this cached list still current?" is one indexed looku
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from serving.experiments import Impression
@@ -34,6 +33,8 @@ class Event:
     value: float | None = None
     event_id: str | None = None
     request_id: str | None = None
+    #: the store's sequence number (set on events read back; 0 on events not yet stored)
+    seq: int = 0
 
 
 @dataclass
@@ -120,13 +121,21 @@ class EventStore(ABC):
     @abstractmethod
     def stats(self) -> dict[str, int]: ...
 
+    # -- what retraining reads ------------------------------------------------------------------
 
-KEY_ENV = "LLMREC_PSEUDONYM_KEY"
+    @abstractmethod
+    def high_water(self) -> int:
+        """The newest sequence number handed out so far (0: none): a retrain reads the events
+        up to it, and serving adds only what came after on top of that dataset."""
 
+    @abstractmethod
+    def export_events(self, through: int, page: int = 5000) -> Iterator[list[Event]]:
+        """Every stored event with `seq <= through`, in pages, under its pseudonym (no
+        order is promised across pages)."""
 
-def pseudonymise(key: bytes, user_id: str) -> str:
-    """The id a user is stored under: keyed HMAC-SHA256, shortened (every store's)."""
-    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+    @abstractmethod
+    def erasures(self) -> dict[str, float]:
+        """Pseudonym -> when that user was last erased: what `prepare` drops from older data."""
 
 
 def sqlite_path(url: str) -> str | None:

@@ -33,7 +33,8 @@ return stored
 """
 
 #: KEYS: the user's ev, ver, cache, imp, attrs; then eids, users, attributed, imp, imp_ts,
-#: n_events, cached. ARGV: pseudonym. Returns {events, cached lists, impressions, attributes}.
+#: n_events, cached, erased. ARGV: pseudonym, now (recorded in `erased`: the erasure list
+#: retraining honours). Returns {events, cached lists, impressions, attributes}.
 DELETE_USER = """
 local who = ARGV[1]
 local evs = redis.call('HGETALL', KEYS[1])
@@ -56,6 +57,7 @@ for _, r in ipairs(redis.call('SMEMBERS', KEYS[4])) do
 end
 redis.call('DEL', KEYS[4])
 local attrs = redis.call('DEL', KEYS[5])
+redis.call('HSET', KEYS[13], who, ARGV[2])
 return {n, cached, shown, attrs}
 """
 

@@ -29,6 +29,7 @@ import os
 import secrets
 import time
 from dataclasses import replace
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -36,7 +37,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from serving.events import KEY_ENV, Event, EventStore, StoredItem, StoreUnavailable, pseudonymise
+from pipelines.identity import KEY_ENV, pseudonymise
+from serving.events import Event, EventStore, StoredItem, StoreUnavailable
 from serving.experiments import Impression
 from serving.redis_scripts import (
     ADD_ITEM,
@@ -203,14 +205,14 @@ class RedisEventStore(EventStore):
         return stored, len(events) - stored
 
     @staticmethod
-    def _event(who: str, raw: str) -> Event:
+    def _event(who: str, raw: str, seq: str | int) -> Event:
         b = json.loads(raw)
-        return Event(who, b["i"], b["t"], b["ts"], b.get("v"), b.get("e"), b.get("r"))
+        return Event(who, b["i"], b["t"], b["ts"], b.get("v"), b.get("e"), b.get("r"), int(seq))
 
     def _events(self, who: str, fields: dict[str, str]) -> list[Event]:
         """The user's events, oldest first (by timestamp, then arrival), as SQLite orders."""
-        rows = [(self._event(who, raw), int(seq)) for seq, raw in fields.items()]
-        return [e for e, _ in sorted(rows, key=lambda r: (r[0].timestamp, r[1]))]
+        rows = [self._event(who, raw, seq) for seq, raw in fields.items()]
+        return sorted(rows, key=lambda e: (e.timestamp, e.seq))
 
     def events_by_pseudonym(self, who: str) -> list[Event]:
         return self._events(who, self._call(self.r.hgetall, self.u(who, "ev")))
@@ -227,8 +229,8 @@ class RedisEventStore(EventStore):
         who = self.pseudonym(user_id)
         keys = [self.u(who, n) for n in ("ev", "ver", "cache", "imp", "attrs")]
         keys += [self.k(n) for n in ("eids", "users", "attributed", "imp", "imp_ts")]
-        keys += [self.k(n) for n in ("n_events", "cached")]
-        counts = self._call(self._delete, keys=keys, args=[who])
+        keys += [self.k(n) for n in ("n_events", "cached", "erased")]
+        counts = self._call(self._delete, keys=keys, args=[who, time.time()])
         return dict(
             zip(("events", "cached_lists", "impressions", "attributes"), counts, strict=True)
         )
@@ -304,7 +306,7 @@ class RedisEventStore(EventStore):
             for seq, raw in zip(
                 seqs, self._call(self.r.hmget, self.u(who, "ev"), seqs), strict=True
             ):
-                e = None if raw is None else self._event(who, raw)
+                e = None if raw is None else self._event(who, raw, seq)
                 if e is not None and e.request_id in requests:
                     attributed.append((int(seq), e))
         return shown, [e for _, e in sorted(attributed, key=lambda x: x[0])]
@@ -325,6 +327,32 @@ class RedisEventStore(EventStore):
             keys = [self.k("imp"), self.k("imp_ts"), self.u(who, "imp")]
             shown += int(self._call(self._purge_impression, keys=keys, args=[request_id]))
         return {"events": events, "impressions": shown}
+
+    # -- what retraining reads -----------------------------------------------------------------
+
+    def high_water(self) -> int:
+        return int(self._call(self.r.get, self.k("seq")) or 0)
+
+    def export_events(self, through: int, page: int = 5000) -> Iterator[list[Event]]:
+        # Users are scanned (SSCAN: no blocking of the server), each user's hash read in one
+        # pipelined round trip per page of users.
+        cursor, batch = 0, []
+        while True:
+            cursor, users = self._call(self.r.sscan, self.k("users"), cursor, count=200)
+            if users:
+                pipe = self.r.pipeline(transaction=False)
+                for who in users:
+                    pipe.hgetall(self.u(who, "ev"))
+                for who, fields in zip(users, self._call(pipe.execute), strict=True):
+                    batch += [e for e in self._events(who, fields) if e.seq <= through]
+            while len(batch) >= page or (cursor == 0 and batch):
+                yield batch[:page]
+                batch = batch[page:]
+            if cursor == 0:
+                return
+
+    def erasures(self) -> dict[str, float]:
+        return {who: float(ts) for who, ts in self._call(self.r.hgetall, self.k("erased")).items()}
 
     def stats(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)

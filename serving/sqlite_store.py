@@ -11,9 +11,11 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-from serving.events import EVENT_TYPES, KEY_ENV, Event, EventStore, StoredItem, pseudonymise
+from pipelines.identity import KEY_ENV, pseudonymise
+from serving.events import EVENT_TYPES, Event, EventStore, StoredItem
 from serving.experiments import Impression
 
 
@@ -122,6 +124,11 @@ class SQLiteEventStore(EventStore):
             n_cache = c.execute("DELETE FROM cache WHERE user_id = ?", who).rowcount
             n_shown = c.execute("DELETE FROM impressions WHERE user_id = ?", who).rowcount
             n_attrs = c.execute("DELETE FROM user_attributes WHERE user_id = ?", who).rowcount
+            c.execute(
+                "INSERT INTO erasures (user_id, ts) VALUES (?, ?) "
+                "ON CONFLICT(user_id) DO UPDATE SET ts = excluded.ts",
+                (who[0], time.time()),
+            )
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -212,11 +219,33 @@ class SQLiteEventStore(EventStore):
 
     def events_by_pseudonym(self, who: str) -> list[Event]:
         rows = self._conn().execute(
-            "SELECT user_id, item_id, type, ts, value, event_id, request_id FROM events "
-            "WHERE user_id = ? ORDER BY ts, seq",
-            (who,),
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE user_id = ? ORDER BY ts, seq", (who,)
         )
         return [Event(*r) for r in rows]
+
+    def high_water(self) -> int:
+        # AUTOINCREMENT keeps its counter in sqlite_sequence, so erased or purged events
+        # never lower it.
+        row = self._conn().execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        found = row.fetchone()
+        return int(found[0]) if found else 0
+
+    def export_events(self, through: int, page: int = 5000) -> Iterator[list[Event]]:
+        after = 0
+        while True:
+            rows = self._conn().execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (after, through, page),
+            )
+            batch = [Event(*r) for r in rows]
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].seq
+
+    def erasures(self) -> dict[str, float]:
+        return dict(self._conn().execute("SELECT user_id, ts FROM erasures").fetchall())
 
     def experiment_log(self, experiment: str | None) -> tuple[list[Impression], list[Event]]:
         c = self._conn()
@@ -231,8 +260,8 @@ class SQLiteEventStore(EventStore):
         events = [
             Event(*r)
             for r in c.execute(
-                "SELECT e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id "
-                "FROM events e JOIN impressions i ON e.request_id = i.request_id "
+                "SELECT e.user_id, e.item_id, e.type, e.ts, e.value, e.event_id, e.request_id, "
+                "e.seq FROM events e JOIN impressions i ON e.request_id = i.request_id "
                 "WHERE ?1 IS NULL OR i.experiment = ?1 ORDER BY e.seq",
                 (experiment,),
             )
@@ -287,6 +316,8 @@ class SQLiteEventStore(EventStore):
         }
 
 
+_EVENT_COLUMNS = "user_id, item_id, type, ts, value, event_id, request_id, seq"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -323,6 +354,10 @@ CREATE INDEX IF NOT EXISTS impressions_experiment ON impressions (experiment, va
 CREATE TABLE IF NOT EXISTS user_attributes (
     user_id TEXT PRIMARY KEY,
     attributes TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erasures (
+    user_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cache (
     user_id TEXT PRIMARY KEY,
