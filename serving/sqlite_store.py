@@ -9,9 +9,9 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from pipelines.identity import KEY_ENV, pseudonymise
