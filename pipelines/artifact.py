@@ -88,6 +88,16 @@ class DatasetManifest(BaseModel):
     n_users: int
     n_items: int
     files: dict[str, str] = Field(description="file name -> sha256")
+    identity: str | None = Field(
+        None,
+        description="check value of the pseudonym key user ids were replaced with (None: "
+        "the source's own ids)",
+    )
+    live: dict[str, Any] | None = Field(
+        None,
+        description="a merge of live events: the store, its sequence mark, events, items and "
+        "erasures read (see pipelines.sources.live)",
+    )
 
 
 def dataset_version(fingerprint: str, params: dict[str, Any]) -> str:
@@ -110,6 +120,8 @@ class PreparedData:
     popularity: pa.Table
     matrix_train: Csr
     matrix_train_val: Csr
+    identity: str | None = None
+    live: dict[str, Any] | None = None
 
     @property
     def n_users(self) -> int:
@@ -178,6 +190,8 @@ def write_dataset(data: PreparedData, out: str, overwrite: bool = False) -> Data
             split_protocol=data.params.get("split", "leave_one_out"),
             n_users=data.n_users,
             n_items=data.n_items,
+            identity=data.identity,
+            live=data.live,
             files={name: sha256_file(fs, f"{tmp}/{name}") for name in FILES.values()},
         )
         write_json(fs, f"{tmp}/{MANIFEST}", manifest.model_dump(mode="json"))

@@ -46,7 +46,6 @@ from pipelines.transforms import (
     keep_rows,
     leave_one_out_split,
     merge_vocab,
-    normalize_batch,
     popularity,
     remap_contiguous,
     sum_reason_counts,
@@ -118,6 +117,7 @@ def flag_kwargs(source: Source, cfg: PrepareConfig) -> dict:
         "min_value": cfg.min_value,
         "negative_event_types": tuple(cfg.negative_event_types),
         "known_items": source.known_items(),
+        "erased": source.erased,
     }
 
 
@@ -126,7 +126,7 @@ def run_local(source: Source, cfg: PrepareConfig) -> PreparedData:
     kept, reasons, raw = [], [], 0
     kwargs = flag_kwargs(source, cfg)
     for path in source.paths:
-        batch = normalize_batch(source.read_file(path), source.mapping, f"'{path}'")
+        batch = source.read_canonical(path)
         flagged = flag_rows(batch, **kwargs)
         raw += flagged.num_rows
         reasons.append(count_reasons(flagged))
@@ -239,6 +239,8 @@ def finalize(enc: Encoded, source: Source, cfg: PrepareConfig, engine: str) -> P
         popularity=pop_table,
         matrix_train=m_train,
         matrix_train_val=m_train_val,
+        identity=source.identity,
+        live=source.live,
     )
 
 

@@ -22,7 +22,6 @@ from pipelines.transforms import (
     flag_rows,
     keep_rows,
     merge_vocab,
-    normalize_batch,
     partial_vocab,
     sum_reason_counts,
 )
@@ -30,10 +29,7 @@ from pipelines.transforms import (
 
 def _read_normalize_flag(paths: pa.Table, source: Source, flags: dict) -> pa.Table:
     """One task per file: read with the source's own reader, normalise, flag."""
-    tables = [
-        flag_rows(normalize_batch(source.read_file(p), source.mapping, f"'{p}'"), **flags)
-        for p in paths["path"].to_pylist()
-    ]
+    tables = [flag_rows(source.read_canonical(p), **flags) for p in paths["path"].to_pylist()]
     return pa.concat_tables(tables)
 
 

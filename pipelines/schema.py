@@ -40,6 +40,7 @@ class DropReason(IntEnum):
     UNKNOWN_ITEM = 5
     DUPLICATE = 6
     KCORE = 7
+    ERASED = 8
 
     @property
     def label(self) -> str:

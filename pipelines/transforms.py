@@ -152,8 +152,12 @@ def flag_rows(
     min_value: float | None = None,
     negative_event_types: Iterable[str] = ("dislike",),
     known_items: pa.Array | None = None,
+    erased: pa.Table | None = None,
 ) -> pa.Table:
-    """Add a `drop_reason` column (0 = kept); the first failing check names the reason."""
+    """Add a `drop_reason` column (0 = kept); the first failing check names the reason.
+
+    `erased` (user_id, erased_at): a row of one of those users dated before their erasure
+    is dropped; what they did after it is kept."""
     n = batch.num_rows
     reason = np.zeros(n, dtype=np.int8)
 
@@ -175,6 +179,12 @@ def flag_rows(
     if known_items is not None:
         known = pc.is_in(batch[ITEM_ID], value_set=known_items)
         mark(~as_np(known), DropReason.UNKNOWN_ITEM)
+    if erased is not None and erased.num_rows:
+        ids = erased[USER_ID].combine_chunks()
+        at = pc.index_in(pc.cast(batch[USER_ID], ids.type), value_set=ids)
+        when = pc.take(erased["erased_at"].combine_chunks(), at)
+        before = pc.less(pc.cast(batch[TIMESTAMP], pa.float64()), when)
+        mark(as_np(before), DropReason.ERASED)
     return batch.append_column(DROP_REASON, pa.array(reason))
 
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.artifact import Dataset
+from pipelines.errors import ArtifactError
+from pipelines.identity import key_check
 from pipelines.item_text import render_item_text
 from pipelines.schema import ITEM_CATEGORIES, ITEM_TEXT
-from serving.events import StoredItem
+from serving.events import EventStore, StoredItem
 
 
 class Catalog:
-    def __init__(self, ds: Dataset):
+    """`store`: where request ids are pseudonymised, for a dataset whose users are known by
+    pseudonyms (its key must be the one the dataset was prepared with)."""
+
+    def __init__(self, ds: Dataset, store: EventStore | None = None):
         items = ds.items
         self.item_ids: list[str] = [str(x) for x in items["item_id"].to_pylist()]
         self.titles: list[str] = [t or "" for t in items["title"].to_pylist()]
@@ -24,6 +29,26 @@ class Catalog:
         seq = ds.sequences
         self._indptr, self._items = seq.indptr, seq.items
         self.added = 0  # items taken from the store so far
+        self.pseudonymised = ds.manifest.identity is not None
+        self._store = store
+        if self.pseudonymised and store is not None and key_check(store.key) != (
+            ds.manifest.identity
+        ):
+            raise ArtifactError(
+                f"dataset {ds.manifest.version} holds users pseudonymised with another key than "
+                "the event store's: serve it with the store (or $LLMREC_PSEUDONYM_KEY) it was "
+                "prepared from"
+            )
+        #: the store's events up to this sequence number are in the dataset already
+        self.events_through = int((ds.manifest.live or {}).get("through", 0))
+
+    def index_of(self, user_id: str) -> int | None:
+        """The dataset row of the user a request names (None: not in the dataset)."""
+        if self.pseudonymised:
+            if self._store is None:
+                return None
+            user_id = self._store.pseudonym(user_id)
+        return self.user_index.get(user_id)
 
     @property
     def n_items(self) -> int:

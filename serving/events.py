@@ -51,6 +51,8 @@ class StoreUnavailable(Exception):
 
 
 class EventStore(ABC):
+    _key: bytes  # the pseudonym key: every store sets it when it opens
+
     @abstractmethod
     def append(self, events: list[Event]) -> tuple[int, int]:
         """Store events durably (all or none); returns (stored, duplicates ignored)."""
@@ -113,6 +115,11 @@ class EventStore(ABC):
 
     @abstractmethod
     def pseudonym(self, user_id: str) -> str: ...
+
+    @property
+    def key(self) -> bytes:
+        """The pseudonym key (a retrain pseudonymises the base log with it)."""
+        return self._key
 
     @abstractmethod
     def purge_before(self, timestamp: float) -> dict[str, int]:

@@ -95,7 +95,7 @@ class RetrievalService:
                 f"model version {mv.version} was built on dataset {mv.dataset_version}, but "
                 f"'{mv.dataset_uri}' is now {ds.manifest.version}: publish a new version"
             )
-        self.catalog = Catalog(ds)
+        self.catalog = Catalog(ds, store)
         self.stack = mv.stack()
         self.generator = self.stack.generator(CandidateConfig(n=settings.candidates))
         self.sources = self.stack.source_names
@@ -142,7 +142,7 @@ class RetrievalService:
     def user_state(self, user_id: str) -> UserState:
         """The user's state from the dataset and the store; while the store is down, from
         the dataset alone (the answer says so: it misses the user's recent events)."""
-        index = self.catalog.user_index.get(user_id)
+        index = self.catalog.index_of(user_id)
         try:
             events = self.store.events_of(user_id)
             version = self.store.version(user_id) if events else 0
@@ -174,10 +174,13 @@ class RetrievalService:
         hist = list(self.catalog.base_history(index))
         dislikes, recent, unknown = [], [], 0
         since = now - self.settings.dislike_window_s
+        through, in_base = self.catalog.events_through, set(hist)
         for e in events:
             i = self.catalog.item_index.get(e.item_id)
             if i is None:
                 unknown += 1
+            elif e.seq and e.seq <= through and i in in_base and e.type in POSITIVE:
+                continue  # retrained on: in the dataset's history already
             elif e.type == "dislike":
                 dislikes.append(i)
                 if e.timestamp >= since:

@@ -112,7 +112,7 @@ class RequestPath:
         model = load_version(settings.model_root, settings.version)
         reloaded = self.model is None or model.path != self.model.path
         if reloaded:
-            self.catalog = Catalog(load_dataset(model.dataset_uri))
+            self.catalog = Catalog(load_dataset(model.dataset_uri), store)
             # The answer of last resort, computed here without a hop when even the
             # cold-start deployment cannot answer within the deadline.
             self.popularity = Retriever.load(model.path / "stack" / "popularity").counts
@@ -226,7 +226,7 @@ class RequestPath:
     def seen(self, user_id: str) -> list[str]:
         """Every item the user has an event for, in the dataset or the store (dislikes
         included): what a popularity answer leaves out."""
-        base = self.catalog.base_history(self.catalog.user_index.get(user_id))
+        base = self.catalog.base_history(self.catalog.index_of(user_id))
         ids = self.catalog.item_ids
         try:
             stored = [e.item_id for e in self.store.events_of(user_id)]

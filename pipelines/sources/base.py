@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
-from pipelines.schema import ITEM_ID, ITEM_TITLE
-from pipelines.transforms import ColumnMapping, check_columns
+from pipelines.identity import key_check, pseudonymise_column
+from pipelines.schema import CANONICAL_COLUMNS, ITEM_ID, ITEM_TITLE, USER_ID
+from pipelines.transforms import ColumnMapping, check_columns, normalize_batch
+
+#: the "file" that stands for rows handed over in memory (a live event store's export)
+EXTRA_PATH = "<event store>"
+_CANONICAL = ColumnMapping(*CANONICAL_COLUMNS)
 
 
 @dataclass
@@ -35,6 +41,47 @@ class Source:
     users: pa.Table | None = None
     csv_options: dict[str, Any] = field(default_factory=dict)
     location: str = ""
+    #: rows in canonical columns read as one more file (`EXTRA_PATH`): live events
+    extra: pa.Table | None = None
+    #: set: user ids are replaced by their keyed pseudonyms as they are read
+    pseudonym_key: bytes | None = None
+    #: user_id (as the dataset will hold it), erased_at: older rows of these users are dropped
+    erased: pa.Table | None = None
+    #: what the manifest records about a live merge (store, events read, mark)
+    live: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """The check value of the pseudonym key (None: the source's own user ids)."""
+        return None if self.pseudonym_key is None else key_check(self.pseudonym_key)
+
+    def read_canonical(self, path: str) -> pa.Table:
+        """One file (or the in-memory rows of `EXTRA_PATH`) in canonical columns, user ids
+        pseudonymised when a key is set; what both engines read."""
+        if path == EXTRA_PATH:
+            batch = normalize_batch(self.extra, _CANONICAL, "the event store's events")
+        else:
+            batch = normalize_batch(self.read_file(path), self.mapping, f"'{path}'")
+        if self.extra is not None:  # live ids are strings: the log's must match them
+            batch = batch.set_column(1, ITEM_ID, pc.cast(batch[ITEM_ID], pa.string()))
+        if self.pseudonym_key is not None and path != EXTRA_PATH:  # the store's are already
+            ids = pc.cast(batch[USER_ID], pa.string())
+            batch = batch.set_column(0, USER_ID, pseudonymise_column(ids, self.pseudonym_key))
+        return batch
+
+    def pseudonymised(self, key: bytes) -> Source:
+        """This source with users known by their pseudonyms under `key` (the users table
+        too); the key's check value enters the fingerprint, so the dataset version differs."""
+        users = self.users
+        if users is not None:
+            ids = pseudonymise_column(pc.cast(users[USER_ID], pa.string()), key)
+            users = users.set_column(users.column_names.index(USER_ID), USER_ID, ids)
+        return replace(
+            self,
+            users=users,
+            pseudonym_key=key,
+            fingerprint=f"{self.fingerprint}+pseudonyms:{key_check(key)}",
+        )
 
     def read_file(self, path: str) -> pa.Table:
         """Read one interaction file (the local engine and the tests use this)."""
@@ -56,6 +103,8 @@ class Source:
         otherwise fill a column missing from one file with nulls.
         """
         for path in self.paths:
+            if path == EXTRA_PATH:
+                continue
             try:
                 if self.file_format == "parquet":
                     names = pq.read_schema(path, filesystem=self.filesystem).names
@@ -70,7 +119,5 @@ class Source:
         """Ids of items with a usable title; None when the source has no items table."""
         if self.items is None:
             return None
-        import pyarrow.compute as pc
-
         titled = self.items.filter(pc.invert(pc.is_null(self.items[ITEM_TITLE])))
         return titled[ITEM_ID].combine_chunks()
