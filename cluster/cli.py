@@ -7,7 +7,7 @@ Runs locally (`llmrec prepare ...`) or as a Ray job on a cluster, unchanged:
 from __future__ import annotations
 
 # Importing a command group registers its commands on the application.
-from cluster.commands import data, demo, keys, models, serving  # noqa: F401
+from cluster.commands import data, demo, keys, models, retrain, serving  # noqa: F401
 from cluster.commands.common import app
 
 

@@ -31,8 +31,10 @@ class Catalog:
         self.added = 0  # items taken from the store so far
         self.pseudonymised = ds.manifest.identity is not None
         self._store = store
-        if self.pseudonymised and store is not None and key_check(store.key) != (
-            ds.manifest.identity
+        if (
+            self.pseudonymised
+            and store is not None
+            and key_check(store.key) != (ds.manifest.identity)
         ):
             raise ArtifactError(
                 f"dataset {ds.manifest.version} holds users pseudonymised with another key than "

@@ -67,9 +67,13 @@ def publish_version(
     progress: bool = True,
     stack: str | Path | None = None,
     spec: StackSpec | None = None,
+    point: bool = True,
+    extra: dict | None = None,
 ) -> ModelVersion:
     """Bundle the retrieval stack (fitted here, or the `fit_retrievers` output `stack`) with
-    the re-ranker as a new version under `root` (a folder or URI), then point CURRENT at it.
+    the re-ranker as a new version under `root` (a folder or URI), then point CURRENT at it
+    (unless `point` is False: a retrain points it only once its gate passes). `extra` is
+    recorded in version.json.
 
     Everything is checked before anything is written: a failed publish leaves the root as
     it was."""
@@ -105,11 +109,13 @@ def publish_version(
             "dataset_version": ds.manifest.version,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "reranker": "reranker" if reranker is not None else None,
+            **(extra or {}),
         }
         (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2))
         fs.create_dir(base, recursive=True)
         storage.upload_dir(tmp, storage.join(root, version))
-    point_current(root, version)
+    if point:
+        point_current(root, version)
     return load_version(root, version)
 
 

@@ -16,7 +16,7 @@ from pipelines.identity import key_check, pseudonymise_column
 from pipelines.schema import CANONICAL_COLUMNS, ITEM_ID, ITEM_TITLE, USER_ID
 from pipelines.transforms import ColumnMapping, check_columns, normalize_batch
 
-#: the "file" that stands for rows handed over in memory (a live event store's export)
+#: the "file" that stands for a live event store's export, held in memory
 EXTRA_PATH = "<event store>"
 _CANONICAL = ColumnMapping(*CANONICAL_COLUMNS)
 
@@ -41,8 +41,9 @@ class Source:
     users: pa.Table | None = None
     csv_options: dict[str, Any] = field(default_factory=dict)
     location: str = ""
-    #: rows in canonical columns read as one more file (`EXTRA_PATH`): live events
-    extra: pa.Table | None = None
+    #: "files" held in memory, in canonical columns and the dataset's identity already
+    #: (pseudonyms when a key is set): a prepared dataset's rows, a store's events
+    tables: dict[str, pa.Table] = field(default_factory=dict)
     #: set: user ids are replaced by their keyed pseudonyms as they are read
     pseudonym_key: bytes | None = None
     #: user_id (as the dataset will hold it), erased_at: older rows of these users are dropped
@@ -58,13 +59,13 @@ class Source:
     def read_canonical(self, path: str) -> pa.Table:
         """One file (or the in-memory rows of `EXTRA_PATH`) in canonical columns, user ids
         pseudonymised when a key is set; what both engines read."""
-        if path == EXTRA_PATH:
-            batch = normalize_batch(self.extra, _CANONICAL, "the event store's events")
+        if path in self.tables:
+            batch = normalize_batch(self.tables[path], _CANONICAL, path)
         else:
             batch = normalize_batch(self.read_file(path), self.mapping, f"'{path}'")
-        if self.extra is not None:  # live ids are strings: the log's must match them
+        if self.live is not None:  # live ids are strings: the log's must match them
             batch = batch.set_column(1, ITEM_ID, pc.cast(batch[ITEM_ID], pa.string()))
-        if self.pseudonym_key is not None and path != EXTRA_PATH:  # the store's are already
+        if self.pseudonym_key is not None and path not in self.tables:
             ids = pc.cast(batch[USER_ID], pa.string())
             batch = batch.set_column(0, USER_ID, pseudonymise_column(ids, self.pseudonym_key))
         return batch
@@ -103,7 +104,7 @@ class Source:
         otherwise fill a column missing from one file with nulls.
         """
         for path in self.paths:
-            if path == EXTRA_PATH:
+            if path in self.tables:
                 continue
             try:
                 if self.file_format == "parquet":

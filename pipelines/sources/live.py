@@ -17,11 +17,24 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
+from pipelines.artifact import Dataset
 from pipelines.errors import DataError
-from pipelines.identity import key_check
-from pipelines.schema import ITEM_ID, USER_ID
+from pipelines.identity import key_check, pseudonymise_column
+from pipelines.schema import (
+    CANONICAL_COLUMNS,
+    EVENT_TYPE,
+    ITEM_ID,
+    ITEM_IDX,
+    ITEM_TEXT,
+    TIMESTAMP,
+    USER_ID,
+    USER_IDX,
+    VALUE,
+)
 from pipelines.sources.base import EXTRA_PATH, Source
+from pipelines.transforms import ColumnMapping
 
 
 @dataclass
@@ -75,10 +88,54 @@ def with_live_events(base: Source, export: LiveExport, key: bytes) -> Source:
         source,
         name=source.name,
         paths=[*source.paths, EXTRA_PATH] if export.events.num_rows else list(source.paths),
-        extra=export.events,
+        tables={**source.tables, EXTRA_PATH: export.events},
         erased=export.erased,
         items=items,
         live=live,
         fingerprint=f"{source.fingerprint}+live:{export.digest}",
         location=f"{source.location} + {export.store}",
+    )
+
+
+def from_dataset(ds: Dataset, key: bytes) -> Source:
+    """A prepared dataset as the base log of the next version, users known by their
+    pseudonyms under `key` (hashed here when the dataset holds raw ids). Its rows passed
+    cleaning and k-core once; they pass through them again with the new events."""
+    if ds.manifest.identity not in (None, key_check(key)):
+        raise DataError(
+            f"dataset {ds.manifest.version} is pseudonymised with another key than the event "
+            "store's; retrain from the store it was prepared with"
+        )
+    inter = ds.interactions
+    user_ids = pc.cast(ds.users[USER_ID], pa.string())
+    users = ds.users.drop_columns([USER_IDX])
+    if ds.manifest.identity is None:
+        user_ids = pseudonymise_column(user_ids, key)
+        users = users.set_column(users.column_names.index(USER_ID), USER_ID, user_ids)
+    n = inter.num_rows
+    rows = pa.table(
+        {
+            USER_ID: pc.take(user_ids, inter[USER_IDX]),
+            ITEM_ID: pc.take(pc.cast(ds.items[ITEM_ID], pa.string()), inter[ITEM_IDX]),
+            TIMESTAMP: inter[TIMESTAMP],
+            VALUE: inter[VALUE],
+            EVENT_TYPE: pa.nulls(n, pa.string()),
+        }
+    )
+    path = f"<dataset {ds.manifest.version}>"
+    return Source(
+        name=ds.manifest.name,
+        kind="dataset",
+        paths=[path],
+        filesystem=pafs.LocalFileSystem(),
+        file_format="parquet",
+        mapping=ColumnMapping(*CANONICAL_COLUMNS),
+        fingerprint=f"dataset:{ds.manifest.version}",
+        items=ds.items.drop_columns(
+            [c for c in (ITEM_IDX, ITEM_TEXT) if c in ds.items.column_names]
+        ),
+        users=users,
+        tables={path: rows},
+        pseudonym_key=key,
+        location=str(ds.uri),
     )

@@ -29,7 +29,7 @@ def train_recipe(
     told of each finished stage. Returns the last stage's result."""
     from training.reranker.train import train_reranker
 
-    if cfg.mode == "hybrid" and settings.init_features_from is None:
+    if cfg.mode == "hybrid" and settings.init_features_from is None and not settings.init_from:
         warm = target.with_name(f"{target.name}-features")
         first = train_reranker(
             prepared,

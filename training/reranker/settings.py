@@ -42,3 +42,8 @@ class TrainSettings(BaseModel):
     init_features_from: str | None = Field(
         None, description="a trained re-ranker whose feature layer starts this one (hybrid)"
     )
+    init_from: str | None = Field(
+        None,
+        description="a trained re-ranker (same mode, base model, template and sources) whose "
+        "adapter and heads start this one: a warm start",
+    )

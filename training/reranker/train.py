@@ -164,6 +164,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if config.get("init_features"):
         heads = torch.load(io.BytesIO(config["init_features"]), weights_only=True)
         model.load_state_dict(heads, strict=False)
+    if s.init_from:  # a warm start: the live version's adapter and heads
+        load_weights(model, s.init_from)
     state = {"epoch": 0, "best": -1.0, "stale": 0, "history": []}
     ckpt = ray.train.get_checkpoint()
     opt_state = None

@@ -1,0 +1,273 @@
+"""`llmrec retrain`: the live version's data plus the events stored since, into the next
+model version, published only when it is not significantly worse than the live one.
+
+    new dataset version (live dataset + store events, same preparation rules)
+    -> retrieval stack refitted (fusion reused from the live version when warm)
+    -> re-ranker fine-tuned from the live version's adapter and heads (when it has one)
+    -> both versions measured on the new dataset's held-out interactions
+    -> gate (paired bootstrap) -> CURRENT points at the candidate, or stays
+
+Every stage is timed; the report (JSON) says what was added, both versions' metrics with
+intervals, and the decision with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from pipelines import storage
+from pipelines.artifact import MANIFEST, Dataset, load_dataset, write_dataset
+from pipelines.errors import LlmrecError
+from pipelines.prepare import PrepareConfig, run_local
+from pipelines.schema import Split
+from pipelines.sources.live import from_dataset, with_live_events
+from serving.events import EventStore
+from serving.store_export import export_store
+from training.publish import load_version, point_current, publish_version
+from training.retrain_gate import Decision, GateSettings, decide
+
+
+class GateRefused(LlmrecError):
+    """The candidate is worse than the live version: it was not published."""
+
+
+@dataclass
+class RetrainOptions:
+    models: str  # model versions root (CURRENT names the live one)
+    store_url: str
+    datasets: str  # where dataset versions go: <datasets>/<version>/
+    reports: str  # where reports go: <reports>/<candidate version>.json
+    gate: GateSettings = field(default_factory=GateSettings)
+    warm: bool = True  # reuse the live fusion, fine-tune the live re-ranker
+    reranker: bool = True  # train a re-ranker when the live version has one
+    warm_epochs: int = 1
+    warm_examples: int = 600
+    engine: str = "local"
+    version: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Stages:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str, console: Console):
+        start = time.perf_counter()
+        with console.status(name):
+            yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        console.print(f"{name}: {self.seconds[name]:.1f} s")
+
+
+def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> dict[str, Any]:
+    """One retrain; returns the report (also written). Raises `GateRefused` (after writing
+    the report) when the gate keeps the live version."""
+    stage = Stages()
+    version = opts.version or time.strftime("v%Y%m%d-%H%M%S")
+    live = load_version(opts.models)
+    live_ds = load_dataset(live.dataset_uri)
+    live_stack = live.stack()
+
+    with stage("read the event store", console):
+        export = export_store(store, _store_name(opts.store_url), progress=False)
+    with stage("new dataset version", console):
+        ds = _next_dataset(live_ds, export, store, opts)
+    with tempfile.TemporaryDirectory(prefix="llmrec-retrain-") as scratch:
+        with stage("refit the retrieval stack", console):
+            stack_dir = _fit(ds, live_stack, opts, Path(scratch) / "stack")
+        reranker = None
+        if live.reranker is not None and opts.reranker:
+            with stage("fine-tune the re-ranker", console):
+                reranker = _finetune(ds, live.reranker, opts, Path(scratch), stack_dir, version)
+        with stage("publish the candidate (not live yet)", console):
+            candidate = publish_version(
+                ds,
+                opts.models,
+                reranker,
+                version,
+                progress=False,
+                stack=stack_dir,
+                point=False,
+                extra={"retrained_from": live.version, "live": ds.manifest.live},
+            )
+    with stage("evaluate live and candidate", console):
+        decision, everyone = _compare(live, candidate, live_ds, ds, store, opts)
+    if decision.publish:
+        point_current(opts.models, candidate.version)
+    report = _report(live, candidate, live_ds, ds, decision, stage, opts, everyone)
+    path = _write_report(report, opts.reports, candidate.version)
+    print_report(report, console)
+    console.print(f"report -> {path}")
+    if not decision.publish and decision.cases:
+        raise GateRefused(f"gate refused {candidate.version}: {decision.reason}")
+    return report
+
+
+def _store_name(url: str) -> str:
+    from serving.redis_store import redacted
+
+    return redacted(url)
+
+
+def _next_dataset(live_ds: Dataset, export, store: EventStore, opts: RetrainOptions) -> Dataset:
+    cfg = PrepareConfig.model_validate(
+        {k: v for k, v in live_ds.manifest.params.items() if k in PrepareConfig.model_fields}
+    )
+    source = with_live_events(from_dataset(live_ds, store.key), export, store.key)
+    if opts.engine == "ray":
+        from cluster.ray_runtime import connect
+        from pipelines.prepare_ray import run_ray
+
+        connect()
+        data = run_ray(source, cfg)
+    else:
+        data = run_local(source, cfg)
+    from pipelines.artifact import dataset_version
+
+    target = storage.join(opts.datasets, dataset_version(source.fingerprint, data.params))
+    fs, path = storage.resolve(target)
+    if not storage.exists(fs, f"{path}/{MANIFEST}"):
+        write_dataset(data, target)
+    return load_dataset(target, expected_name=live_ds.manifest.name)
+
+
+def _fit(ds: Dataset, live_stack, opts: RetrainOptions, out: Path) -> Path:
+    """The live stack's own recipe on the new data, through validation: each user's latest
+    interaction stays out, to measure both versions on. Warm: the live fusion is reused
+    (it weighs source ranks, which do not depend on the data's size)."""
+    from training.stack import fit_stack
+
+    meta_spec = _live_spec(live_stack)
+    same = live_stack.fusion is not None and list(live_stack.sources) == list(meta_spec)
+    fusion = live_stack.fusion if opts.warm and same else None
+    stack, _ = fit_stack(ds, Split.VALIDATION, fusion=fusion, progress=False, spec=meta_spec)
+    stack.save(out)
+    return out
+
+
+def _live_spec(live_stack):
+    from training.stack import spec_from_json, spec_to_json
+
+    return spec_from_json(
+        spec_to_json({n: (type(m), m.params) for n, m in live_stack.sources.items()})
+    )
+
+
+def _finetune(ds, live_reranker: Path, opts, scratch: Path, stack_dir: Path, version: str):
+    """The live re-ranker's adapter and heads, trained a bounded number of steps on the new
+    data (warm), or its recipe from scratch."""
+    from cluster.ray_runtime import connect
+    from training.reranker.model import RerankerConfig, read_meta
+    from training.reranker.recipe import train_recipe
+    from training.reranker.settings import TrainSettings
+    from training.reranker.train import prepare_examples
+    from training.stack import RetrievalStack
+
+    meta = read_meta(live_reranker)
+    cfg = RerankerConfig.model_validate(meta["config"])
+    settings = TrainSettings.model_validate(meta.get("settings") or {})
+    spec = _live_spec(RetrievalStack.load(stack_dir))
+    if opts.warm:
+        settings = settings.model_copy(
+            update={
+                "epochs": opts.warm_epochs,
+                "max_examples": opts.warm_examples,
+                "init_from": str(live_reranker.resolve()),
+                "init_features_from": None,
+            }
+        )
+    prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
+    connect()
+    target = scratch / "reranker"
+    train_recipe(prepared, cfg, settings, target, str(scratch / "runs"), f"retrain-{version}")
+    return target
+
+
+def _compare(live, candidate, live_ds, ds: Dataset, store: EventStore, opts: RetrainOptions):
+    """The gate compares on the held-out interactions neither version was fitted on: the
+    live version has seen every interaction of its own dataset, so those cases would favour
+    it. Both versions' NDCG@10 over every held-out user is reported too."""
+    from serving.version_eval import held_out, ndcg_per_case, seen_pairs
+
+    cases = held_out(ds, opts.gate.eval_users)
+    seen = seen_pairs(live_ds, store)
+    new = np.array([(c.user, c.target) not in seen for c in cases], dtype=bool)
+    a = ndcg_per_case(live, store, cases, progress=opts.progress)
+    b = ndcg_per_case(candidate, store, cases, progress=opts.progress)
+    everyone = {
+        "cases": len(cases),
+        "live": float(a.mean()) if len(a) else None,
+        "candidate": float(b.mean()) if len(b) else None,
+    }
+    return decide(a[new], b[new], opts.gate), everyone
+
+
+def _report(live, candidate, live_ds, ds, decision: Decision, stage, opts, everyone) -> dict:
+    m0, m1 = live_ds.manifest, ds.manifest
+    return {
+        "live": live.version,
+        "candidate": candidate.version,
+        "published": decision.publish,
+        "reason": decision.reason,
+        "gate": opts.gate.model_dump(),
+        "warm": opts.warm,
+        "data": {
+            "dataset": {"live": m0.version, "candidate": m1.version},
+            "store": m1.live,
+            "interactions": {"live": m0.counts.rows["kcore"], "candidate": m1.counts.rows["kcore"]},
+            "users": {"live": m0.n_users, "candidate": m1.n_users},
+            "items": {"live": m0.n_items, "candidate": m1.n_items},
+            "dropped": m1.counts.dropped,
+        },
+        "metrics": decision.to_json(),
+        # Every held-out user; the live version has seen most of these targets.
+        "all_held_out": everyone,
+        "seconds": stage.seconds,
+        "total_seconds": round(sum(stage.seconds.values()), 1),
+    }
+
+
+def _write_report(report: dict, reports: str, version: str) -> str:
+    target = storage.join(reports, f"{version}.json")
+    fs, path = storage.resolve(target)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    storage.write_bytes(fs, path, json.dumps(report, indent=2).encode())
+    return target
+
+
+def print_report(report: dict, console: Console) -> None:
+    m = report["metrics"]
+    t = Table(title=f"retrain {report['live']} -> {report['candidate']}")
+    for c in ("", "live", "candidate"):
+        t.add_column(c, justify="right")
+    d = report["data"]
+    for key in ("interactions", "users", "items"):
+        t.add_row(key, str(d[key]["live"]), str(d[key]["candidate"]))
+    a = report["all_held_out"]
+    if a["cases"]:
+        t.add_row(
+            f"NDCG@10, all {a['cases']} held-out (live saw most)",
+            f"{a['live']:.4f}",
+            f"{a['candidate']:.4f}",
+        )
+    if m["live"]:
+        t.add_row(
+            f"NDCG@10, {m['cases']} held-out new to live",
+            f"{m['live']['ndcg@10']:.4f} [{m['live']['low']:.4f}, {m['live']['high']:.4f}]",
+            f"{m['candidate']['ndcg@10']:.4f} "
+            f"[{m['candidate']['low']:.4f}, {m['candidate']['high']:.4f}]",
+        )
+    console.print(t)
+    verdict = "published" if report["published"] else "REFUSED"
+    console.print(f"{verdict}: {report['reason']}")
