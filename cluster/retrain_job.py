@@ -17,7 +17,7 @@ import json
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from pipelines.schema import Split
 from pipelines.sources.live import from_dataset, with_live_events
 from serving.events import EventStore
 from serving.store_export import export_store
-from training.publish import load_version, point_current, publish_version
+from training.publish import load_version, publish_version
 from training.retrain_gate import Decision, GateSettings, decide
 
 
@@ -84,27 +84,52 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
     with stage("new dataset version", console):
         ds = _next_dataset(live_ds, export, store, opts)
     with tempfile.TemporaryDirectory(prefix="llmrec-retrain-") as scratch:
-        with stage("refit the retrieval stack", console):
-            stack_dir = _fit(ds, live_stack, opts, Path(scratch) / "stack")
-        reranker = None
-        if live.reranker is not None and opts.reranker:
-            with stage("fine-tune the re-ranker", console):
-                reranker = _finetune(ds, live.reranker, opts, Path(scratch), stack_dir, version)
-        with stage("publish the candidate (not live yet)", console):
+        with stage("refit the retrieval stack for the gate", console):
+            gate_stack = _fit(ds, live_stack, opts, Path(scratch) / "gate", Split.VALIDATION)
+        with stage("publish the gate candidate (not live)", console):
             candidate = publish_version(
                 ds,
                 opts.models,
-                reranker,
-                version,
+                None,
+                f"{version}.candidate",
                 progress=False,
-                stack=stack_dir,
+                stack=gate_stack,
                 point=False,
-                extra={"retrained_from": live.version, "live": ds.manifest.live},
             )
-    with stage("evaluate live and candidate", console):
-        decision, everyone = _compare(live, candidate, live_ds, ds, store, opts)
-    if decision.publish:
-        point_current(opts.models, candidate.version)
+        with stage("evaluate live and candidate", console):
+            decision, everyone = _compare(live, candidate, live_ds, ds, store, opts)
+        erased = ds.manifest.counts.dropped.get("erased", 0)
+        if not decision.cases and erased:
+            # Nothing to compare on, but the live version holds data of erased users: the
+            # erasure must reach the models.
+            decision = replace(
+                decision,
+                publish=True,
+                reason=f"no held-out interaction new to the live version; published to "
+                f"remove {erased} rows of erased users the live version was trained on",
+            )
+        if decision.publish:
+            reranker = None
+            if live.reranker is not None and opts.reranker:
+                with stage("fine-tune the re-ranker", console):
+                    reranker = _finetune(
+                        ds, live.reranker, live_stack, opts, Path(scratch), version
+                    )
+            with stage("refit on every interaction and publish", console):
+                final = _fit(ds, live_stack, opts, Path(scratch) / "final", Split.TEST)
+                published = publish_version(
+                    ds,
+                    opts.models,
+                    reranker,
+                    version,
+                    progress=False,
+                    stack=final,
+                    extra={"retrained_from": live.version, "live": ds.manifest.live},
+                )
+            # The gate's fit served its purpose; the published version replaces it.
+            fs, where = storage.resolve(storage.join(opts.models, candidate.version))
+            fs.delete_dir(where)
+            candidate = published
     report = _report(live, candidate, live_ds, ds, decision, stage, opts, everyone)
     path = _write_report(report, opts.reports, candidate.version)
     print_report(report, console)
@@ -142,16 +167,17 @@ def _next_dataset(live_ds: Dataset, export, store: EventStore, opts: RetrainOpti
     return load_dataset(target, expected_name=live_ds.manifest.name)
 
 
-def _fit(ds: Dataset, live_stack, opts: RetrainOptions, out: Path) -> Path:
-    """The live stack's own recipe on the new data, through validation: each user's latest
-    interaction stays out, to measure both versions on. Warm: the live fusion is reused
-    (it weighs source ranks, which do not depend on the data's size)."""
+def _fit(ds: Dataset, live_stack, opts: RetrainOptions, out: Path, through: Split) -> Path:
+    """The live stack's own recipe on the new data up to `through`: VALIDATION for the
+    gate (each user's latest interaction stays out, to measure both versions on), TEST for
+    the version published. Warm: the live fusion is reused (it weighs source ranks, which
+    do not depend on the data's size)."""
     from training.stack import fit_stack
 
     meta_spec = _live_spec(live_stack)
     same = live_stack.fusion is not None and list(live_stack.sources) == list(meta_spec)
     fusion = live_stack.fusion if opts.warm and same else None
-    stack, _ = fit_stack(ds, Split.VALIDATION, fusion=fusion, progress=False, spec=meta_spec)
+    stack, _ = fit_stack(ds, through, fusion=fusion, progress=False, spec=meta_spec)
     stack.save(out)
     return out
 
@@ -164,7 +190,7 @@ def _live_spec(live_stack):
     )
 
 
-def _finetune(ds, live_reranker: Path, opts, scratch: Path, stack_dir: Path, version: str):
+def _finetune(ds, live_reranker: Path, live_stack, opts, scratch: Path, version: str):
     """The live re-ranker's adapter and heads, trained a bounded number of steps on the new
     data (warm), or its recipe from scratch."""
     from cluster.ray_runtime import connect
@@ -172,12 +198,11 @@ def _finetune(ds, live_reranker: Path, opts, scratch: Path, stack_dir: Path, ver
     from training.reranker.recipe import train_recipe
     from training.reranker.settings import TrainSettings
     from training.reranker.train import prepare_examples
-    from training.stack import RetrievalStack
 
     meta = read_meta(live_reranker)
     cfg = RerankerConfig.model_validate(meta["config"])
     settings = TrainSettings.model_validate(meta.get("settings") or {})
-    spec = _live_spec(RetrievalStack.load(stack_dir))
+    spec = _live_spec(live_stack)
     if opts.warm:
         settings = settings.model_copy(
             update={

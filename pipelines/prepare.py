@@ -127,7 +127,7 @@ def run_local(source: Source, cfg: PrepareConfig) -> PreparedData:
     kwargs = flag_kwargs(source, cfg)
     for path in source.paths:
         batch = source.read_canonical(path)
-        flagged = flag_rows(batch, **kwargs)
+        flagged = flag_rows(batch, **kwargs, as_of=source.as_of.get(path))
         raw += flagged.num_rows
         reasons.append(count_reasons(flagged))
         kept.append(keep_rows(flagged))

@@ -153,11 +153,14 @@ def flag_rows(
     negative_event_types: Iterable[str] = ("dislike",),
     known_items: pa.Array | None = None,
     erased: pa.Table | None = None,
+    as_of: float | None = None,
 ) -> pa.Table:
     """Add a `drop_reason` column (0 = kept); the first failing check names the reason.
 
-    `erased` (user_id, erased_at): a row of one of those users dated before their erasure
-    is dropped; what they did after it is kept."""
+    `erased` (user_id, erased_at): a row of one of those users from before their erasure is
+    dropped; what they did after it is kept. A row's time is its timestamp, or `as_of` for
+    a batch known as a whole at one moment (a prepared dataset: its creation time; an event
+    store's export: +inf, since the store erased what came before already)."""
     n = batch.num_rows
     reason = np.zeros(n, dtype=np.int8)
 
@@ -183,7 +186,12 @@ def flag_rows(
         ids = erased[USER_ID].combine_chunks()
         at = pc.index_in(pc.cast(batch[USER_ID], ids.type), value_set=ids)
         when = pc.take(erased["erased_at"].combine_chunks(), at)
-        before = pc.less(pc.cast(batch[TIMESTAMP], pa.float64()), when)
+        times = (
+            pc.cast(batch[TIMESTAMP], pa.float64())
+            if as_of is None
+            else pa.array(np.full(n, as_of, dtype=np.float64))
+        )
+        before = pc.less(times, when)
         mark(as_np(before), DropReason.ERASED)
     return batch.append_column(DROP_REASON, pa.array(reason))
 

@@ -48,6 +48,8 @@ class Source:
     pseudonym_key: bytes | None = None
     #: user_id (as the dataset will hold it), erased_at: older rows of these users are dropped
     erased: pa.Table | None = None
+    #: in-memory tables known as a whole at one moment: their rows' time for erasure checks
+    as_of: dict[str, float] = field(default_factory=dict)
     #: what the manifest records about a live merge (store, events read, mark)
     live: dict[str, Any] | None = None
 

@@ -3,8 +3,9 @@
 The merged source reads the base interaction log and the store's events through the same
 normalisation, flags, dedup, k-core and split as any other source (both engines). Users are
 known by the store's pseudonyms in both parts, so a user's old and new interactions are one
-sequence. Erased users' rows older than their erasure are dropped from both parts (a user
-who comes back afterwards starts again). Items added through the API join the items table
+sequence. Erased users' rows from before their erasure are dropped (a prepared dataset's
+rows count as of its creation; the store erased what it held already), so a user who comes
+back afterwards starts again. Items added through the API join the items table
 with their text. The store's sequence mark is recorded: serving adds only events after it
 on top of this dataset, since the ones before are in it.
 """
@@ -89,6 +90,7 @@ def with_live_events(base: Source, export: LiveExport, key: bytes) -> Source:
         name=source.name,
         paths=[*source.paths, EXTRA_PATH] if export.events.num_rows else list(source.paths),
         tables={**source.tables, EXTRA_PATH: export.events},
+        as_of={**source.as_of, EXTRA_PATH: float("inf")},
         erased=export.erased,
         items=items,
         live=live,
@@ -136,6 +138,8 @@ def from_dataset(ds: Dataset, key: bytes) -> Source:
         ),
         users=users,
         tables={path: rows},
+        # An erasure after the dataset was built drops all of that user's rows in it.
+        as_of={path: ds.manifest.created_at.timestamp()},
         pseudonym_key=key,
         location=str(ds.uri),
     )
