@@ -32,6 +32,7 @@ ROOT = CLUSTER.parent
 PROFILE = ROOT / "serving" / "profiles" / "gpu.yaml"
 RAYSERVICE = CLUSTER / "kuberay" / "rayservice.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob-batch.yaml"
+RAYCRONJOB = CLUSTER / "kuberay" / "raycronjob-retrain.yaml"
 REDIS = CLUSTER / "kuberay" / "redis.yaml"
 LAUNCHER = CLUSTER / "launcher.yaml"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
@@ -315,15 +316,36 @@ def all_problems() -> list[str]:
     problems += capacity_problems(profile, launcher_groups(launcher), "launcher.yaml")
     problems += launcher_schema_problems(launcher)
     problems += entrypoint_problems(job["spec"]["entrypoint"], "rayjob-batch.yaml")
+    problems += cronjob_problems(yaml.safe_load(RAYCRONJOB.read_text()), store)
     train_gpus = _train_gpus(job["spec"]["entrypoint"])
     gpu_pods = kuberay_groups(job["spec"]["rayClusterSpec"])
     have = sum(res.get("GPU", 0) * n for res, n in gpu_pods.values())
     if have < train_gpus:
         problems.append(f"rayjob-batch.yaml: training asks for {train_gpus} GPUs, at most {have:g}")
-    for path in (RAYSERVICE, RAYJOB, LAUNCHER, REDIS, CLUSTER / "Dockerfile"):
+    for path in (RAYSERVICE, RAYJOB, RAYCRONJOB, LAUNCHER, REDIS, CLUSTER / "Dockerfile"):
         problems += image_problems(path.read_text(), path.name, ray.__version__)
     if "working_dir" not in yaml.safe_load(RUNTIME_ENV.read_text()):
         problems.append("runtime_env.yaml: no working_dir")
+    return problems
+
+
+def cronjob_problems(cron: dict[str, Any], store: str) -> list[str]:
+    """The scheduled retrain: a valid five-field schedule, a real `llmrec retrain --once`,
+    and the serving graph's own event store (another store would train on other events)."""
+    where = "raycronjob-retrain.yaml"
+    spec = cron.get("spec", {})
+    problems = []
+    if cron.get("kind") != "RayCronJob" or "jobTemplate" not in spec:
+        return [f"{where}: not a RayCronJob with a jobTemplate"]
+    fields = str(spec.get("schedule", "")).split()
+    if len(fields) != 5 or not all(re.fullmatch(r"[\d*/,-]+", f) for f in fields):
+        problems.append(f"{where}: schedule '{spec.get('schedule')}' is not a cron expression")
+    entry = spec["jobTemplate"].get("entrypoint", "")
+    problems += entrypoint_problems(entry, where)
+    if "llmrec retrain" not in entry or "--once" not in entry:
+        problems.append(f"{where}: the job must run `llmrec retrain --once`")
+    if f"--store {store}" not in " ".join(entry.split()):
+        problems.append(f"{where}: --store must be the serving graph's store {store}")
     return problems
 
 

@@ -55,6 +55,7 @@ class RetrainOptions:
     engine: str = "local"
     version: str | None = None
     progress: bool = True
+    keep_candidate: bool = False  # keep the gate's fit beside the published version
 
 
 @dataclass
@@ -126,9 +127,9 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
                     stack=final,
                     extra={"retrained_from": live.version, "live": ds.manifest.live},
                 )
-            # The gate's fit served its purpose; the published version replaces it.
-            fs, where = storage.resolve(storage.join(opts.models, candidate.version))
-            fs.delete_dir(where)
+            if not opts.keep_candidate:  # the gate's fit served its purpose
+                fs, where = storage.resolve(storage.join(opts.models, candidate.version))
+                fs.delete_dir(where)
             candidate = published
     report = _report(live, candidate, live_ds, ds, decision, stage, opts, everyone)
     path = _write_report(report, opts.reports, candidate.version)
