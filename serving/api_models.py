@@ -301,6 +301,20 @@ class AttributesSet(_Closed):
 class UserErased(_Closed):
     user_id: str
     removed: dict[str, int]
+    status: str = Field(
+        description="where to ask which model version is the first trained without the user"
+    )
+
+
+class ErasureStatus(_Closed):
+    user_id: str
+    erased_at: float | None = Field(description="when the user was last erased (None: never)")
+    first_version_without: str | None = Field(
+        description="the first model version whose data was built after the erasure (None: "
+        "no retrain since)"
+    )
+    current_version: str
+    current_without: bool = Field(description="whether the served version is that one or later")
 
 
 class Health(_Closed):

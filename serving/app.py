@@ -37,6 +37,7 @@ from serving.api_models import (
     MAX_QUERY_ID_CHARS,
     Attributes,
     AttributesSet,
+    ErasureStatus,
     EventsStored,
     Health,
     ItemAdded,
@@ -312,7 +313,22 @@ class Api(Replica):
         self, user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)]
     ) -> dict[str, Any]:
         removed = await stored_or_503(self.events.delete_user.remote(user_id))
-        return {"user_id": user_id, "removed": removed}
+        return {"user_id": user_id, "removed": removed, "status": f"/users/{user_id}/erasure"}
+
+    @api.get(
+        "/users/{user_id}/erasure",
+        response_model=ErasureStatus,
+        responses=errors(store=True),
+        dependencies=[scope("users")],
+    )
+    async def erasure(
+        self, user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)]
+    ) -> dict[str, Any]:
+        """Which model version is the first trained without the erased user."""
+        from serving.erasure_status import erasure_status
+
+        status = erasure_status, self.path.store, self.settings.model_root, user_id
+        return await stored_or_503(asyncio.to_thread(*status))
 
     # -- operations ----------------------------------------------------------------------
 

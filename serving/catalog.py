@@ -62,7 +62,11 @@ class Catalog:
         return self._items[self._indptr[user] : self._indptr[user + 1]].astype(np.int64)
 
     def users_by_activity(self) -> list[str]:
-        """The dataset's user ids, the longest histories first (ties: dataset order)."""
+        """The dataset's user ids, the longest histories first (ties: dataset order); none
+        for a pseudonymised dataset: a pseudonym is not an id a request names, so those
+        users' lists are computed at their first request instead of precomputed."""
+        if self.pseudonymised:
+            return []
         ids = list(self.user_index)
         lengths = np.diff(self._indptr)[: len(ids)]
         return [ids[i] for i in np.argsort(-lengths, kind="stable")]

@@ -135,8 +135,14 @@ def prepare_dataset(
     from pipelines.sources import load_source
     from pipelines.summary import print_summary
 
+    from pipelines.identity import KEY_ENV, configured_key
+
     with console.status(f"reading source '{dataset}'"):
         source = load_source(dataset, **source_kwargs)
+    if (key := configured_key()) is not None:
+        # One identity with the event store: users are kept under its pseudonyms.
+        console.print(f"${KEY_ENV} is set: user ids are stored as their pseudonyms")
+        source = source.pseudonymised(key)
     target = out or str(DEFAULT_ROOT / "datasets" / source.name)
     start = time.perf_counter()
     with console.status(f"preparing {source.name} with the {engine} engine"):

@@ -194,3 +194,15 @@ def test_the_gate_refuses_a_candidate_trained_on_corrupted_data(loop, monkeypatc
     report = json.loads((root / "reports" / f"{version}.json").read_text())
     assert not report["published"] and report["reason"] in str(refused.value)
     assert report["metrics"]["cases"] >= 10
+
+
+def test_the_erasure_status_names_the_first_version_without_the_user(loop):
+    from serving.erasure_status import erasure_status
+
+    store, models, _, first, second, _ = loop
+    status = erasure_status(store, str(models), GONE_USER)
+    assert status["erased_at"] is not None
+    assert status["first_version_without"] == second["candidate"] != first["candidate"]
+    assert status["current_without"]
+    never = erasure_status(store, str(models), NEW_USER)
+    assert never["erased_at"] is None and never["first_version_without"] is None

@@ -180,3 +180,22 @@ def test_the_scheduled_retrain_job_is_checked():
     typo = copy.deepcopy(cron)
     typo["spec"]["jobTemplate"]["entrypoint"] = "llmrec retrain --once --stor x"
     assert any("no option --stor" in p for p in m.cronjob_problems(typo, store))
+
+
+def test_prepare_stores_pseudonyms_when_a_key_is_configured(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+    from pipelines.artifact import load_dataset
+
+    monkeypatch.setenv("LLMREC_PSEUDONYM_KEY", "operator-key")
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(app, ["prepare", "--engine", "local", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(str(out))
+    assert ds.manifest.identity == key_check(b"operator-key")
+    users = ds.users["user_id"].to_pylist()
+    assert pseudonymise(b"operator-key", "1") in users and "1" not in users
+    # No raw id in any file of the artifact: user ids 1..943 as strings would be found in
+    # the users table; its bytes hold only 32-hex pseudonyms now.
+    assert all(len(u) == 32 for u in users)
