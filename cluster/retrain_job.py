@@ -127,10 +127,13 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
                     stack=final,
                     extra={"retrained_from": live.version, "live": ds.manifest.live},
                 )
-            if not opts.keep_candidate:  # the gate's fit served its purpose
-                fs, where = storage.resolve(storage.join(opts.models, candidate.version))
-                fs.delete_dir(where)
-            candidate = published
+            gate_version, candidate = candidate.version, published
+        else:
+            gate_version = candidate.version
+        # The gate's fit served its purpose, unless it was refused (kept for inspection).
+        if not opts.keep_candidate and (decision.publish or not decision.cases):
+            fs, where = storage.resolve(storage.join(opts.models, gate_version))
+            fs.delete_dir(where)
     report = _report(live, candidate, live_ds, ds, decision, stage, opts, everyone)
     path = _write_report(report, opts.reports, candidate.version)
     print_report(report, console)

@@ -131,11 +131,10 @@ def prepare_dataset(
     """Read `dataset`'s source, run the preparation job, write the artifact and print its
     summary; returns the manifest."""
     from pipelines.artifact import write_dataset
+    from pipelines.identity import KEY_ENV, configured_key
     from pipelines.prepare import run_local
     from pipelines.sources import load_source
     from pipelines.summary import print_summary
-
-    from pipelines.identity import KEY_ENV, configured_key
 
     with console.status(f"reading source '{dataset}'"):
         source = load_source(dataset, **source_kwargs)

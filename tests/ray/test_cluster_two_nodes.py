@@ -29,6 +29,7 @@ from tests.ray.cluster_nodes import (
     assert_succeeded,
     free_port,
     publish_job,
+    submit,
 )
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
@@ -255,6 +256,46 @@ def _check_two_nodes(head, worker, data, rr, models, redis, tmp_path) -> None:
             time.sleep(0.3)
     assert seen[-3:] == ["v2"] * 3, seen
     assert load.lost == 0 and load.event_errors == 0 and load.answers > 0
+
+    # The loop closed: live events through HTTP -> `llmrec retrain --once` as a Ray job ->
+    # the new version live, no request failing during the swap.
+    newcomer = f"newcomer-{uuid.uuid4().hex[:6]}"
+    clicks = [{"user_id": newcomer, "item_id": items[10 + j], "type": "click"} for j in range(12)]
+    r = http.post(f"{base}/items", json={"item_id": "fresh-item", "title": "Fresh Item"})
+    assert r.status_code == 201, r.text
+    clicks += [
+        {"user_id": u, "item_id": "fresh-item", "type": "click"}
+        for u in [str(u.as_py()) for u in ds.users["user_id"][10:18]]
+    ]
+    r = http.post(f"{base}/events", json=clicks, timeout=30)
+    assert r.status_code == 200 and r.json()["stored"] == len(clicks), r.text
+    with Load(base, users, items) as load:
+        # The gate's own tests are in tests/serving/test_retrain.py; here it only has to let
+        # a version through (nine new held-out cases decide nothing).
+        job = submit(
+            head,
+            "retrain",
+            *("--once", "--dataset", NAME, "--models", str(models), "--store", redis.url),
+            *("--datasets", str(tmp_path / "versions"), "--reports", str(tmp_path / "reports")),
+            *("--no-reranker", "--tolerance", "1", "--max-drop", "1"),
+        )
+        assert_succeeded(job)
+        assert "published" in job.stdout, job.stdout[-2000:]
+        deadline = time.time() + 60
+        seen = []
+        while time.time() < deadline and (not seen or seen[-1] == "v2"):
+            r = http.get(f"{base}/recommend/{users[1]}", timeout=30)
+            assert r.status_code == 200, r.text
+            seen.append(r.json()["versions"]["model"])
+            time.sleep(0.3)
+    assert seen[-1] != "v2", seen
+    assert load.lost == 0 and load.event_errors == 0 and load.answers > 0
+    out = http.get(f"{base}/recommend/{newcomer}", timeout=30).json()
+    assert out["path"] != "cold_start" and out["versions"]["model"] == seen[-1], out
+    (version_dir,) = (tmp_path / "versions").iterdir()
+    retrained = load_dataset(str(version_dir))
+    assert store.pseudonym(newcomer) in retrained.users["user_id"].to_pylist()
+    assert "fresh-item" in retrained.items["item_id"].to_pylist()
 
     # Stop: Serve first, then both nodes; nothing they started may survive.
     procs = head.processes() + worker.processes()
