@@ -277,7 +277,7 @@ def _check_two_nodes(head, worker, data, rr, models, redis, tmp_path) -> None:
             "retrain",
             *("--once", "--dataset", NAME, "--models", str(models), "--store", redis.url),
             *("--datasets", str(tmp_path / "versions"), "--reports", str(tmp_path / "reports")),
-            *("--no-reranker", "--tolerance", "1", "--max-drop", "1"),
+            *("--no-reranker", "--tolerance", "1", "--max-drop", "1", "--engine", "ray"),
         )
         assert_succeeded(job)
         assert "published" in job.stdout, job.stdout[-2000:]

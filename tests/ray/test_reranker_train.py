@@ -119,6 +119,35 @@ def test_the_hybrid_starts_from_a_trained_feature_layer(ray_cluster, setup):
     assert hybrid.history
 
 
+def test_a_warm_start_begins_from_a_trained_adapter_and_heads(ray_cluster, setup):
+    """`init_from` (what `llmrec retrain` passes): the run starts from another re-ranker's
+    adapter and heads, sent inside the run's config; with near-zero learning rates it ends
+    where it started. Another mode is refused before any training."""
+    import torch
+    from safetensors.torch import load_file
+
+    from training.reranker.train import RerankerError
+
+    root, _, prepared, settings, cfg = setup
+    quick = settings.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2})
+    live = train_reranker(prepared, cfg, quick, root / "live", root / "runs", "live")
+    still = quick.model_copy(
+        update={"init_from": live.path, "lr_heads": 1e-12, "lr_lora": 1e-12, "seed": 7}
+    )
+    warm = train_reranker(prepared, cfg, still, root / "warm", root / "runs", "warm")
+    for name in ("heads.pt",):
+        a = torch.load(root / "live" / name, weights_only=True)
+        b = torch.load(root / "warm" / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    (adapter,) = (root / "live" / "adapter").glob("*.safetensors")
+    a, b = load_file(adapter), load_file(root / "warm" / "adapter" / adapter.name)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert warm.history
+    features = cfg.model_copy(update={"mode": "features"})
+    with pytest.raises(RerankerError, match="cannot start from it"):
+        train_reranker(prepared, features, still, root / "x", root / "runs", "x")
+
+
 @pytest.mark.timeout(240)
 def test_workers_that_hold_every_cpu_still_get_their_examples(ray_cluster, setup):
     """On a 2-core machine `--workers 2 --cpus-per-worker 1` leaves no CPU for Ray Data's

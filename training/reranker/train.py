@@ -164,8 +164,12 @@ def train_loop(config: dict[str, Any]) -> None:
     if config.get("init_features"):
         heads = torch.load(io.BytesIO(config["init_features"]), weights_only=True)
         model.load_state_dict(heads, strict=False)
-    if s.init_from:  # a warm start: the live version's adapter and heads
-        load_weights(model, s.init_from)
+    if config.get("init_weights"):  # a warm start: the live version's adapter and heads
+        with tempfile.TemporaryDirectory() as d:
+            for name, blob in config["init_weights"].items():
+                (Path(d) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(d) / name).write_bytes(blob)
+            load_weights(model, d)
     state = {"epoch": 0, "best": -1.0, "stale": 0, "history": []}
     ckpt = ray.train.get_checkpoint()
     opt_state = None
@@ -284,6 +288,24 @@ def feature_layer_bytes(folder: Path, features: list[str]) -> bytes:
     return buf.getvalue()
 
 
+def checkpoint_files(folder: Path, meta: dict[str, Any]) -> dict[str, bytes]:
+    """A trained re-ranker's adapter and heads as bytes (relative path -> content), for a
+    warm start on workers that cannot read the driver's folders. It must match the run:
+    same mode, base model, template and features."""
+    from training.reranker.model import read_meta
+
+    old = read_meta(folder)
+    for key in ("features", "base_fingerprint"):
+        if old.get(key) != meta.get(key):
+            raise RerankerError(f"'{folder}' differs in {key}; cannot warm-start from it")
+    if old["config"]["mode"] != meta["config"]["mode"]:
+        raise RerankerError(
+            f"'{folder}' is a {old['config']['mode']} re-ranker; cannot start from it"
+        )
+    files = [folder / "heads.pt", *sorted((folder / "adapter").glob("*"))]
+    return {str(f.relative_to(folder)): f.read_bytes() for f in files if f.is_file()}
+
+
 # -- the driver --------------------------------------------------------------------------
 
 
@@ -363,6 +385,9 @@ def train_reranker(
             feature_layer_bytes(Path(settings.init_features_from), meta["features"])
             if settings.init_features_from
             else None
+        ),
+        "init_weights": (
+            checkpoint_files(Path(settings.init_from), meta) if settings.init_from else None
         ),
     }
     resources = {"CPU": settings.cpus_per_worker}
