@@ -70,10 +70,11 @@ def with_live_events(base: Source, export: LiveExport, key: bytes) -> Source:
         )
     source = base if base.pseudonym_key is not None else base.pseudonymised(key)
     items = source.items
-    if items is not None and export.items.num_rows:
+    if items is not None:  # ids are strings once live events join (the store's are)
         items = items.set_column(
             items.column_names.index(ITEM_ID), ITEM_ID, pc.cast(items[ITEM_ID], pa.string())
         )
+    if items is not None and export.items.num_rows:
         new = export.items.filter(pc.invert(pc.is_in(export.items[ITEM_ID], items[ITEM_ID])))
         items = pa.concat_tables([items, new], promote_options="default")
     live = {

@@ -199,3 +199,38 @@ def test_prepare_stores_pseudonyms_when_a_key_is_configured(tmp_path, monkeypatc
     # No raw id in any file of the artifact: user ids 1..943 as strings would be found in
     # the users table; its bytes hold only 32-hex pseudonyms now.
     assert all(len(u) == 32 for u in users)
+
+
+def test_integer_item_ids_merge_with_the_stores_strings_without_api_items(tmp_path):
+    base = _base(tmp_path)
+    base.items = base.items.set_column(0, "item_id", pa.array(range(6), pa.int64()))
+    import pyarrow.parquet as pq
+
+    log = pq.read_table(base.paths[0])
+    pq.write_table(
+        log.set_column(1, "item_id", pa.array([i % 6 for i in range(36)])), base.paths[0]
+    )
+    key = b"k"
+    events = pa.table(
+        {
+            "user_id": [pseudonymise(key, "u0")],
+            "item_id": ["3"],
+            "timestamp": [5000.0],
+            "value": pa.array([1.0], pa.float32()),
+            "event_type": ["click"],
+        }
+    )
+    none = pa.table(
+        {
+            "item_id": pa.array([], pa.string()),
+            "title": pa.array([], pa.string()),
+            "description": pa.array([], pa.string()),
+            "categories": pa.array([], pa.list_(pa.string())),
+        }
+    )
+    erased = pa.table(
+        {"user_id": pa.array([], pa.string()), "erased_at": pa.array([], pa.float64())}
+    )
+    cfg = PrepareConfig(min_user_interactions=2, min_item_interactions=2)
+    data = run_local(with_live_events(base, LiveExport("s", 1, events, none, erased), key), cfg)
+    assert data.items["item_id"].type == pa.string() and data.counts.dropped["unknown_item"] == 0
