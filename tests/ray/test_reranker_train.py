@@ -144,7 +144,7 @@ def test_a_warm_start_begins_from_a_trained_adapter_and_heads(ray_cluster, setup
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert warm.history
     features = cfg.model_copy(update={"mode": "features"})
-    with pytest.raises(RerankerError, match="cannot (warm-)?start from it"):
+    with pytest.raises(RerankerError, match=r"cannot (warm-)?start from it"):
         train_reranker(prepared, features, still, root / "x", root / "runs", "x")
 
 
