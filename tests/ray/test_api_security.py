@@ -86,7 +86,7 @@ def protected_operations(base: str) -> list[tuple[str, str, str]]:
 
 def test_every_protected_operation_needs_a_key_with_its_scope(graph):
     ops = protected_operations(graph.base)
-    assert {s for _, _, s in ops} == set(SCOPES) and len(ops) == 8
+    assert {s for _, _, s in ops} == set(SCOPES) and len(ops) == 9
     body = {"user_id": "1", "item_id": "1", "type": "view"}
     for method, path, scope in ops:
         url = f"{graph.base}{path}"
@@ -234,7 +234,7 @@ def test_schemathesis_finds_no_server_error_and_no_contract_break(graph):
     )
     print(proc.stdout[-3000:])
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
-    assert "10 selected / 10 total" in proc.stdout
+    assert "11 selected / 11 total" in proc.stdout
     assert_store_intact(graph.db)
 
 
@@ -249,7 +249,7 @@ def test_without_a_key_fuzzed_requests_to_protected_operations_all_get_401(graph
             statuses = calls_without_a_key(op, graph.base)
             assert statuses.count(401) >= len(statuses) // 2, (op.label, statuses)
             checked += 1
-    assert checked == 8
+    assert checked == 9
 
 
 def calls_without_a_key(op, base: str, examples: int = 10) -> list[int]:
