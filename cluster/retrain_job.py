@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines import storage
-from pipelines.artifact import MANIFEST, Dataset, load_dataset, write_dataset
+from pipelines.artifact import MANIFEST, Dataset, dataset_version, load_dataset, write_dataset
 from pipelines.errors import LlmrecError
 from pipelines.prepare import PrepareConfig, run_local
 from pipelines.schema import Split
@@ -86,7 +86,9 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
         ds = _next_dataset(live_ds, export, store, opts)
     with tempfile.TemporaryDirectory(prefix="llmrec-retrain-") as scratch:
         with stage("refit the retrieval stack for the gate", console):
-            gate_stack = _fit(ds, live_stack, opts, Path(scratch) / "gate", Split.VALIDATION)
+            gate_stack, embeddings = _fit(
+                ds, live_stack, opts, Path(scratch) / "gate", Split.VALIDATION
+            )
         with stage("publish the gate candidate (not live)", console):
             candidate = publish_version(
                 ds,
@@ -117,7 +119,9 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
                         ds, live.reranker, live_stack, opts, Path(scratch), version
                     )
             with stage("refit on every interaction and publish", console):
-                final = _fit(ds, live_stack, opts, Path(scratch) / "final", Split.TEST)
+                final, _ = _fit(
+                    ds, live_stack, opts, Path(scratch) / "final", Split.TEST, embeddings
+                )
                 published = publish_version(
                     ds,
                     opts.models,
@@ -162,8 +166,6 @@ def _next_dataset(live_ds: Dataset, export, store: EventStore, opts: RetrainOpti
         data = run_ray(source, cfg)
     else:
         data = run_local(source, cfg)
-    from pipelines.artifact import dataset_version
-
     target = storage.join(opts.datasets, dataset_version(source.fingerprint, data.params))
     fs, path = storage.resolve(target)
     if not storage.exists(fs, f"{path}/{MANIFEST}"):
@@ -171,27 +173,30 @@ def _next_dataset(live_ds: Dataset, export, store: EventStore, opts: RetrainOpti
     return load_dataset(target, expected_name=live_ds.manifest.name)
 
 
-def _fit(ds: Dataset, live_stack, opts: RetrainOptions, out: Path, through: Split) -> Path:
+def _fit(ds: Dataset, live_stack, opts: RetrainOptions, out: Path, through: Split, embeddings=None):
     """The live stack's own recipe on the new data up to `through`: VALIDATION for the
     gate (each user's latest interaction stays out, to measure both versions on), TEST for
     the version published. Warm: the live fusion is reused (it weighs source ranks, which
-    do not depend on the data's size)."""
+    do not depend on the data's size). Returns the folder and the item embeddings (pass them
+    to the next fit of the same data: they depend on item text only)."""
     from training.stack import fit_stack
 
-    meta_spec = _live_spec(live_stack)
-    same = live_stack.fusion is not None and list(live_stack.sources) == list(meta_spec)
-    fusion = live_stack.fusion if opts.warm and same else None
-    stack, _ = fit_stack(ds, through, fusion=fusion, progress=False, spec=meta_spec)
+    fusion = live_stack.fusion if opts.warm else None
+    stack, embeddings = fit_stack(
+        ds,
+        through,
+        fusion=fusion,
+        progress=False,
+        spec=_live_spec(live_stack),
+        embeddings=embeddings,
+    )
     stack.save(out)
-    return out
+    return out, embeddings
 
 
 def _live_spec(live_stack):
-    from training.stack import spec_from_json, spec_to_json
-
-    return spec_from_json(
-        spec_to_json({n: (type(m), m.params) for n, m in live_stack.sources.items()})
-    )
+    """The recipe the live stack was fitted with."""
+    return {n: (type(m), dict(m.params)) for n, m in live_stack.sources.items()}
 
 
 def _finetune(ds, live_reranker: Path, live_stack, opts, scratch: Path, version: str):

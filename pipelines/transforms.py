@@ -189,7 +189,7 @@ def flag_rows(
         times = (
             pc.cast(batch[TIMESTAMP], pa.float64())
             if as_of is None
-            else pa.array(np.full(n, as_of, dtype=np.float64))
+            else pa.scalar(as_of, pa.float64())
         )
         before = pc.less(times, when)
         mark(as_np(before), DropReason.ERASED)

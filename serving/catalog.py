@@ -44,6 +44,12 @@ class Catalog:
         #: the store's events up to this sequence number are in the dataset already
         self.events_through = int((ds.manifest.live or {}).get("through", 0))
 
+    def rows_by_pseudonym(self, store: EventStore) -> dict[str, int]:
+        """Dataset row of each user, keyed by the pseudonym logs and exports hold."""
+        if self.pseudonymised:
+            return dict(self.user_index)
+        return {store.pseudonym(u): i for u, i in self.user_index.items()}
+
     def index_of(self, user_id: str) -> int | None:
         """The dataset row of the user a request names (None: not in the dataset)."""
         if self.pseudonymised:

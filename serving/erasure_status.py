@@ -32,14 +32,15 @@ def published_versions(root: str) -> list[dict[str, Any]]:
 def erasure_status(store: EventStore, root: str, user_id: str) -> dict[str, Any]:
     erased_at = store.erasures().get(store.pseudonym(user_id))
     current = current_version(root)
+    published = published_versions(root)
     first = None
     if erased_at is not None:
-        for v in published_versions(root):
+        for v in published:
             mark = (v.get("live") or {}).get("erased_through")
             if mark is not None and mark >= erased_at:
                 first = v["version"]
                 break
-    versions = [v["version"] for v in published_versions(root)]
+    versions = [v["version"] for v in published]
     live_without = first is not None and versions.index(current) >= versions.index(first)
     return {
         "user_id": user_id,

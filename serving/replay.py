@@ -145,14 +145,8 @@ def replay_cases(
     from serving.responses import respond
 
     clicked = positives(impressions, events)
-    # Logs hold pseudonyms: the dataset's users are found by hashing their ids the same way
-    # (unless the dataset holds pseudonyms already).
-    index = retrieval.catalog.user_index
-    users = (
-        dict(index)
-        if retrieval.catalog.pseudonymised
-        else {store.pseudonym(uid): idx for uid, idx in index.items()}
-    )
+    # Logs hold pseudonyms: the dataset's users are found under the same ones.
+    users = retrieval.catalog.rows_by_pseudonym(store)
     retrieval.sync_items()
     history: dict[str, list[Event]] = {}
     cases: list[ReplayCase] = []

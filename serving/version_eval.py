@@ -75,11 +75,7 @@ def ndcg_per_case(
     """NDCG@10 of `mv`'s retrieval order for each case (0 when the target is missed)."""
     service = RetrievalService(mv, store, settings or LiveSettings())
     catalog = service.catalog
-    rows = (
-        dict(catalog.user_index)
-        if catalog.pseudonymised
-        else {store.pseudonym(u): i for u, i in catalog.user_index.items()}
-    )
+    rows = catalog.rows_by_pseudonym(store)
     out = np.zeros(len(cases))
     for n, case in enumerate(tqdm(cases, desc=f"held-out {mv.version}", disable=not progress)):
         history = [catalog.item_index[i] for i in case.history if i in catalog.item_index]

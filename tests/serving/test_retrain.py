@@ -42,6 +42,18 @@ def audience(ds, n: int = 8) -> list[str]:
     return found[:n]
 
 
+def options(root: Path, models: Path, datasets: str) -> RetrainOptions:
+    """A retrain of the store's events into `models`, without a re-ranker."""
+    return RetrainOptions(
+        models=str(models),
+        store_url="sqlite://test",
+        datasets=str(root / datasets),
+        reports=str(root / "reports"),
+        reranker=False,
+        progress=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def loop(published, tmp_path_factory):
     root = tmp_path_factory.mktemp("retrain")
@@ -54,14 +66,7 @@ def loop(published, tmp_path_factory):
     store.append([Event(GONE_USER, str(i), "click", now + i) for i in range(70, 82)])
     store.add_item(StoredItem(NEW_ITEM, "Brand New Film", "a film about films", ["Drama"]))
     store.append([Event(u, NEW_ITEM, "click", now + 100) for u in audience(published[0])])
-    opts = RetrainOptions(
-        models=str(models),
-        store_url="sqlite://test",
-        datasets=str(root / "datasets"),
-        reports=str(root / "reports"),
-        reranker=False,
-        progress=False,
-    )
+    opts = options(root, models, "datasets")
     console = Console(width=150)
     first = run_retrain(opts, store, console)
     store.delete_user(GONE_USER)
@@ -178,14 +183,7 @@ def test_the_gate_refuses_a_candidate_trained_on_corrupted_data(loop, monkeypatc
         return replace(d, seq_items=items, matrix=matrix)
 
     monkeypatch.setattr(FitData, "from_dataset", classmethod(shuffled))
-    opts = RetrainOptions(
-        models=str(models),
-        store_url="sqlite://test",
-        datasets=str(root / "datasets-broken"),
-        reports=str(root / "reports"),
-        reranker=False,
-        progress=False,
-    )
+    opts = options(root, models, "datasets-broken")
     with pytest.raises(GateRefused, match=r"significantly worse|drops") as refused:
         run_retrain(opts, store, Console(width=150))
     assert load_version(models).version == before  # the live version stays
