@@ -69,7 +69,7 @@ from training.threads import set_threads
 
 
 class Handles:
-    """The back-end deployments as the request path calls them (`request_path.Backends`)."""
+    """The back-end deployments as the request path calls them (`stage_outcomes.Backends`)."""
 
     def __init__(self, retrieval: DeploymentHandle, reranker: DeploymentHandle, cold_start):
         self._retrieval, self._reranker, self._cold_start = retrieval, reranker, cold_start

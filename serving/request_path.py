@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from serving.admission import LoopLag, WorkerQueue, deadline_margin, settled_within, within
 from serving.config import LiveSettings
@@ -29,46 +29,10 @@ from serving.metrics import Metrics
 from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
 from serving.replicas import Loaded, load_versions, pick
 from serving.responses import fallback_answer, popularity_answer, respond
+from serving.stage_outcomes import Backends, Lagging, Overloaded, best_effort, fallback_reason
 from training.publish import ModelVersion, load_version
 
 log = logging.getLogger("ray.serve")
-
-
-class Backends(Protocol):
-    """The other deployments, as the request path calls them: each call returns an
-    awaitable that can be cancelled (a Serve `DeploymentResponse`, or an asyncio task)."""
-
-    def retrieve(self, *args: Any) -> Any: ...
-    def score(self, request: tuple) -> Any: ...
-    def cold_start(self, user_id: str, k: int, exclude: list[str]) -> Any: ...
-    def similar(self, item_id: str, k: int) -> Any: ...
-
-
-class Overloaded(Exception):
-    """The retrieval queue is too deep for this request's budget."""
-
-
-class Lagging(Exception):
-    """The event loop lags too far behind for this request to await any stage."""
-
-
-def fallback_reason(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "retrieval_timeout"
-    if isinstance(e, Overloaded):
-        return "retrieval_overload"
-    if isinstance(e, Lagging):
-        return "loop_lag"
-    return "retrieval_error"
-
-
-def best_effort(write: Callable[[], Any]) -> None:
-    """A write off the request path (a cached list, an impression): while the store is down
-    it is dropped, since a list can be recomputed and an impression is analytics."""
-    try:
-        write()
-    except StoreUnavailable as e:
-        log.debug("dropped while the store is down: %s", e)
 
 
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
