@@ -219,6 +219,36 @@ def test_sasrec_learns_the_next_item_of_a_sequence(data):
     assert np.array_equal(model.score(None, [3, 4]), again.score(None, [3, 4])), "seeded"
 
 
+def test_sasrec_with_a_sampled_softmax_learns_the_next_item_too(data):
+    walks = _cyclic_walks(data, n_items=60)
+    p = {"dim": 16, "max_len": 10, "epochs": 40, "batch_size": 16, "seed": 1}
+    model = SelfAttentive(**p, loss="sampled", negatives=8).fit(walks)
+    assert model.fit_info == {"loss": "sampled", "items": 60, "negatives": 8}
+    hits = [
+        model.recommend(None, [(last - 2) % 60, (last - 1) % 60, last], n=1).items[0]
+        == (last + 1) % 60
+        for last in range(60)
+    ]
+    assert np.mean(hits) > 0.8  # chance is 1/57
+
+
+def test_sasrec_chooses_the_sampled_softmax_beyond_a_catalogue_size():
+    auto = SelfAttentive(full_softmax_items=1000)
+    assert auto.loss_kind(1000) == "full" and auto.loss_kind(1001) == "sampled"
+    assert SelfAttentive(loss="full").loss_kind(10**6) == "full"
+    with pytest.raises(RetrievalError, match="loss must be"):
+        SelfAttentive(loss="bce").loss_kind(10)
+
+
+def test_sasrec_reports_each_epoch_to_a_callback(data):
+    seen = []
+    model = SelfAttentive(dim=16, max_len=10, epochs=3, batch_size=16)
+    model.fit(data, on_epoch=lambda e, m: seen.append((e, m.score(None, data.history(1)).copy())))
+    assert [e for e, _ in seen] == [1, 2, 3]
+    np.testing.assert_array_equal(seen[-1][1], model.score(None, data.history(1)))
+    assert not np.array_equal(seen[0][1], seen[-1][1])
+
+
 def test_sasrec_leaves_items_added_after_training_unscored(data):
     model = FACTORIES["sasrec"]().fit(data)
     model.partial_fit_items(data.n_items + 2)
@@ -269,3 +299,22 @@ def test_sasrec_windows_cover_every_transition_and_overlap_by_the_stride(data):
     assert np.array_equal(
         overlapping[0][overlapping[0] > 0], data.history(0)[-11:].astype(np.int64) + 1
     )
+
+
+def test_the_fusion_trained_a_chunk_of_users_at_a_time_is_the_same_fusion(data, monkeypatch):
+    import training.stack as stack
+
+    inner, hidden = data.holdout_last(1)
+    users = np.flatnonzero([len(h) > 0 for h in hidden])
+    targets = np.array([hidden[u][0] for u in users], dtype=np.int64)
+    sources = {"transitions": Transitions().fit(inner), "bpr": FACTORIES["bpr"]().fit(inner)}
+    whole = stack.fit_fusion(sources, inner, targets, users)
+    assert np.abs(whole.weights).max() > 0.01  # it learned something to compare
+    monkeypatch.setattr(stack, "FUSION_CELLS", 7 * inner.n_items)  # 7 users per chunk
+    chunked = stack.fit_fusion(sources, inner, targets, users)
+    np.testing.assert_allclose(chunked.weights, whole.weights, rtol=1e-9, atol=1e-12)
+    # Beyond max_users the fusion learns from a seeded sample: bounded, and repeatable.
+    a = stack.fit_fusion(sources, inner, targets, users, max_users=20)
+    b = stack.fit_fusion(sources, inner, targets, users, max_users=20)
+    assert np.array_equal(a.weights, b.weights)
+    assert not np.allclose(a.weights, whole.weights, rtol=1e-3)

@@ -8,6 +8,7 @@ which is what lifts the merged candidates' recall (docs/BENCHMARKS.md, issue 3).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Self
 
 import numpy as np
@@ -64,6 +65,20 @@ def training_windows(data: FitData, max_len: int, stride: int | None = None) -> 
     return np.stack(rows) if rows else np.zeros((0, max_len + 1), dtype=np.int64)
 
 
+def _sampled_loss(
+    network: _Network, hidden: torch.Tensor, targets: torch.Tensor, n_items: int, n_neg: int
+) -> torch.Tensor:
+    """Cross-entropy of each target against `n_neg` items drawn uniformly for the batch
+    (shared by its positions; a draw equal to a position's target is masked there).
+    `targets` are shifted ids (1-based)."""
+    negatives = torch.randint(1, n_items + 1, (n_neg,))
+    pos = (hidden * network.items(targets)).sum(-1, keepdim=True)
+    neg = hidden @ network.items(negatives).T
+    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([pos, neg], dim=1)
+    return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
+
+
 class SelfAttentive(Retriever):
     """SASRec-style next-item model. Scores are the next-item logits after the user's last
     `max_len` items; an empty history has nothing to go on (-inf everywhere), and items
@@ -85,32 +100,64 @@ class SelfAttentive(Retriever):
             "batch_size": 32,
             "learning_rate": 4e-3,
             "window_stride": None,
+            # "full": softmax over the whole catalogue; "sampled": over the target and
+            # `negatives` items drawn uniformly per batch; "auto": full up to
+            # `full_softmax_items` items, sampled beyond (the full softmax's cost grows
+            # with the catalogue: at 200k items it is most of an epoch).
+            "loss": "auto",
+            "negatives": 1024,
+            "full_softmax_items": 20_000,
             "seed": 0,
         }
 
-    def fit(self, data: FitData) -> Self:
+    def loss_kind(self, n_items: int) -> str:
+        """The loss a fit over `n_items` items uses ("full" or "sampled")."""
+        loss = self.params["loss"]
+        if loss not in ("auto", "full", "sampled"):
+            raise RetrievalError(f"sasrec: loss must be auto, full or sampled, not {loss!r}")
+        if loss == "auto":
+            return "full" if n_items <= self.params["full_softmax_items"] else "sampled"
+        return loss
+
+    def fit(self, data: FitData, on_epoch: Callable[[int, Self], None] | None = None) -> Self:
+        """Train on `data`; `on_epoch(epoch, self)`, if given, is called after each epoch with
+        the model usable for scoring (learning curves, early stopping by the caller)."""
         p = self.params
         windows = torch.from_numpy(training_windows(data, p["max_len"], p["window_stride"]))
         if not len(windows):
             raise RetrievalError("sasrec: no user has two interactions or more to learn from")
+        sampled = self.loss_kind(data.n_items) == "sampled"
+        self.fit_info = {"loss": "sampled" if sampled else "full", "items": data.n_items}
+        if sampled:
+            self.fit_info["negatives"] = p["negatives"]
         with torch.random.fork_rng():
             torch.manual_seed(p["seed"])
             network = _Network(data.n_items, p)
             opt = torch.optim.Adam(network.parameters(), lr=p["learning_rate"])
             network.train()
             bar = tqdm(range(p["epochs"]), desc="sasrec", leave=False)
-            for _ in bar:
+            for epoch in bar:
                 order = torch.randperm(len(windows))
                 for start in range(0, len(windows), p["batch_size"]):
                     batch = windows[order[start : start + p["batch_size"]]]
                     x, y = batch[:, :-1], batch[:, 1:]
                     keep = y > 0
                     hidden = network(x)[keep]
-                    loss = nn.functional.cross_entropy(network.logits(hidden), y[keep] - 1)
+                    if sampled:
+                        loss = _sampled_loss(network, hidden, y[keep], data.n_items, p["negatives"])
+                    else:
+                        loss = nn.functional.cross_entropy(network.logits(hidden), y[keep] - 1)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+                if on_epoch is not None:
+                    self.set_state(
+                        {k: v.detach().numpy().copy() for k, v in network.state_dict().items()}
+                    )
+                    self._fitted(data)
+                    on_epoch(epoch + 1, self)
+                    network.train()
         self.set_state({k: v.detach().numpy() for k, v in network.state_dict().items()})
         self._fitted(data)
         return self
