@@ -38,6 +38,9 @@ from training.retrieval.fusion import LearnedFusion, source_ranks
 
 STACK_FORMAT = 1
 FUSION_DEPTH = 100
+#: Users the fusion is trained on (a seeded sample beyond), and users x items scored at once.
+FUSION_USERS = 10_000
+FUSION_CELLS = 20_000_000
 
 #: Which sources a stack fits, by name, each a retriever class and its parameters.
 StackSpec = dict[str, tuple[type[Retriever], dict[str, Any]]]
@@ -144,6 +147,10 @@ class RetrievalStack:
             "fusion": self.fusion.to_json() if self.fusion is not None else None,
             # The definition the sources were fitted from: what the model version serves.
             "spec": spec_to_json({n: (type(m), m.params) for n, m in self.sources.items()}),
+            # How each source was trained where it chose (SASRec's full or sampled softmax).
+            "fitted": {
+                n: m.fit_info for n, m in self.sources.items() if getattr(m, "fit_info", None)
+            },
         }
         (folder / "stack.json").write_text(json.dumps(meta, indent=2))
 
@@ -188,18 +195,38 @@ def _fit_sources(
 
 
 def fit_fusion(
-    sources: dict[str, Retriever], data: FitData, targets: np.ndarray, users: np.ndarray
+    sources: dict[str, Retriever],
+    data: FitData,
+    targets: np.ndarray,
+    users: np.ndarray,
+    max_users: int | None = FUSION_USERS,
 ) -> LearnedFusion:
-    """Train the fusion on `targets` (one per user in `users`), items beyond `data`."""
+    """Train the fusion on `targets` (one per user in `users`), items beyond `data`.
+
+    The fusion is a small logistic model: `max_users` users (a seeded sample when there are
+    more) train it as well as all of them would, and keep its cost bounded at any number of
+    users. Users are scored a chunk at a time, so memory is the chunk's users x items."""
     names = list(sources)
-    excluded = data.matrix.to_scipy()[users].toarray() > 0
-    scores = {}
-    for name in names:
-        s = np.stack([sources[name].score(int(u), data.history(int(u))) for u in users])
-        scores[name] = np.where(excluded, -np.inf, s)
-    ranks = {n: source_ranks(scores[n], None, FUSION_DEPTH) for n in names}
+    if max_users is not None and len(users) > max_users:
+        pick = np.sort(np.random.default_rng(0).choice(len(users), max_users, replace=False))
+        users, targets = users[pick], targets[pick]
     log_pop = np.log1p(np.bincount(data.seq_items, minlength=data.n_items))
-    return LearnedFusion(names, FUSION_DEPTH).fit(ranks, scores, log_pop, targets)
+    fusion = LearnedFusion(names, FUSION_DEPTH)
+    matrix = data.matrix.to_scipy()
+    chunk = max(1, FUSION_CELLS // max(data.n_items, 1))
+    xs, ys = [], []
+    for lo in range(0, len(users), chunk):
+        part = users[lo : lo + chunk]
+        excluded = matrix[part].toarray() > 0
+        scores, ranks = {}, {}
+        for name in names:
+            s = np.stack([sources[name].score(int(u), data.history(int(u))) for u in part])
+            scores[name] = np.where(excluded, -np.inf, s)
+            ranks[name] = source_ranks(scores[name], None, FUSION_DEPTH)
+        x, y = fusion.training_rows(ranks, scores, log_pop, targets[lo : lo + chunk])
+        xs.append(x)
+        ys.append(y)
+    return fusion.fit_rows(np.concatenate(xs), np.concatenate(ys))
 
 
 def fit_stack(

@@ -272,6 +272,9 @@ def fit(
         f"fitted {', '.join(stack.sources)} on dataset {ds.manifest.version} -> {target} "
         f"({time.perf_counter() - start:.0f} s)"
     )
+    for name, model in stack.sources.items():
+        if getattr(model, "fit_info", None):
+            console.print(f"  {name}: {model.fit_info}")
 
 
 @app.command()

@@ -139,10 +139,24 @@ class LearnedFusion:
         targets: np.ndarray,
     ) -> LearnedFusion:
         """`ranks`, `scores`: users x items per source; `targets`: one item per user."""
+        return self.fit_rows(*self.training_rows(ranks, scores, log_popularity, targets))
+
+    def training_rows(
+        self,
+        ranks: Mapping[str, np.ndarray],
+        scores: Mapping[str, np.ndarray],
+        log_popularity: np.ndarray,
+        targets: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Feature rows and labels of some users' candidates: computed a chunk of users at a
+        time and concatenated, they train the same fusion as one call over all the users."""
         cand = self.candidates(ranks)
         labels = np.zeros(cand.shape)
         labels[np.arange(len(targets)), targets] = 1.0
-        x, y = self.design(ranks, scores, log_popularity, cand), labels[cand]
+        return self.design(ranks, scores, log_popularity, cand), labels[cand]
+
+    def fit_rows(self, x: np.ndarray, y: np.ndarray) -> LearnedFusion:
+        """Fit on feature rows and labels from `training_rows`."""
         self.mean, self.std = x.mean(0), x.std(0) + 1e-9
         x = (x - self.mean) / self.std
         pos = max(y.sum(), 1.0)
