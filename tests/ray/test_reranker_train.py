@@ -36,6 +36,17 @@ def setup(tmp_path_factory):
     return root, ds, prepared, settings, cfg.model_copy(update={"base_model": str(causal)})
 
 
+def test_examples_come_from_at_most_example_users_users(setup):
+    _, ds, prepared, settings, _ = setup
+    cfg = RerankerConfig(template=TEMPLATE, mode="hybrid")
+    few = prepare_examples(
+        ds, cfg, settings.model_copy(update={"example_users": 25}), progress=False
+    )
+    assert len({r.user for r in few.train}) <= 25 and few.val_total == 25
+    assert {r.user for r in few.train} <= {r.user for r in prepared.train}
+    assert prepared.val_total == ds.manifest.n_users > 25  # the default takes every user here
+
+
 def test_loss_goes_down_and_the_checkpoint_round_trips(ray_cluster, setup):
     root, _, prepared, settings, cfg = setup
     assert len(prepared.train) > 64 and prepared.val

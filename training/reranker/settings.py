@@ -32,6 +32,13 @@ class TrainSettings(BaseModel):
     val_users: int | None = Field(
         400, ge=1, description="validation users per epoch when an LM trains (features: all)"
     )
+    example_users: int | None = Field(
+        20_000,
+        ge=1,
+        description="users the training and validation examples come from (a seeded sample "
+        "when there are more): each example is a retrieval over the whole catalogue, so "
+        "every user's examples would take days at a million users",
+    )
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
     max_steps_per_epoch: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")

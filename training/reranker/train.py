@@ -86,6 +86,13 @@ def prepare_examples(
         embeddings = TextEncoder().encode(data.item_text).astype(np.float32)
     fusion = holdout_fusion(data, 1, embeddings, progress, spec)
     inner, hidden = data.holdout_last(settings.holdout)
+    users = np.arange(ds.manifest.n_users)
+    if settings.example_users is not None and len(users) > settings.example_users:
+        rng = np.random.default_rng(settings.seed)
+        users = np.sort(rng.choice(len(users), settings.example_users, replace=False))
+        chosen = np.zeros(len(hidden), dtype=bool)
+        chosen[users] = True
+        hidden = [h if chosen[u] else h[:0] for u, h in enumerate(hidden)]
     ex_stack = stack_from_data(inner, fusion, embeddings, "train-holdout", progress, spec)
     k, hist = cfg.template.candidates, cfg.template.history_items
     sources = ex_stack.source_names
@@ -106,7 +113,6 @@ def prepare_examples(
     val_stack = stack_from_data(data, fusion, embeddings, "train", progress, spec)
     seq = ds.sequences
     targets = seq.items[seq.splits == Split.VALIDATION]
-    users = np.arange(ds.manifest.n_users)
     gen = val_stack.generator()
     val = [
         ranking_row(
