@@ -28,6 +28,7 @@ class Catalog:
         self.user_index = {str(x): i for i, x in enumerate(ds.users["user_id"].to_pylist())}
         seq = ds.sequences
         self._indptr, self._items = seq.indptr, seq.items
+        self._timestamps = np.asarray(seq.timestamps).astype(np.int64)
         self.added = 0  # items taken from the store so far
         self.pseudonymised = ds.manifest.identity is not None
         self._store = store
@@ -68,14 +69,19 @@ class Catalog:
         return self._items[self._indptr[user] : self._indptr[user + 1]].astype(np.int64)
 
     def users_by_activity(self) -> list[str]:
-        """The dataset's user ids, the longest histories first (ties: dataset order); none
-        for a pseudonymised dataset: a pseudonym is not an id a request names, so those
-        users' lists are computed at their first request instead of precomputed."""
+        """The dataset's user ids, the most recently active first (ties: the longer history,
+        then dataset order); none for a pseudonymised dataset: a pseudonym is not an id a
+        request names, so those users' lists are computed at their first request instead
+        of precomputed."""
         if self.pseudonymised:
             return []
         ids = list(self.user_index)
-        lengths = np.diff(self._indptr)[: len(ids)]
-        return [ids[i] for i in np.argsort(-lengths, kind="stable")]
+        ends = self._indptr[1 : len(ids) + 1]
+        lengths = ends - self._indptr[: len(ids)]
+        last = np.where(
+            lengths > 0, self._timestamps[np.maximum(ends - 1, 0)], np.iinfo(np.int64).min
+        )
+        return [ids[i] for i in np.lexsort((-lengths, -last.astype(np.float64)))]
 
     def add(self, items: list[StoredItem]) -> list[str]:
         """Append new items; returns their texts (in id order) for the models to embed."""

@@ -1,6 +1,7 @@
 """Nearline work of an Api replica, scheduled on its event loop beside the requests: after
 an event, the user's next list is re-ranked and cached; after a model version is loaded,
-every known user's list is precomputed while no request is in flight. Without Ray: it
+the lists of the most recently active known users (up to `warm_users`) are precomputed
+while no request is in flight. Without Ray: it
 drives a `RequestPath`."""
 
 from __future__ import annotations

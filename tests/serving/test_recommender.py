@@ -3,6 +3,8 @@ personalised, new items, explanations, re-ranking and the response."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -246,12 +248,16 @@ def test_reranked_response_orders_the_head_by_the_rerankers_scores(svc):
     assert [x["item_id"] for x in fallback["items"]] == r.item_ids[:10]
 
 
-def test_the_precompute_takes_the_most_active_users_first(svc):
+def test_the_precompute_takes_the_most_recently_active_users_first(svc):
     cat = svc[0].catalog
     order = cat.users_by_activity()
     assert sorted(order) == sorted(cat.user_index)
-    lengths = [len(cat.base_history(cat.user_index[u])) for u in order]
-    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    last = [int(cat._timestamps[cat._indptr[cat.user_index[u] + 1] - 1]) for u in order]
+    assert last == sorted(last, reverse=True) and last[0] > last[-1]
+    for a, b in itertools.pairwise(order):  # ties: the longer history first
+        ia, ib = cat.user_index[a], cat.user_index[b]
+        if cat._timestamps[cat._indptr[ia + 1] - 1] == cat._timestamps[cat._indptr[ib + 1] - 1]:
+            assert len(cat.base_history(ia)) >= len(cat.base_history(ib))
 
 
 def test_the_prompt_shows_the_history_length_the_reranker_was_trained_with(svc):
