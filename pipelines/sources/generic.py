@@ -144,7 +144,8 @@ def load(
             efs, efiles, _ = _expand(extra)
             fingerprint = fingerprint + ":" + fingerprint_files(efs, efiles)
     return Source(
-        name=name or files[0].rstrip("/").rsplit("/", 1)[-1].split(".")[0],
+        # Named after what the user pointed at: a folder of part files by the folder.
+        name=name or interactions.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or "generic",
         kind="generic",
         paths=files,
         filesystem=fs,
