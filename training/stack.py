@@ -247,7 +247,7 @@ def fit_stack(
     """
     data = FitData.from_dataset(ds, through)
     if embeddings is None:
-        embeddings = (encoder or TextEncoder()).encode(data.item_text).astype(np.float32)
+        embeddings = (encoder or TextEncoder(cache=True)).encode(data.item_text).astype(np.float32)
     if fusion is None:
         fusion = holdout_fusion(data, holdout, embeddings, progress, spec)
     return stack_from_data(data, fusion, embeddings, through.label, progress, spec), embeddings

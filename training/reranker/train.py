@@ -83,7 +83,7 @@ def prepare_examples(
     samples what an LM trains on."""
     data = FitData.from_dataset(ds, Split.TRAIN)
     if embeddings is None:
-        embeddings = TextEncoder().encode(data.item_text).astype(np.float32)
+        embeddings = TextEncoder(cache=True).encode(data.item_text).astype(np.float32)
     fusion = holdout_fusion(data, 1, embeddings, progress, spec)
     inner, hidden = data.holdout_last(settings.holdout)
     users = np.arange(ds.manifest.n_users)

@@ -25,17 +25,18 @@ def default_model_path() -> str:
 class TextEncoder:
     """Mean-pooled, L2-normalised embeddings from any encoder folder (BERT-like).
 
-    With `cache` (default: `$LLMREC_CACHE_DIR/embeddings`; False: none), every text's vector
+    With `cache` (True: `$LLMREC_CACHE_DIR/embeddings`, or a folder), every text's vector
     is kept under the hash of (model, token limit, text), so only new or changed texts are
     encoded again; a text's vector does not depend on what else is in its batch beyond
-    float rounding."""
+    float rounding. The fits use it; serving (a few new items at a time) does not, so that
+    replicas write nothing to disk."""
 
     def __init__(
         self,
         model_path: str | None = None,
         max_tokens: int = 128,
         batch: int = 64,
-        cache: bool | str | Path = True,
+        cache: bool | str | Path = False,
     ):
         self.model_path = model_path or default_model_path()
         self.max_tokens = max_tokens
