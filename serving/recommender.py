@@ -343,7 +343,6 @@ class RetrievalService:
         of the user's recent items, the one whose removal from the history lowers the
         source's score for the candidate most (leave-one-out, so recency weights and windows
         count as the source counts them)."""
-        n = self.catalog.n_items
         m = len(c.items) if first is None else min(first, len(c.items))
         items = c.items[:m]
         sources_of = [c.sources_of(k) for k in range(m)]
@@ -354,9 +353,7 @@ class RetrievalService:
             if s in self.stack.sources and len(positions) and s in used:
                 model = self.stack.sources[s]
                 histories = [history] + [np.delete(history, p) for p in positions]
-                scores = _finite(
-                    np.stack([pad_to(model.score(None, h), n)[items] for h in histories])
-                )
+                scores = _finite(np.stack([model.score_items(None, h, items) for h in histories]))
                 drops[s] = scores[0] - scores[1:]
         segments = [None] * m
         if c.segment and self.stack.segment is not None:

@@ -156,6 +156,17 @@ class Retriever(ABC):
         `user` may be None or unknown: history-based models then use `history` alone.
         """
 
+    def score_items(self, user: int | None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """`score(user, history)` at `items` only (-inf for items beyond the model). Models
+        whose full score is a dense pass over the catalogue compute just these rows: what
+        an explanation needs for a handful of candidates at any catalogue size."""
+        items = np.asarray(items, dtype=np.int64)
+        out = np.full(len(items), -np.inf, dtype=np.float32)
+        full = self.score(user, history)
+        known = items < len(full)
+        out[known] = full[items[known]]
+        return out
+
     def recommend(
         self,
         user: int | None,

@@ -42,14 +42,28 @@ class Content(Retriever):
         self._fitted(data)
         return self
 
-    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
-        recent = history[::-1][: self.params["recent"]]
+    def _profile(self, history: np.ndarray) -> np.ndarray | None:
+        recent = np.asarray(history)[::-1][: self.params["recent"]]
         recent = recent[recent < len(self.embeddings)]
         if not len(recent):
-            return np.full(self.n_items, -np.inf, dtype=np.float32)
+            return None
         w = self.params["recency_decay"] ** np.arange(len(recent), dtype=np.float32)
-        profile = w @ self.embeddings[recent]
+        return w @ self.embeddings[recent]
+
+    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+        profile = self._profile(history)
+        if profile is None:
+            return np.full(self.n_items, -np.inf, dtype=np.float32)
         return (self.embeddings @ profile).astype(np.float32)
+
+    def score_items(self, user: int | None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        out = np.full(len(items), -np.inf, dtype=np.float32)
+        profile = self._profile(history)
+        known = items < len(self.embeddings)
+        if profile is not None:
+            out[known] = self.embeddings[items[known]] @ profile
+        return out
 
     def partial_fit_items(self, n_items: int, texts: list[str] | None = None) -> None:
         """Embed the texts of items `len(embeddings)..n_items-1` (given in that order)."""
