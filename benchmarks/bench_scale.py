@@ -106,10 +106,11 @@ def serve_stage(work: Path, env: dict[str, str], duration: float, port: int) -> 
     from training.publish import load_version
 
     keys = bs.bench_keys(work)
+    store = work / f"events-{int(time.time())}.db"  # a fresh store each run
     base = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable, "-m", "cluster", "serve", "--root", str(work / "models"),
-        "--store", f"sqlite://{work / 'events.db'}", "--port", str(port), "--api-keys", keys,
+        "--store", f"sqlite://{store}", "--port", str(port), "--api-keys", keys,
     ]  # fmt: skip
     start = time.perf_counter()
     with open(work / "serve.log", "w") as log:
@@ -166,7 +167,10 @@ def serve_stage(work: Path, env: dict[str, str], duration: float, port: int) -> 
 
 
 def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
-    work = Path(tempfile.mkdtemp(prefix=f"scale-{size}-", dir=args.work))
+    if args.reuse:  # the earlier stages' outputs are there already
+        work = Path(args.reuse)
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f"scale-{size}-", dir=args.work))
     env = {
         **os.environ,
         "LLMREC_CACHE_DIR": str(work / "cache"),
@@ -208,7 +212,7 @@ def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
         else:
             row[stage] = run_stage(commands[stage], env, work / f"{stage}.log")
         console.print(f"  {row[stage]}")
-        if stage == "prepare":
+        if stage == "prepare" or args.reuse:
             manifest = json.loads((work / "data" / "manifest.json").read_text())
             row.update(users=manifest["n_users"], items=manifest["n_items"])
     row["work"] = str(work)
@@ -276,6 +280,11 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load at c=8")
     ap.add_argument("--port", type=int, default=8777)
     ap.add_argument("--work", default=None, help="where the stages write [default: a temp dir]")
+    ap.add_argument(
+        "--reuse",
+        default=None,
+        help="a work folder of an earlier run of one size: run --stages on its outputs",
+    )
     ap.add_argument("--name", default="scale", help="results file stem")
     args = ap.parse_args()
     if args.work:
