@@ -63,14 +63,13 @@ def main() -> None:
     model = SelfAttentive(**json.loads(args.params))
     rows: list[dict] = []
     start = time.perf_counter()
-    train_s = [0.0]
 
     def on_epoch(epoch: int, fitted: SelfAttentive) -> None:
         if epoch % args.every and epoch != model.params["epochs"]:
             return
-        train_s[0] = time.perf_counter() - start - sum(r["eval_s"] for r in rows)
+        train_s = time.perf_counter() - start - sum(r["eval_s"] for r in rows)
         t = time.perf_counter()
-        row: dict = {"epoch": epoch, "train_s": round(train_s[0], 1)}
+        row: dict = {"epoch": epoch, "train_s": round(train_s, 1)}
         for phase in (val, test):
             m = metrics_from_ranks(phase.ranks(phase.score_matrix(fitted)))
             row[phase.name] = {k: float(np.mean(m[k])) for k in ("NDCG@10", "Recall@10")}

@@ -148,9 +148,7 @@ class RetrievalStack:
             # The definition the sources were fitted from: what the model version serves.
             "spec": spec_to_json({n: (type(m), m.params) for n, m in self.sources.items()}),
             # How each source was trained where it chose (SASRec's full or sampled softmax).
-            "fitted": {
-                n: m.fit_info for n, m in self.sources.items() if getattr(m, "fit_info", None)
-            },
+            "fitted": {n: m.fit_info for n, m in self.sources.items() if m.fit_info},
         }
         (folder / "stack.json").write_text(json.dumps(meta, indent=2))
 

@@ -273,7 +273,7 @@ def fit(
         f"({time.perf_counter() - start:.0f} s)"
     )
     for name, model in stack.sources.items():
-        if getattr(model, "fit_info", None):
+        if model.fit_info:
             console.print(f"  {name}: {model.fit_info}")
 
 

@@ -118,6 +118,8 @@ class Retriever(ABC):
     """Base class: subclasses implement `fit`, `score`, and their array state."""
 
     kind: ClassVar[str]
+    #: how the last fit trained, where the model chose (SASRec's softmax); None: nothing to say
+    fit_info: dict[str, Any] | None = None
 
     def __init__(self, **params: Any):
         self.params = self.default_params() | params
@@ -161,11 +163,7 @@ class Retriever(ABC):
         whose full score is a dense pass over the catalogue compute just these rows: what
         an explanation needs for a handful of candidates at any catalogue size."""
         items = np.asarray(items, dtype=np.int64)
-        out = np.full(len(items), -np.inf, dtype=np.float32)
-        full = self.score(user, history)
-        known = items < len(full)
-        out[known] = full[items[known]]
-        return out
+        return pad_to(self.score(user, history), int(items.max(initial=-1)) + 1)[items]
 
     def recommend(
         self,

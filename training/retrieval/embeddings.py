@@ -50,7 +50,7 @@ class TextEncoder:
         return _load(self.model_path)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        if self.cache is None:
+        if self.cache is None or not texts:
             return self._encode(texts)
         keys = [self.cache.key(t) for t in texts]
         found = self.cache.get(keys)
@@ -60,8 +60,6 @@ class TextEncoder:
             new = {keys[i]: fresh[j] for j, i in enumerate(missing)}
             self.cache.put(new)
             found.update(new)
-        if not texts:
-            return self._encode([])
         return np.stack([found[k] for k in keys]).astype(np.float32)
 
     def _encode(self, texts: list[str]) -> np.ndarray:

@@ -152,15 +152,16 @@ class SelfAttentive(Retriever):
                     opt.step()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 if on_epoch is not None:
-                    self.set_state(
-                        {k: v.detach().numpy().copy() for k, v in network.state_dict().items()}
-                    )
-                    self._fitted(data)
+                    self._take_weights(network, data)
                     on_epoch(epoch + 1, self)
                     network.train()
-        self.set_state({k: v.detach().numpy() for k, v in network.state_dict().items()})
-        self._fitted(data)
+        self._take_weights(network, data)
         return self
+
+    def _take_weights(self, network: _Network, data: FitData) -> None:
+        """Score with the network's current weights (a copy: training goes on changing them)."""
+        self.set_state({k: v.detach().numpy().copy() for k, v in network.state_dict().items()})
+        self._fitted(data)
 
     @property
     def trained_items(self) -> int:
