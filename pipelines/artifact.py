@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from pipelines import __version__
 from pipelines.errors import ArtifactError
+from pipelines.global_steps import Csr, user_offsets
 from pipelines.schema import INTERACTIONS_SCHEMA, ITEM_IDX, SCHEMA_VERSION, SPLIT, TIE_BREAK
 from pipelines.storage import (
     exists,
@@ -43,7 +44,6 @@ from pipelines.storage import (
     temp_sibling,
     write_json,
 )
-from pipelines.transforms import Csr, user_offsets
 
 KIND = "llmrec.dataset"
 MANIFEST = "manifest.json"

@@ -18,6 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.artifact import Counts, PreparedData, SourceInfo
 from pipelines.errors import DataError
+from pipelines.global_steps import (
+    chronological_order,
+    csr_from_pairs,
+    dedup_mask,
+    kcore_mask,
+    leave_one_out_split,
+    popularity,
+    remap_contiguous,
+    temporal_split,
+)
 from pipelines.item_text import render_item_text
 from pipelines.schema import (
     INTERACTIONS_SCHEMA,
@@ -36,20 +46,12 @@ from pipelines.schema import (
 )
 from pipelines.sources.base import Source
 from pipelines.transforms import (
-    chronological_order,
     count_reasons,
-    csr_from_pairs,
-    dedup_mask,
     encode_ids,
     flag_rows,
-    kcore_mask,
     keep_rows,
-    leave_one_out_split,
     merge_vocab,
-    popularity,
-    remap_contiguous,
     sum_reason_counts,
-    temporal_split,
 )
 
 

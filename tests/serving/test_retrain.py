@@ -169,7 +169,7 @@ def test_the_gate_refuses_a_candidate_trained_on_corrupted_data(loop, monkeypatc
     # the held-out cases both versions are measured on, stay true).
     from dataclasses import replace
 
-    from pipelines.transforms import csr_from_pairs
+    from pipelines.global_steps import csr_from_pairs
     from training.retrieval.data import FitData
 
     real = FitData.from_dataset.__func__

@@ -7,25 +7,27 @@ import pyarrow as pa
 import pytest
 
 from pipelines.errors import DataError
+from pipelines.global_steps import (
+    chronological_order,
+    csr_from_pairs,
+    dedup_mask,
+    kcore_mask,
+    leave_one_out_split,
+    popularity,
+    remap_contiguous,
+    temporal_split,
+)
 from pipelines.schema import DROP_REASON, DropReason, Split
 from pipelines.transforms import (
     ColumnMapping,
-    chronological_order,
     count_reasons,
-    csr_from_pairs,
-    dedup_mask,
     encode_ids,
     flag_rows,
-    kcore_mask,
     keep_rows,
-    leave_one_out_split,
     merge_vocab,
     normalize_batch,
     partial_vocab,
-    popularity,
-    remap_contiguous,
     sum_reason_counts,
-    temporal_split,
 )
 
 MAP = ColumnMapping(user="u", item="i", timestamp="t", value="r", event_type="e")

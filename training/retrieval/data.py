@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.artifact import Dataset
+from pipelines.global_steps import Csr, csr_from_pairs, user_offsets
 from pipelines.schema import ITEM_CATEGORIES, ITEM_TEXT, Split
-from pipelines.transforms import Csr, csr_from_pairs, user_offsets
 
 AGE_BANDS = (18, 25, 35, 45, 50, 56)  # MovieLens' own bands: <18, 18-24, ..., 56+
 AGE_LABELS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
