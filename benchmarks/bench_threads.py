@@ -1,7 +1,8 @@
 """How a torch stage slows when something else runs on the machine, by thread count: SASRec's
 training epochs on ML-100k, on a quiet machine and beside a CPU-bound process on one core,
-with 1 and with every core's torch/BLAS threads (`training.threads.set_threads`). Each cell
-runs in a fresh subprocess, in one run, alternating.
+with 1 thread, with every core's torch/BLAS threads, and with the default that counts the
+cores idle at start (`training.threads.set_threads`). Each cell runs in a fresh subprocess,
+in one run, alternating.
 
     python benchmarks/bench_threads.py --data artifacts/datasets/ml-100k
 
@@ -30,27 +31,29 @@ CELL = """
 import sys, time
 sys.path.insert(0, {root!r})
 from training.threads import set_threads
-set_threads({threads})
+n = set_threads({threads})
 from pipelines.artifact import load_dataset
 from pipelines.schema import Split
 from training.retrieval import FitData, SelfAttentive
 data = FitData.from_dataset(load_dataset({data!r}), Split.VALIDATION)
 t = time.perf_counter()
 SelfAttentive(epochs={epochs}, batch_size=32).fit(data)
-print((time.perf_counter() - t) / {epochs})
+print(n, (time.perf_counter() - t) / {epochs})
 """
 
 HOG = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    pass\n"
 
 
-def cell(data: str, threads: int, epochs: int, busy: bool) -> float:
+def cell(data: str, threads: int | None, epochs: int, busy: bool) -> tuple[int, float]:
+    """(threads used, seconds per epoch); `threads` None is the by-load default."""
     hog = subprocess.Popen([sys.executable, "-c", HOG]) if busy else None
     try:
         code = CELL.format(root=str(ROOT), threads=threads, data=data, epochs=epochs)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
-        return float(out.stdout.strip().splitlines()[-1])
+        used, seconds = out.stdout.strip().splitlines()[-1].split()
+        return int(used), float(seconds)
     finally:
         if hog is not None:
             hog.kill()
@@ -66,33 +69,40 @@ def main() -> None:
     from training.threads import available_cores
 
     cores = available_cores()
-    grid = [(busy, threads) for busy in (False, True) for threads in sorted({1, cores})]
+    counts: list[int | None] = [*sorted({1, cores}), None]
+    grid = [(busy, threads) for busy in (False, True) for threads in counts]
     seconds: dict[str, list[float]] = {}
+    used: dict[str, list[int]] = {}
     for r in range(args.repeats):
         for busy, threads in grid:
-            key = f"{'busy' if busy else 'quiet'}|{threads}"
-            s = cell(args.data, threads, args.epochs, busy)
+            key = f"{'busy' if busy else 'quiet'}|{threads or 'auto'}"
+            n, s = cell(args.data, threads, args.epochs, busy)
             seconds.setdefault(key, []).append(s)
-            print(f"repeat {r}: {key}: {s:.2f} s per epoch", flush=True)
+            used.setdefault(key, []).append(n)
+            print(f"repeat {r}: {key}: {n} threads, {s:.2f} s per epoch", flush=True)
     rows = []
     for busy, threads in grid:
-        key = f"{'busy' if busy else 'quiet'}|{threads}"
-        quiet = min(seconds[f"quiet|{threads}"])
+        key = f"{'busy' if busy else 'quiet'}|{threads or 'auto'}"
+        # "x quiet" compares with the same setting on a quiet machine: for the by-load default
+        # that is what a user sees when the machine gets busy
+        quiet = min(seconds[f"quiet|{threads or 'auto'}"])
         rows.append(
             {
                 "machine_state": "beside a CPU-bound process" if busy else "quiet",
-                "threads": threads,
+                "threads": threads or "by load",
+                "threads_used": used[key],
                 "seconds_per_epoch": seconds[key],
                 "slowdown_vs_quiet": min(seconds[key]) / quiet,
             }
         )
     t = Table(title=f"SASRec epochs on ML-100k ({cores} cores), by threads and load")
-    for c in ("machine", "threads", "s / epoch (each repeat)", "x quiet, same threads"):
+    for c in ("machine", "threads", "used", "s / epoch (each repeat)", "x quiet, same setting"):
         t.add_column(c, justify="left" if c == "machine" else "right")
     for r in rows:
         t.add_row(
             r["machine_state"],
             str(r["threads"]),
+            "/".join(str(n) for n in r["threads_used"]),
             " / ".join(f"{s:.2f}" for s in r["seconds_per_epoch"]),
             f"{r['slowdown_vs_quiet']:.2f}",
         )

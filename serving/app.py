@@ -100,7 +100,7 @@ class Api(Replica):
     ):
         # Torch and BLAS threads set explicitly (every available core, or LLMREC_THREADS):
         # one thread measured 10% fewer requests/s at concurrency 8 (docs/BENCHMARKS.md).
-        set_threads()
+        set_threads(by_load=False)
         self.retrieval = retrieval
         self.reranker = reranker
         self.events = events

@@ -74,7 +74,7 @@ class RetrievalDeployment(VersionedReplica):
     def __init__(self, settings: dict[str, Any] | None = None):
         # Torch and BLAS threads set explicitly (every available core, or LLMREC_THREADS):
         # one thread measured 10% fewer requests/s at concurrency 8 (docs/BENCHMARKS.md).
-        set_threads()
+        set_threads(by_load=False)
         self.retrievals = 0
         self._start(settings)
 

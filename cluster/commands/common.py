@@ -4,6 +4,7 @@ errors, and reading a prepared dataset (preparing ML-100k first when it is missi
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -39,12 +40,12 @@ def _threads(
             "--cpu-threads",
             envvar="LLMREC_THREADS",
             min=1,
-            help="torch and BLAS threads of this command's process [default: its cores]",
+            help="torch and BLAS threads of this command's process "
+            "[default: the cores idle when it starts]",
         ),
     ] = None,
 ) -> None:
     """Every command sets its thread pools explicitly (training/threads.py says why)."""
-    import os
 
     from training.threads import ENV
 
@@ -54,6 +55,17 @@ def _threads(
 
 console = Console()
 err = Console(stderr=True)
+
+
+def start_threads() -> int:
+    """Set this command's torch/BLAS threads (training/threads.py) and say how many."""
+    from training.threads import ENV, set_threads
+
+    n = set_threads()
+    how = f"${ENV}" if os.environ.get(ENV) else "idle cores at start; --cpu-threads to choose"
+    console.print(f"torch/BLAS threads: {n} ({how})")
+    return n
+
 
 DEFAULT_ROOT = Path("artifacts")
 

@@ -23,6 +23,7 @@ from cluster.commands.common import (
     load_leave_one_out,
     read_meta_or_fail,
     stack_spec_for,
+    start_threads,
     user_errors,
     validation_message,
 )
@@ -32,7 +33,6 @@ from pipelines.errors import LlmrecError
 from training.reranker.model import RerankerConfig
 from training.reranker.prompt import PromptTemplate
 from training.reranker.settings import TrainSettings
-from training.threads import set_threads
 
 
 @app.command(name="eval")
@@ -87,7 +87,7 @@ def _evaluate(
     from training.stack import spec_from_eval, spec_to_json
 
     spec = stack_spec_for(ds.manifest.name, stack_spec)
-    set_threads()
+    start_threads()
     if retrievers:
         from training.evaluation.harness import evaluate
 
@@ -201,7 +201,7 @@ def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> No
     from training.reranker.examples import INSERT_DEPTH
     from training.reranker.train import prepare_examples
 
-    set_threads()
+    start_threads()
     with console.status("building examples (retrieval stack on held-out items)"):
         prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
     lm = (
@@ -265,7 +265,7 @@ def fit(
     ds = load_leave_one_out(dataset, data)
     target = out or str(DEFAULT_ROOT / "stacks" / dataset)
     start = time.perf_counter()
-    set_threads()
+    start_threads()
     with console.status("fitting the retrieval stack on all interactions"):
         stack = fit_retrievers(ds, target, progress=False, spec=spec)
     console.print(
@@ -306,7 +306,7 @@ def publish(
     ds = load_leave_one_out(dataset, data)
     target = root or str(DEFAULT_ROOT / "models" / dataset)
     doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"
-    set_threads()
+    start_threads()
     with console.status(doing):
         mv = publish_version(ds, target, reranker, version, progress=False, stack=stack, spec=spec)
     console.print(

@@ -16,6 +16,7 @@ from cluster.commands.common import (
     EventStoreUrl,
     app,
     console,
+    start_threads,
     user_errors,
 )
 from cluster.settings_options import settings_options
@@ -79,7 +80,6 @@ def retrain(
     the reason when the gate refuses (the live version stays)."""
     from cluster.retrain_job import GateRefused, RetrainOptions, run_retrain
     from serving.events import StoreUnavailable, open_store
-    from training.threads import set_threads
 
     if once == (every is not None):
         raise LlmrecError("say how often: --once, or --every 6h")
@@ -96,7 +96,7 @@ def retrain(
         warm_examples=warm_examples,
         engine=engine.value,
     )
-    set_threads()
+    start_threads()
     while True:
         try:
             the_store = open_store(store)
