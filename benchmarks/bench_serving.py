@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from serving_stores import store_comparison, store_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -331,6 +332,13 @@ def main() -> None:
         help="event stores the graphs run on, each in turn (redis: a local redis-server with "
         "AOF fsync always, started here); with two, a comparison table follows",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with two stores: deploy each store's graph this many times, alternating, and "
+        "give each difference per round",
+    )
     p.add_argument("--name", default="serving", help="results file stem under benchmarks/results")
     args = p.parse_args()
 
@@ -420,12 +428,17 @@ def main() -> None:
         from cluster.local_redis import LocalRedis
 
         redis = LocalRedis(tmp / "redis").start()
-    if len(args.stores) > 1:  # each variant on each store, back to back
-        graphs = [(f"{v} [{s}]", live, s) for v, live in graphs for s in args.stores]
+    if len(args.stores) > 1:  # each variant on each store, back to back, round after round
+        graphs = [
+            (f"{v} [{s}]", dict(live), s, r)
+            for r in range(args.rounds)
+            for v, live in graphs
+            for s in args.stores
+        ]
     else:
-        graphs = [(v, live, args.stores[0]) for v, live in graphs]
+        graphs = [(v, live, args.stores[0], 0) for v, live in graphs]
     results["event_reflection_by_store"] = {}
-    for n, (variant, live, store_kind) in enumerate(graphs, start=1):
+    for n, (variant, live, store_kind, rnd) in enumerate(graphs, start=1):
         env = live.pop("env_vars", None)
         # A fresh store per variant: none inherits another's cached lists.
         store = (
@@ -449,6 +462,7 @@ def main() -> None:
             results["cells"].append(
                 {
                     "variant": variant,
+                    "round": rnd,
                     "concurrency": c,
                     "precompute": warm,
                     **summarize(rows, args.duration, deadline),
@@ -532,61 +546,13 @@ def main() -> None:
             f"next-request latency p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms"
         )
     if len(args.stores) > 1:
-        results["store_comparison"] = store_comparison(results)
+        results["store_comparison"] = store_comparison(results["cells"])
         console.print(store_table(results["store_comparison"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"
     out.write_text(json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
-
-
-def store_comparison(results: dict) -> list[dict]:
-    """Redis against SQLite, cell by cell of the graph with the re-ranker (same run)."""
-    cells = {
-        (c["variant"], c["concurrency"]): c
-        for c in results["cells"]
-        if c["variant"].startswith("graph with re-ranker [")
-    }
-    rows = []
-    for (variant, conc), redis in sorted(cells.items()):
-        if not variant.endswith("[redis]"):
-            continue
-        sqlite = cells.get((variant.replace("[redis]", "[sqlite]"), conc))
-        if sqlite is None:
-            continue
-
-        def delta(key: str, a: dict = redis, b: dict = sqlite) -> float | None:
-            return None if a[key] is None or b[key] is None else a[key] - b[key]
-
-        rows.append(
-            {
-                "concurrency": conc,
-                "cache_p50_added_ms": delta("cache_p50_ms"),
-                "cache_p99_added_ms": delta("cache_p99_ms"),
-                "rps_ratio": redis["throughput_rps"] / max(sqlite["throughput_rps"], 1e-9),
-                "errors": [sqlite["error_rate"], redis["error_rate"]],
-            }
-        )
-    return rows
-
-
-def store_table(rows: list[dict]) -> Table:
-    t = Table(title="Redis against SQLite (graph with re-ranker, same run)")
-    for col in ("conc.", "cache p50 added", "cache p99 added", "req/s Redis / SQLite"):
-        t.add_column(col, justify="right")
-    for r in rows:
-
-        def ms(v: float | None) -> str:
-            return "-" if v is None else f"{v:+.2f} ms"
-
-        t.add_row(
-            str(r["concurrency"]),
-            ms(r["cache_p50_added_ms"]),
-            ms(r["cache_p99_added_ms"]),
-            f"{r['rps_ratio']:.0%}",
-        )
-    return t
 
 
 def run_info() -> dict[str, str]:
