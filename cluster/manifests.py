@@ -25,7 +25,9 @@ from typing import Any
 
 import yaml
 
+from cluster.ingress_manifest import ingress_problems
 from cluster.redis_manifest import redis_problems
+from serving.api_models import MAX_BODY_BYTES
 
 CLUSTER = Path(__file__).parent
 ROOT = CLUSTER.parent
@@ -34,6 +36,7 @@ RAYSERVICE = CLUSTER / "kuberay" / "rayservice.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob-batch.yaml"
 RAYCRONJOB = CLUSTER / "kuberay" / "raycronjob-retrain.yaml"
 REDIS = CLUSTER / "kuberay" / "redis.yaml"
+INGRESS = CLUSTER / "kuberay" / "ingress.yaml"
 LAUNCHER = CLUSTER / "launcher.yaml"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
 SERVE_KEY = "  serveConfigV2: |\n"
@@ -307,6 +310,7 @@ def all_problems() -> list[str]:
     store = serve_cfg["applications"][0]["args"]["store"]
     redis_docs = [d for d in yaml.safe_load_all(REDIS.read_text()) if d]
     problems += redis_problems(redis_docs, service, store, "redis.yaml")
+    problems += ingress_problems(yaml.safe_load(INGRESS.read_text()), service, MAX_BODY_BYTES)
     problems += capacity_problems(
         serve_cfg, kuberay_groups(service["spec"]["rayClusterConfig"]), "rayservice.yaml"
     )

@@ -154,3 +154,25 @@ def test_the_redis_manifest_keeps_the_durability_promise_and_matches_the_rayserv
     ].pop("env")
     (problem,) = redis_problems(docs, no_env, store, "r")
     assert problem.startswith("rayservice.yaml: the gpu pods must read $LLMREC_REDIS_PASSWORD")
+
+
+def test_the_ingress_reaches_serve_with_tls_and_the_apis_body_limit():
+    from cluster.ingress_manifest import PREFIX, ingress_problems, nginx_size
+    from serving.api_models import MAX_BODY_BYTES
+
+    ingress = yaml.safe_load(m.INGRESS.read_text())
+    service = yaml.safe_load(m.RAYSERVICE.read_text())
+    assert ingress_problems(ingress, service, MAX_BODY_BYTES) == []
+    assert [nginx_size(v) for v in ("2m", "512k", "100", "2 m")] == [2 << 20, 512 << 10, 100, None]
+    bad = copy.deepcopy(ingress)
+    bad["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "llmrec-head-svc"
+    bad["spec"].pop("tls")
+    bad["metadata"]["annotations"][PREFIX + "proxy-body-size"] = "10m"
+    bad["metadata"]["annotations"].pop(PREFIX + "limit-rps")
+    assert ingress_problems(bad, service, MAX_BODY_BYTES) == [
+        "ingress.yaml: backend llmrec-head-svc:8000, but Serve is llmrec-serve-svc:8000",
+        "ingress.yaml: no tls: API keys would cross the network in clear",
+        "ingress.yaml: proxy-body-size must be the API's body limit, 2097152 bytes "
+        "(serving/api_models.py: MAX_BODY_BYTES)",
+        "ingress.yaml: no limit-rps: a flood reaches Serve's proxy unlimited",
+    ]
