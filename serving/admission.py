@@ -51,6 +51,13 @@ class WorkerQueue:
                 self.service_s += a * (one - self.service_s)
                 self._timed = True
 
+    def restart_timing(self) -> None:
+        """What a job costs may have changed (other models, settings): the next timed job
+        stands alone again, instead of moving an average of the old costs a tenth of the
+        way. Until it comes, the old average still decides."""
+        with self._lock:
+            self._timed = False
+
     def expected_s(self) -> float:
         """When a job submitted now would finish: everything ahead of it, then itself."""
         with self._lock:
@@ -81,8 +88,19 @@ class LoopLag:
             raise ValueError(f"window_s: must be positive, got {window_s}")
         self.window_s = window_s
         self._samples: deque[tuple[float, float]] = deque()  # (when, lag), maxima kept
+        self._excused_until = float("-inf")
 
-    def observe(self, now: float, lag_s: float) -> None:
+    def excuse(self, until: float) -> None:
+        """The loop's stalls up to `until` were this replica's own work (a reconfigure that
+        loaded models), not load: forget them, and the wake-up whose wait spans them. Else
+        every live change would send the next `window_s` of requests to popularity. (A float
+        assignment: safe from the thread that reconfigures.)"""
+        self._excused_until = until
+
+    def observe(self, now: float, lag_s: float, started: float | None = None) -> None:
+        """A wake-up at `now`, `lag_s` late, of a wait that began at `started`."""
+        if started is not None and started < self._excused_until:
+            return
         # A monotonic deque: a sample is dropped once a later one is at least as large,
         # so the front is always the window's maximum.
         while self._samples and self._samples[-1][1] <= lag_s:
@@ -95,7 +113,9 @@ class LoopLag:
         return self._samples[0][1] if self._samples else 0.0
 
     def _expire(self, now: float) -> None:
-        while self._samples and self._samples[0][0] < now - self.window_s:
+        while self._samples and (
+            self._samples[0][0] < now - self.window_s or self._samples[0][0] <= self._excused_until
+        ):
             self._samples.popleft()
 
 

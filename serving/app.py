@@ -121,6 +121,11 @@ class Api(Replica):
         self.settings, self.served = settings, self.path.model.version
         return reloaded
 
+    def reconfigure(self, cfg: dict[str, Any]) -> None:
+        super().reconfigure(cfg)
+        # A reconfigure that loads models blocks this loop: its own work, not load.
+        self.path.lag.excuse(time.perf_counter())
+
     def _ensure_background(self) -> None:
         """On the event loop: the loop-lag probe, once, the stall drill while it is set,
         and the precompute of the served version's lists."""
@@ -136,7 +141,7 @@ class Api(Replica):
             await asyncio.sleep(period_s)
             now = time.perf_counter()
             lag = now - t - period_s
-            self.path.lag.observe(now, lag)
+            self.path.lag.observe(now, lag, started=t)
             self.metrics.loop_lag_wakeups.observe(max(lag, 0.0))
 
     async def _stall_loop(self) -> None:
@@ -391,27 +396,15 @@ DEPLOYMENTS = {
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The application builder (`import_path: serving.app:build_app`): `args` are the
     baseline live settings, which each deployment's `user_config` then overrides. Serve
-    calls a builder with exactly one argument; `serve run`/`serve deploy` apply the YAML's
-    deployment options themselves."""
-    return compose(args, None)
-
-
-def compose(
-    args: dict[str, Any] | None, options: dict[str, dict[str, Any]] | None
-) -> serve.Application:
-    """The graph with per-deployment `options` (for Python callers that read the same YAML,
-    `serving.deploy`)."""
+    calls a builder with exactly one argument, and applies the config's deployment options
+    (replicas, resources, user_config) itself."""
     settings = LiveSettings.model_validate(args or {}).model_dump()
-    opts = options or {}
-
-    def d(name: str):
-        return DEPLOYMENTS[name].options(**opts[name]) if name in opts else DEPLOYMENTS[name]
-
-    return d("Api").bind(
-        d("Retrieval").bind(settings),
-        d("Reranker").bind(settings),
-        d("ColdStart").bind(settings),
-        d("EventStore").bind(settings),
+    d = DEPLOYMENTS
+    return d["Api"].bind(
+        d["Retrieval"].bind(settings),
+        d["Reranker"].bind(settings),
+        d["ColdStart"].bind(settings),
+        d["EventStore"].bind(settings),
         settings,
     )
 

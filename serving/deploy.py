@@ -55,76 +55,82 @@ def check_insecure(args: dict[str, Any], host: str) -> None:
         )
 
 
+def deploy_config(
+    profile: str | Path,
+    args: dict[str, Any] | None = None,
+    user_config: dict[str, Any] | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Serve config `run_profile` deploys: the profile with `args` over its application
+    args, `user_config` merged into every deployment's, `env` over the application's
+    replica environment, and the proxy's host and port."""
+    cfg = read_profile(profile)
+    app = cfg["applications"][0]
+    http = cfg["http_options"] = {"host": "127.0.0.1", "port": 8000, **cfg.get("http_options", {})}
+    if port is not None:
+        http["port"] = port
+    if host is not None:
+        http["host"] = host
+    app["args"] = {**app.get("args", {}), **(args or {})}
+    check_insecure({**app["args"], **(user_config or {})}, http["host"])
+    if env:
+        runtime_env = app.setdefault("runtime_env", {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+    if user_config:
+        for d in app.get("deployments", []):
+            d["user_config"] = {**d.get("user_config", {}), **user_config}
+    return cfg
+
+
 def run_profile(
     profile: str | Path,
     args: dict[str, Any] | None = None,
     user_config: dict[str, Any] | None = None,
     port: int | None = None,
     host: str | None = None,
-    blocking: bool = False,
     env: dict[str, str] | None = None,
-):
-    """Deploy the profile's application on the connected Ray cluster.
-
-    `args` override the profile's application args; `user_config` is merged into every
-    deployment's user_config (a live change: replicas reconfigure in place); `env` overrides
-    the environment the application gives its replicas (new replicas only). Returns the
-    ingress handle."""
+    timeout_s: float = 600.0,
+) -> None:
+    """Deploy the profile's application on the connected Ray cluster as `serve deploy`
+    deploys the same file (`deploy_config`), and wait until it runs. Deployed again with
+    only another `user_config`, the running replicas reconfigure in place (a live change);
+    other args or another `env` replace them. (Serve's imperative `serve.run` would replace
+    every replica on each call, whatever changed.)"""
     from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
 
-    from serving.app import compose
-
-    cfg = read_profile(profile)
-    app_cfg = cfg["applications"][0]
-    http = dict(cfg.get("http_options", {}))
-    if port is not None:
-        http["port"] = port
-    if host is not None:
-        http["host"] = host
-    check_insecure(
-        {**app_cfg.get("args", {}), **(args or {}), **(user_config or {})},
-        http.get("host", "127.0.0.1"),
-    )
+    cfg = deploy_config(profile, args, user_config, port, host, env)
+    http = cfg["http_options"]
     serve.start(
-        http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)},
+        http_options={"host": http["host"], "port": http["port"]},
         logging_config=cfg.get("logging_config"),
     )
-    if env:
-        runtime_env = app_cfg.setdefault("runtime_env", {})
-        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
-    options = deployment_options(app_cfg, user_config)
-    merged = {**app_cfg.get("args", {}), **(args or {})}
-    return serve.run(
-        compose(merged, options),
-        name=app_cfg.get("name", APP_NAME),
-        route_prefix=app_cfg.get("route_prefix", "/"),
-        # serve.start's logging_config reaches the controller and proxy only; the replicas
-        # take theirs here (`serve deploy` applies the top-level one to both itself).
-        logging_config=app_cfg.get("logging_config", cfg.get("logging_config")),
-        blocking=blocking,
-    )
+    # What `serve deploy` sends, handed to the controller directly (no dashboard needed).
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg))
+    wait_running(cfg["applications"][0].get("name", APP_NAME), timeout_s)
 
 
-def deployment_options(
-    app_cfg: dict[str, Any], user_config: dict[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Each deployment's options as `serve run` / `serve deploy` would apply the profile's
-    application: its `runtime_env` is every deployment's (a deployment's own keys win, env
-    vars merged), and `user_config` is merged into every deployment's user_config."""
-    app_env = app_cfg.get("runtime_env") or {}
-    options = {}
-    for d in app_cfg.get("deployments", []):
-        o = {k: v for k, v in d.items() if k != "name"}
-        if app_env:
-            actor = dict(o.get("ray_actor_options") or {})
-            own = actor.get("runtime_env") or {}
-            env = {**app_env.get("env_vars", {}), **own.get("env_vars", {})}
-            actor["runtime_env"] = {**app_env, **own, **({"env_vars": env} if env else {})}
-            o["ray_actor_options"] = actor
-        if user_config:
-            o["user_config"] = {**o.get("user_config", {}), **user_config}
-        options[d["name"]] = o
-    return options
+def wait_running(name: str, timeout_s: float) -> None:
+    """Until the application `name` runs its latest config; its own message if it failed.
+    (Applying a config turns the application DEPLOYING before the call returns, so RUNNING
+    here is the new config's.)"""
+    import time
+
+    from ray import serve
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        app = serve.status().applications.get(name)
+        status = str(app.status) if app is not None else "NOT_STARTED"
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED"):
+            raise RuntimeError(f"Serve application {name} failed to deploy: {app.message}")
+        time.sleep(0.2)
+    raise TimeoutError(f"Serve application {name} is not running after {timeout_s:.0f} s")
 
 
 def resolved_args(profile: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

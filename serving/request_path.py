@@ -90,6 +90,8 @@ class RequestPath:
         self.local = local
         self.local_current = local[settings.version][1] if local else None
         self.settings, self.store, self.model = settings, store, model
+        self.queue.restart_timing()
+        self.rerank_queue.restart_timing()
         return reloaded
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:

@@ -418,7 +418,8 @@ def test_a_retrieval_queue_past_the_deadline_answers_popularity_at_once(server):
     base, _, deploy = server
     deploy(deadline_ms=400, rerank=False, cache=False, drills={"retrieval_delay_ms": 150})
     try:
-        assert rec(base, "95", k=5)["stage"] == "retrieval"  # times the queue: ~150 ms a job
+        first = rec(base, "95", k=5)  # times the queue: ~150 ms a job
+        assert first["stage"] == "retrieval", (first["fallback"], first["timings_ms"])
         outs = rec_at_once(base, range(96, 102), k=5)
         refused = [o for o in outs if o["fallback"] == "retrieval_overload"]
         assert len(outs) == 6 and 1 <= len(refused) <= 5, [o["fallback"] for o in outs]
@@ -541,7 +542,11 @@ def test_the_reranker_timing_out_or_raising_falls_back(server):
         assert out["stage"] == "retrieval" and out["fallback"] == "rerank_timeout"
         assert len(out["items"]) == 5
         deploy(drills={"rerank_fail": True})
-        out = rec(base, "16", k=5, exclude="1")
+        # In place: the replica may still sleep on the call given up above, and calls
+        # behind it time out (on time) until it is done.
+        end = time.time() + 10
+        while (out := rec(base, "16", k=5, exclude="1"))["fallback"] == "rerank_timeout":
+            assert out["timings_ms"]["total"] < 3000 and time.time() < end
         assert out["stage"] == "retrieval" and out["fallback"] == "rerank_error"
     finally:
         deploy()

@@ -24,6 +24,17 @@ def test_the_first_time_stands_alone_then_moves_slowly():
     assert q.service_s == pytest.approx(0.020)
 
 
+def test_after_a_restart_the_next_time_stands_alone_again():
+    q = WorkerQueue(alpha=0.1)
+    q.submitted()
+    q.finished(0.005)
+    q.restart_timing()  # e.g. a reconfigure: retrieval now costs 150 ms a job
+    assert q.service_s == pytest.approx(0.005)  # the old cost decides until a job is timed
+    q.submitted()
+    q.finished(0.150)
+    assert q.service_s == pytest.approx(0.150)
+
+
 def test_a_job_waits_for_everything_queued_before_it():
     q = WorkerQueue()
     q.submitted()
@@ -111,6 +122,16 @@ def test_loop_lag_is_the_largest_in_the_window_and_then_forgotten():
     assert lag.recent_s(4.0) == 0.0
     with pytest.raises(ValueError, match="window_s"):
         LoopLag(window_s=0)
+
+
+def test_a_stall_of_the_replicas_own_reconfigure_is_excused():
+    lag = LoopLag(window_s=2.0)
+    lag.observe(1.0, 0.030)
+    lag.excuse(1.5)  # a reconfigure blocked the loop until 1.5
+    lag.observe(1.52, 0.45, started=1.06)  # the wake-up whose wait spans that stall
+    assert lag.recent_s(1.6) == 0.0
+    lag.observe(1.7, 0.040, started=1.65)  # lag after it counts again
+    assert lag.recent_s(1.8) == pytest.approx(0.040)
 
 
 def test_the_margin_follows_the_lag_up_to_half_the_deadline_then_says_do_not_wait():

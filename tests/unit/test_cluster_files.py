@@ -108,8 +108,8 @@ def test_images_follow_the_ray_version():
 def test_the_application_builder_takes_what_serve_passes():
     """`serve run`/`serve deploy` call the builder with exactly one argument."""
     assert m.builder_problems("serving.app:build_app", "x") == []
-    assert m.builder_problems("serving.app:compose", "x") == [
-        "x: Serve calls serving.app:compose with one argument; it takes 2"
+    assert m.builder_problems("serving.deploy:check_insecure", "x") == [
+        "x: Serve calls serving.deploy:check_insecure with one argument; it takes 2"
     ]
 
 

@@ -1,51 +1,37 @@
-"""What `run_profile` hands `serve.run` for each deployment: the same as `serve run` and
-`serve deploy` make of the profile YAML."""
+"""What `run_profile` deploys: the profile as `serve deploy` takes it, with the caller's
+args, live settings, environment and port."""
 
 from __future__ import annotations
 
 import os
 
-from serving.deploy import deployment_options, export_serve_env, read_profile, serve_env
+import pytest
+from ray.serve.schema import ServeDeploySchema
+
+from serving.deploy import deploy_config, export_serve_env, read_profile, serve_env
 
 
-def test_every_deployment_of_a_profile_runs_with_the_applications_serve_threads():
-    app = read_profile("cpu")["applications"][0]
-    options = deployment_options(app)
-    assert set(options) == {d["name"] for d in app["deployments"]}
-    for o in options.values():
-        env = o["ray_actor_options"]["runtime_env"]["env_vars"]
-        assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
-        assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
-    # the rest of each deployment's actor options is kept
-    assert options["Reranker"]["ray_actor_options"]["num_cpus"] == 1
-
-
-def test_a_deployments_own_runtime_env_wins_key_by_key_and_user_config_merges():
-    app = {
-        "runtime_env": {"env_vars": {"A": "app", "B": "app"}, "pip": ["x"]},
-        "deployments": [
-            {
-                "name": "Api",
-                "ray_actor_options": {"num_cpus": 0.5, "runtime_env": {"env_vars": {"B": "own"}}},
-                "user_config": {"deadline_ms": 100},
-            },
-            {"name": "Store"},
-        ],
-    }
-    options = deployment_options(app, {"rerank": False})
-    api = options["Api"]
-    assert api["ray_actor_options"] == {
-        "num_cpus": 0.5,
-        "runtime_env": {"env_vars": {"A": "app", "B": "own"}, "pip": ["x"]},
-    }
-    assert api["user_config"] == {"deadline_ms": 100, "rerank": False}
-    assert options["Store"]["ray_actor_options"]["runtime_env"]["env_vars"] == {
-        "A": "app",
-        "B": "app",
-    }
-    assert "runtime_env" not in deployment_options({"deployments": [{"name": "X"}]})["X"].get(
-        "ray_actor_options", {}
+def test_the_deployed_config_is_the_profile_with_the_callers_changes():
+    profile = read_profile("cpu")
+    cfg = deploy_config(
+        "cpu", {"model_root": "/m"}, {"rerank": False}, port=8123, env={"X_TEST": "1"}
     )
+    ServeDeploySchema.model_validate(cfg)  # what `serve deploy` would accept
+    app, before = cfg["applications"][0], profile["applications"][0]
+    assert cfg["http_options"]["port"] == 8123 and cfg["http_options"]["host"] == "127.0.0.1"
+    assert app["args"] == {**before.get("args", {}), "model_root": "/m"}
+    env = app["runtime_env"]["env_vars"]
+    assert env["X_TEST"] == "1"
+    assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"  # the profile's Serve settings kept
+    for d, was in zip(app["deployments"], before["deployments"], strict=True):
+        assert d["user_config"] == {**was.get("user_config", {}), "rerank": False}
+        assert d.get("ray_actor_options") == was.get("ray_actor_options")
+
+
+def test_keys_may_be_off_only_on_loopback():
+    deploy_config("cpu", user_config={"insecure_local": True})
+    with pytest.raises(ValueError, match="insecure_local"):
+        deploy_config("cpu", user_config={"insecure_local": True}, host="0.0.0.0")
 
 
 def test_the_profiles_serve_env_reaches_this_process_without_overriding_a_choice(monkeypatch):
