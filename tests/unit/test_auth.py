@@ -129,6 +129,24 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected
     assert g.admit(a, "recommend", now=now + 0.5) == "a"  # one token back after 1/rate s
 
 
+def test_a_key_with_its_own_rate_bursts_the_same_seconds_of_it(tmp_path):
+    g, _, (a,) = guard_with(tmp_path, ("a", ["recommend"]), rate=200, burst=400)
+    record = next(iter(g._keys.values()))
+    assert g.limits(record) == (200, 400)
+    record.rate = 5.0  # `llmrec keys create --rate 5`
+    assert g.limits(record) == (5.0, 10.0)
+    record.rate = 0.1
+    assert g.limits(record) == (0.1, 1.0)  # never below one request
+    admitted = 0
+    for _ in range(50):
+        try:
+            g.admit(a, "recommend", now=100.0)
+            admitted += 1
+        except Denied:
+            pass
+    assert admitted == 1
+
+
 def test_token_bucket_refills_at_its_rate_and_caps_at_its_burst():
     b = TokenBucket(rate=10, burst=5)
     assert sum(b.take(0.0) == 0 for _ in range(20)) == 5
