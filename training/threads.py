@@ -42,14 +42,24 @@ def idle_threads(sample_s: float = SAMPLE_S) -> int:
     return threads_for(len(cores), busy or [0.0] * len(cores))
 
 
+_by_load: int | None = None  # the count chosen by load, once per process
+
+
 def set_threads(n: int | None = None, *, by_load: bool = True) -> int:
     """Use `n` threads in torch's intra-op pool and in the BLAS/OpenMP pools; returns the number
-    set. Without `n`: $LLMREC_THREADS, else the cores idle right now (`by_load`, for batch
-    stages), else every available core (serving replicas: they start beside each other, and
-    their load at that moment says nothing about the load they will serve)."""
+    set. Without `n`: $LLMREC_THREADS, else the cores idle when the process's first stage
+    started (`by_load`, for batch stages), else every available core (serving replicas: they
+    start beside each other, and their load at that moment says nothing about the load they
+    will serve). The idle count is taken once: a later stage of the same command (the demo's
+    publish after its training) would count the Ray workers the command itself is still
+    winding down as another job's load."""
+    global _by_load
     n = n or int(os.environ.get(ENV) or 0)
-    if not n:
-        n = idle_threads() if by_load else available_cores()
+    if not n and by_load:
+        if _by_load is None:
+            _by_load = idle_threads()
+        n = _by_load
+    n = n or available_cores()
     import torch
     from threadpoolctl import threadpool_limits
 

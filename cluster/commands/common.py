@@ -62,7 +62,7 @@ def start_threads() -> int:
     from training.threads import ENV, set_threads
 
     n = set_threads()
-    how = f"${ENV}" if os.environ.get(ENV) else "idle cores at start; --cpu-threads to choose"
+    how = f"${ENV}" if os.environ.get(ENV) else "cores idle at the start; --cpu-threads to choose"
     console.print(f"torch/BLAS threads: {n} ({how})")
     return n
 

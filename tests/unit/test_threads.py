@@ -39,3 +39,18 @@ def test_an_explicit_count_wins_over_the_load(monkeypatch: pytest.MonkeyPatch) -
 
 def test_idle_threads_samples_this_machine() -> None:
     assert 1 <= threads.idle_threads(sample_s=0.05) <= threads.available_cores()
+
+
+def test_the_count_by_load_is_taken_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "_by_load", None)
+    taken = iter([1, 2])
+    monkeypatch.setattr(threads, "idle_threads", lambda: next(taken))
+    try:
+        assert threads.set_threads() == 1
+        assert threads.set_threads() == 1  # a later stage keeps the first stage's count
+    finally:
+        torch.set_num_threads(before)
