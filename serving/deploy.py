@@ -55,35 +55,6 @@ def check_insecure(args: dict[str, Any], host: str) -> None:
         )
 
 
-def deploy_config(
-    profile: str | Path,
-    args: dict[str, Any] | None = None,
-    user_config: dict[str, Any] | None = None,
-    port: int | None = None,
-    host: str | None = None,
-    env: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The Serve config `run_profile` deploys: the profile with `args` over its application
-    args, `user_config` merged into every deployment's, `env` over the application's
-    replica environment, and the proxy's host and port."""
-    cfg = read_profile(profile)
-    app = cfg["applications"][0]
-    http = cfg["http_options"] = {"host": "127.0.0.1", "port": 8000, **cfg.get("http_options", {})}
-    if port is not None:
-        http["port"] = port
-    if host is not None:
-        http["host"] = host
-    app["args"] = {**app.get("args", {}), **(args or {})}
-    check_insecure({**app["args"], **(user_config or {})}, http["host"])
-    if env:
-        runtime_env = app.setdefault("runtime_env", {})
-        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
-    if user_config:
-        for d in app.get("deployments", []):
-            d["user_config"] = {**d.get("user_config", {}), **user_config}
-    return cfg
-
-
 def run_profile(
     profile: str | Path,
     args: dict[str, Any] | None = None,
@@ -94,7 +65,7 @@ def run_profile(
     timeout_s: float = 600.0,
 ) -> None:
     """Deploy the profile's application on the connected Ray cluster as `serve deploy`
-    deploys the same file (`deploy_config`), and wait until it runs. Deployed again with
+    deploys the same file (`render_config`), and wait until it runs. Deployed again with
     only another `user_config`, the running replicas reconfigure in place (a live change);
     other args or another `env` replace them. (Serve's imperative `serve.run` would replace
     every replica on each call, whatever changed.)"""
@@ -102,10 +73,10 @@ def run_profile(
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = deploy_config(profile, args, user_config, port, host, env)
+    cfg = render_config(profile, args, port, host, user_config=user_config, env=env)
     http = cfg["http_options"]
     serve.start(
-        http_options={"host": http["host"], "port": http["port"]},
+        http_options={"host": http.get("host", "127.0.0.1"), "port": http.get("port", 8000)},
         logging_config=cfg.get("logging_config"),
     )
     # What `serve deploy` sends, handed to the controller directly (no dashboard needed).
@@ -157,8 +128,12 @@ def render_config(
     overrides: dict[str, Any] | None = None,
     port: int | None = None,
     host: str | None = None,
+    user_config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A Serve config that `serve deploy` takes as it is: the profile with resolved args."""
+    """A Serve config that `serve deploy` takes as it is: the profile with resolved args,
+    `user_config` merged into every deployment's, and `env` over the application's replica
+    environment (what `run_profile` deploys, and `llmrec serve-config` writes)."""
     from serving.config import LiveSettings
 
     cfg = read_profile(profile)
@@ -170,5 +145,11 @@ def render_config(
         http["port"] = port
     if host is not None:
         http["host"] = host
-    check_insecure(app["args"], http.get("host", "127.0.0.1"))
+    check_insecure({**app["args"], **(user_config or {})}, http.get("host", "127.0.0.1"))
+    if env:
+        runtime_env = app.setdefault("runtime_env", {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env}
+    if user_config:
+        for d in app.get("deployments", []):
+            d["user_config"] = {**d.get("user_config", {}), **user_config}
     return cfg
