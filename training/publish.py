@@ -25,7 +25,8 @@ from pipelines.artifact import Dataset
 from pipelines.errors import ArtifactError
 from pipelines.schema import Split
 from training.reranker.model import read_meta
-from training.stack import RetrievalStack, StackSpec, fit_stack
+from training.retrieval.fusion import LearnedFusion
+from training.stack import DEFAULT_SOURCES, RetrievalStack, StackSpec, fit_stack
 
 VERSION_FILE = "version.json"
 CURRENT = "CURRENT"
@@ -69,11 +70,14 @@ def publish_version(
     spec: StackSpec | None = None,
     point: bool = True,
     extra: dict | None = None,
+    fusion_from_reranker: bool = False,
 ) -> ModelVersion:
     """Bundle the retrieval stack (fitted here, or the `fit_retrievers` output `stack`) with
     the re-ranker as a new version under `root` (a folder or URI), then point CURRENT at it
     (unless `point` is False: a retrain points it only once its gate passes). `extra` is
-    recorded in version.json.
+    recorded in version.json. `fusion_from_reranker`: the stack fitted here takes the
+    fusion the re-ranker was trained with instead of learning its own on held-out items,
+    which saves one fit of every source (what it costs in quality: docs/BENCHMARKS.md).
 
     Everything is checked before anything is written: a failed publish leaves the root as
     it was."""
@@ -87,6 +91,12 @@ def publish_version(
     with tempfile.TemporaryDirectory(prefix="llmrec-publish-") as scratch:
         tmp = Path(scratch) / version
         tmp.mkdir()
+        fusion = None
+        if fusion_from_reranker and (reranker is None or stack is not None):
+            raise ArtifactError(
+                "the re-ranker's fusion applies to a stack fitted here with a re-ranker: "
+                "give --reranker and no --stack"
+            )
         if reranker is not None:
             with storage.staged_input(reranker) as rr:
                 meta = read_meta(rr)
@@ -96,12 +106,14 @@ def publish_version(
                         f"{meta.get('dataset_version')}, not {ds.manifest.version}; retrain it"
                     )
                 shutil.copytree(rr, tmp / "reranker")
+                if fusion_from_reranker:
+                    fusion = recorded_fusion(meta, str(reranker), spec)
         if stack is not None:
             with storage.staged_input(stack) as st:
                 RetrievalStack.load(st, ds.manifest.version)  # refuses another dataset's
                 shutil.copytree(st, tmp / "stack")
         else:
-            fit, _ = fit_stack(ds, Split.TEST, progress=progress, spec=spec)
+            fit, _ = fit_stack(ds, Split.TEST, fusion, progress=progress, spec=spec)
             fit.save(tmp / "stack")
         info = {
             "version": version,
@@ -135,6 +147,23 @@ def current_version(root: str | Path) -> str:
             f"no model version at '{root}' ({CURRENT} missing): run `llmrec publish` first"
         )
     return storage.read_bytes(fs, pointer).decode().strip()
+
+
+def recorded_fusion(meta: dict, where: str, spec: StackSpec | None) -> LearnedFusion:
+    """The fusion a re-ranker was trained with, checked against the stack's sources."""
+    if not meta.get("fusion"):
+        raise ArtifactError(
+            f"re-ranker '{where}' does not record the fusion it was trained with; "
+            "retrain it, or publish without --fusion reranker"
+        )
+    fusion = LearnedFusion.from_json(meta["fusion"])
+    names = list(spec or DEFAULT_SOURCES)
+    if fusion.sources != names:
+        raise ArtifactError(
+            f"re-ranker '{where}' was trained on the sources {fusion.sources}, not this "
+            f"stack's {names}; give the --stack-spec it was trained with"
+        )
+    return fusion
 
 
 def load_version(root: str | Path, version: str = "latest") -> ModelVersion:

@@ -18,7 +18,7 @@ from cluster.commands.common import (
     prepare_dataset,
     user_errors,
 )
-from cluster.commands.models import eval_, publish, train
+from cluster.commands.models import Fusion, eval_, publish, train
 from cluster.commands.serving import serve_graph
 from pipelines.prepare import PrepareConfig
 
@@ -141,7 +141,14 @@ def demo(
     models = root / "models" / "ml-100k"
 
     def publish_it() -> str:
-        publish(data=str(data), reranker=str(reranker), root=str(models), stack_spec=str(spec_file))
+        # The fusion the re-ranker was trained with: one fit of the stack instead of two.
+        publish(
+            data=str(data),
+            reranker=str(reranker),
+            root=str(models),
+            stack_spec=str(spec_file),
+            fusion=Fusion.reranker,
+        )
         return str(models)
 
     step(

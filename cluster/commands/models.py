@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -231,6 +232,11 @@ def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> No
     console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
 
 
+class Fusion(StrEnum):
+    refit = "refit"
+    reranker = "reranker"
+
+
 def _print_history(title: str, history: list[dict]) -> None:
     table = Table(title=f"re-ranker training ({title})")
     for c in ("epoch", "train loss", "val NDCG@10", "examples/s", "seconds"):
@@ -295,6 +301,13 @@ def publish(
     ] = None,
     version: Annotated[str | None, typer.Option(help="[default: v<UTC time>]")] = None,
     stack_spec: StackSpecFile = None,
+    fusion: Annotated[
+        Fusion,
+        typer.Option(
+            help="the fitted stack's fusion: learned here on held-out items (refit), or the "
+            "one the --reranker was trained with (reranker: one fit of every source less)"
+        ),
+    ] = Fusion.refit,
 ) -> None:
     """Publish the retrieval stack with the re-ranker as a new model version; CURRENT points
     at it, so a Serve application on `version: latest` swaps to it without downtime."""
@@ -308,7 +321,16 @@ def publish(
     doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"
     start_threads()
     with console.status(doing):
-        mv = publish_version(ds, target, reranker, version, progress=False, stack=stack, spec=spec)
+        mv = publish_version(
+            ds,
+            target,
+            reranker,
+            version,
+            progress=False,
+            stack=stack,
+            spec=spec,
+            fusion_from_reranker=fusion is Fusion.reranker,
+        )
     console.print(
         f"published {mv.version} -> {mv.uri} (re-ranker: {'yes' if mv.reranker else 'none'})"
     )

@@ -55,6 +55,9 @@ class PreparedData:
     item_texts: list[str]
     sources: list[str]
     dataset_version: str
+    #: the fusion the rows were ranked with (`LearnedFusion.to_json`), recorded in the
+    #: re-ranker so that a model version can serve it with the same fusion
+    fusion: dict | None = None
 
     def capped(self, settings: TrainSettings) -> PreparedData:
         """A seeded sample of at most `max_examples` training rows and `val_users`
@@ -135,6 +138,7 @@ def prepare_examples(
         data.item_text,
         sources,
         ds.manifest.version,
+        fusion.to_json(),
     )
 
 
@@ -368,6 +372,7 @@ def train_reranker(
         "features": feature_names(prepared.sources),
         "sources": prepared.sources,
         "dataset_version": prepared.dataset_version,
+        "fusion": prepared.fusion,
         "settings": settings.model_dump(mode="json"),
     }
     ray.data.DataContext.get_current().enable_progress_bars = False
