@@ -198,3 +198,43 @@ def test_a_store_that_is_down_is_answered_from_the_models_on_time(make, tmp_path
         assert out["user_version"] == path.store.version("10") > 0  # its events again
     finally:
         server.stop()
+
+
+class CountingBackends(Backends):
+    """A re-ranker that records, at each call, how many calls were running and whether the
+    precompute had made the replica ready."""
+
+    def __init__(self, score_s: float):
+        super().__init__(score_s)
+        self.running, self.starts = 0, []
+        self.nearline = None
+
+    def score(self, request):
+        self.running += 1
+        self.starts.append((self.running, self.nearline.ready()))
+        task = super().score(request)
+        task.add_done_callback(lambda _: setattr(self, "running", self.running - 1))
+        return task
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_the_precompute_fills_a_reranker_batch_until_ready_then_goes_one_at_a_time(make, share):
+    from serving.nearline import Nearline
+
+    b = CountingBackends(score_s=0.2)  # long enough for 4 retrievals to start meanwhile
+    path, _ = make(b, warm_users=24, rerank_batch_size=4, ready_warm_share=share)
+    b.nearline = nearline = Nearline(path)
+
+    async def go():
+        nearline.ensure_warming()
+        await nearline._warm_task
+        await asyncio.gather(*path._tasks)
+
+    asyncio.run(go())
+    assert nearline.ready() and nearline.warm["done"] == 24 and b.calls["score"] == 24
+    before = [n for n, ready in b.starts if not ready]
+    after = [n for n, ready in b.starts if ready]
+    assert max(before) == 4
+    assert after == ([] if share == 1.0 else [1] * len(after)) and len(after) < 24
+    users = path.catalog.users_by_activity()[:24]
+    assert all(path.cached(u, 1) is not None for u in users)
