@@ -40,13 +40,10 @@ class Nearline:
                 lambda t, u=user: p.pending.pop(u, None) if p.pending.get(u) is t else None
             )
 
-    async def precompute(
-        self, user_id: str, fresh: asyncio.Future, backlog_bound: bool = True
-    ) -> None:
+    async def precompute(self, user_id: str, fresh: asyncio.Future) -> None:
         """The user's next list, re-ranked now and cached under the version it saw; a newer
         event makes it unservable. `fresh` gets its retrieval as soon as it exists (what a
-        request answers from while the re-rank runs). `backlog_bound`: skipped when the
-        re-rank queue is past a deadline's worth (the precompute bounds its own instead)."""
+        request answers from while the re-rank runs)."""
         p = self.path
         try:
             s = p.settings
@@ -60,7 +57,6 @@ class Nearline:
                 s,
                 deadline=False,
                 on_retrieved=lambda r: fresh.done() or fresh.set_result(r),
-                backlog_bound=backlog_bound,
             )
             if out["stage"] == "rerank" and not out["fallback"]:
                 # Awaited: a request that joined this computation reads the cache next.
@@ -116,12 +112,9 @@ class Nearline:
         return p.inflight == 0 and not p.pending and idle_s >= self._quiet_s()
 
     async def _warm(self, key: tuple[str, str]) -> None:
-        """Re-rank and cache every known user's list. Until the replica is ready nothing
-        else waits on it, so `rerank_batch_size` users are in flight at once: one user's
-        retrieval here overlaps others' re-rank, and a Reranker batch fills. Once ready,
-        one user at a time and only while no request is in flight: requests never queue
-        behind more than one precompute. A list already cached at the user's current
-        version is kept."""
+        """Re-rank and cache every known user's list, one user at a time and only while no
+        request is in flight: requests never queue behind more than one precompute. A
+        list already cached at the user's current version is kept."""
         p, state = self.path, self.warm
         users = p.catalog.users_by_activity()
         if p.settings.warm_users is not None:
@@ -129,40 +122,14 @@ class Nearline:
         state["users"] = len(users)
         t = time.perf_counter()
         loop = asyncio.get_running_loop()
-        running: set[asyncio.Task] = set()
-
-        def finished(task: asyncio.Task) -> None:
-            running.discard(task)
+        for user in users:
+            while not self._quiet():
+                await asyncio.sleep(max(self._quiet_s(), 0.005))
+            if (p.model.version, p.settings.store) != key:
+                return  # swapped meanwhile: the new version's own task warms it
+            if p.cached(user, 1) is None:
+                # Its own future: a request for this user does not wait on a precompute.
+                await self.precompute(user, loop.create_future())
             state["done"] += 1
-
-        try:
-            for user in users:
-                while len(running) >= self._in_flight() or not self._quiet():
-                    if running:
-                        await asyncio.wait(
-                            running,
-                            timeout=max(self._quiet_s(), 0.005),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                    else:
-                        await asyncio.sleep(max(self._quiet_s(), 0.005))
-                if (p.model.version, p.settings.store) != key:
-                    return  # swapped meanwhile: the new version's own task warms it
-                if p.cached(user, 1) is None:
-                    # Its own future: a request for this user does not wait on a precompute.
-                    task = p.spawn(self.precompute(user, loop.create_future(), False))
-                    running.add(task)
-                    task.add_done_callback(finished)
-                else:
-                    state["done"] += 1
-            if running:
-                await asyncio.wait(running)
-        finally:
-            for task in running:
-                task.cancel()
         state["seconds"] = round(time.perf_counter() - t, 1)
         log.warning("precomputed the lists of %d users in %.1f s", len(users), state["seconds"])
-
-    def _in_flight(self) -> int:
-        """Users the precompute may have in flight: a Reranker batch before ready, then one."""
-        return 1 if self.ready() else self.path.settings.rerank_batch_size

@@ -305,11 +305,9 @@ class RequestPath:
         s: LiveSettings,
         deadline: bool = True,
         on_retrieved: Callable[[Retrieved], Any] | None = None,
-        backlog_bound: bool = True,
     ) -> dict[str, Any]:
         """Retrieval, then the re-rank, each within what the deadline leaves (`deadline`
-        False: nearline work, which has none; `backlog_bound` False: nearline work whose
-        caller bounds how much of it is in flight, as the precompute does)."""
+        False: nearline work, which has none)."""
         # Every stage must be over by `end`: the margin is for answering on time.
         margin, lagging = self.margin_s(s)
         end = start + s.deadline_ms / 1000 - margin if deadline else start + 60
@@ -347,12 +345,7 @@ class RequestPath:
         capped = s.shed_inflight is not None and self.inflight > s.shed_inflight
         if wants and deadline and (capped or not self.rerank_queue.admits(left * s.admit_share)):
             wants, fallback = False, "overload"
-        elif (
-            wants
-            and not deadline
-            and backlog_bound
-            and not self.rerank_queue.admits(s.deadline_ms / 1000)
-        ):
+        elif wants and not deadline and not self.rerank_queue.admits(s.deadline_ms / 1000):
             # Nearline work has no deadline, but when events come faster than the re-ranker
             # can follow, queueing each one grows a backlog without end, and every request
             # of those users waits on it. Past a deadline's worth of queued re-ranks the
