@@ -2,7 +2,7 @@
 model version, published only when it is not significantly worse than the live one.
 
     new dataset version (live dataset + store events, same preparation rules)
-    -> retrieval stack refitted (fusion reused from the live version when warm)
+    -> retrieval stack refitted (warm: the live fusion, SASRec from the live weights)
     -> re-ranker fine-tuned from the live version's adapter and heads (when it has one)
     -> both versions measured on the new dataset's held-out interactions
     -> gate (paired bootstrap) -> CURRENT points at the candidate, or stays
@@ -35,6 +35,11 @@ from serving.events import EventStore
 from serving.store_export import export_store
 from training.publish import load_version, publish_version
 from training.retrain_gate import Decision, GateSettings, decide
+from training.stack import WarmStart, item_map
+
+#: The published fit has one interaction per user more than the gate's: this share of a
+#: full fit (SASRec: 2 of 40 epochs), from the gate's weights, when warm.
+FINAL_SHARE = 0.05
 
 
 class GateRefused(LlmrecError):
@@ -48,7 +53,8 @@ class RetrainOptions:
     datasets: str  # where dataset versions go: <datasets>/<version>/
     reports: str  # where reports go: <reports>/<candidate version>.json
     gate: GateSettings = field(default_factory=GateSettings)
-    warm: bool = True  # reuse the live fusion, fine-tune the live re-ranker
+    warm: bool = True  # the live fusion and SASRec weights, fine-tune the live re-ranker
+    warm_share: float = 0.25  # of a full fit, for sources that start warm (SASRec's epochs)
     reranker: bool = True  # train a re-ranker when the live version has one
     warm_epochs: int = 1
     warm_examples: int = 600
@@ -84,10 +90,19 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
         export = export_store(store, _store_name(opts.store_url), progress=False)
     with stage("new dataset version", console):
         ds = _next_dataset(live_ds, export, store, opts)
+    erased = ds.manifest.counts.dropped.get("erased", 0)
+    if erased and opts.warm:
+        # Weights trained on an erased user's rows would carry them into the next version:
+        # after an erasure every model starts from scratch.
+        console.print(f"{erased} rows of erased users dropped: every model refits from scratch")
+        opts = replace(opts, warm=False)
     with tempfile.TemporaryDirectory(prefix="llmrec-retrain-") as scratch:
         with stage("refit the retrieval stack for the gate", console):
-            gate_stack, embeddings = _fit(
-                ds, live_stack, opts, Path(scratch) / "gate", Split.VALIDATION
+            warm = None
+            if opts.warm:
+                warm = WarmStart(live_stack.sources, item_map(live_ds, ds), opts.warm_share)
+            gate_stack, embeddings, gate_fit = _fit(
+                ds, live_stack, opts, Path(scratch) / "gate", Split.VALIDATION, warm=warm
             )
         with stage("publish the gate candidate (not live)", console):
             candidate = publish_version(
@@ -101,7 +116,6 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
             )
         with stage("evaluate live and candidate", console):
             decision, everyone = _compare(live, candidate, live_ds, ds, store, opts)
-        erased = ds.manifest.counts.dropped.get("erased", 0)
         if not decision.cases and erased:
             # Nothing to compare on, but the live version holds data of erased users: the
             # erasure must reach the models.
@@ -119,8 +133,13 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
                         ds, live.reranker, live_stack, opts, Path(scratch), version
                     )
             with stage("refit on every interaction and publish", console):
-                final, _ = _fit(
-                    ds, live_stack, opts, Path(scratch) / "final", Split.TEST, embeddings
+                # One interaction per user more than the gate's fit: warm, from its weights.
+                warm = None
+                if opts.warm:
+                    identity = np.arange(ds.manifest.n_items)
+                    warm = WarmStart(gate_fit.sources, identity, FINAL_SHARE)
+                final, _, _ = _fit(
+                    ds, live_stack, opts, Path(scratch) / "final", Split.TEST, embeddings, warm
                 )
                 published = publish_version(
                     ds,
@@ -173,12 +192,21 @@ def _next_dataset(live_ds: Dataset, export, store: EventStore, opts: RetrainOpti
     return load_dataset(target, expected_name=live_ds.manifest.name)
 
 
-def _fit(ds: Dataset, live_stack, opts: RetrainOptions, out: Path, through: Split, embeddings=None):
+def _fit(
+    ds: Dataset,
+    live_stack,
+    opts: RetrainOptions,
+    out: Path,
+    through: Split,
+    embeddings=None,
+    warm: WarmStart | None = None,
+):
     """The live stack's own recipe on the new data up to `through`: VALIDATION for the
     gate (each user's latest interaction stays out, to measure both versions on), TEST for
     the version published. Warm: the live fusion is reused (it weighs source ranks, which
-    do not depend on the data's size). Returns the folder and the item embeddings (pass them
-    to the next fit of the same data: they depend on item text only)."""
+    do not depend on the data's size), and sources start from `warm`'s. Returns the folder,
+    the item embeddings (pass them to the next fit of the same data: they depend on item
+    text only) and the stack."""
     from training.stack import fit_stack
 
     fusion = live_stack.fusion if opts.warm else None
@@ -189,9 +217,10 @@ def _fit(ds: Dataset, live_stack, opts: RetrainOptions, out: Path, through: Spli
         progress=False,
         spec=_live_spec(live_stack),
         embeddings=embeddings,
+        warm=warm,
     )
     stack.save(out)
-    return out, embeddings
+    return out, embeddings, stack
 
 
 def _live_spec(live_stack):

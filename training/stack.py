@@ -110,6 +110,24 @@ def load_spec(path: str | Path | None) -> StackSpec:
 
 
 @dataclass
+class WarmStart:
+    """Fit sources from a previous fit of theirs: `sources` by name, `item_map[i]` item i's
+    index in their data (-1: new), `share` of a full fit to spend (`Retriever.warm_fit`)."""
+
+    sources: dict[str, Retriever]
+    item_map: np.ndarray
+    share: float
+
+
+def item_map(previous: Dataset, current: Dataset) -> np.ndarray:
+    """Each item of `current` as its index in `previous` (-1: new), by raw item id."""
+    from pipelines.schema import ITEM_ID
+
+    index = {item: i for i, item in enumerate(previous.items[ITEM_ID].to_pylist())}
+    return np.array([index.get(i, -1) for i in current.items[ITEM_ID].to_pylist()], np.int64)
+
+
+@dataclass
 class RetrievalStack:
     sources: dict[str, Retriever]
     popularity: MostPopular
@@ -176,7 +194,11 @@ class RetrievalStack:
 
 
 def _fit_sources(
-    data: FitData, embeddings: np.ndarray | None, progress: bool, spec: StackSpec | None = None
+    data: FitData,
+    embeddings: np.ndarray | None,
+    progress: bool,
+    spec: StackSpec | None = None,
+    warm: WarmStart | None = None,
 ) -> dict[str, Retriever]:
     out: dict[str, Retriever] = {}
     for name, (klass, params) in tqdm(
@@ -185,8 +207,11 @@ def _fit_sources(
         disable=not progress,
     ):
         model = klass(**params)
+        previous = warm.sources.get(name) if warm is not None else None
         if isinstance(model, Content) and embeddings is not None:
             out[name] = model.with_embeddings(embeddings, data)
+        elif previous is not None and type(previous) is klass:
+            out[name] = model.warm_fit(data, previous, warm.item_map, warm.share)
         else:
             out[name] = model.fit(data)
     return out
@@ -236,8 +261,10 @@ def fit_stack(
     embeddings: np.ndarray | None = None,
     progress: bool = True,
     spec: StackSpec | None = None,
+    warm: WarmStart | None = None,
 ) -> tuple[RetrievalStack, np.ndarray]:
-    """Fit every source of `spec` (default: `DEFAULT_SOURCES`) on the data up to `through`.
+    """Fit every source of `spec` (default: `DEFAULT_SOURCES`) on the data up to `through`
+    (from a previous fit where `warm` gives one).
 
     Without a `fusion`, one is trained first: the sources are fitted with each user's last
     `holdout` items hidden, and the fusion learns to find the first hidden item. Returns the
@@ -248,7 +275,8 @@ def fit_stack(
         embeddings = (encoder or TextEncoder(cache=True)).encode(data.item_text).astype(np.float32)
     if fusion is None:
         fusion = holdout_fusion(data, holdout, embeddings, progress, spec)
-    return stack_from_data(data, fusion, embeddings, through.label, progress, spec), embeddings
+    stack = stack_from_data(data, fusion, embeddings, through.label, progress, spec, warm)
+    return stack, embeddings
 
 
 def stack_from_data(
@@ -258,9 +286,10 @@ def stack_from_data(
     through: str,
     progress: bool = True,
     spec: StackSpec | None = None,
+    warm: WarmStart | None = None,
 ) -> RetrievalStack:
     return RetrievalStack(
-        sources=_fit_sources(data, embeddings, progress, spec),
+        sources=_fit_sources(data, embeddings, progress, spec, warm),
         popularity=MostPopular().fit(data),
         segment=SegmentPopular().fit(data) if data.user_segments else None,
         fusion=fusion,

@@ -62,8 +62,19 @@ def retrain(
     ] = None,
     warm: Annotated[
         bool,
-        typer.Option(help="reuse the live fusion, fine-tune the live re-ranker (off: refit all)"),
+        typer.Option(
+            help="start from the live version: its fusion, SASRec's weights, the re-ranker's "
+            "adapter (off, or after an erasure: every model from scratch)"
+        ),
     ] = True,
+    warm_share: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            max=1.0,
+            help="when warm: the share of SASRec's epochs trained from the live weights",
+        ),
+    ] = 0.25,
     reranker: Annotated[
         bool, typer.Option(help="train a re-ranker when the live version has one")
     ] = True,
@@ -91,6 +102,7 @@ def retrain(
         reports=reports or str(DEFAULT_ROOT / "retrain" / dataset),
         gate=gate,
         warm=warm,
+        warm_share=warm_share,
         reranker=reranker,
         warm_epochs=warm_epochs,
         warm_examples=warm_examples,

@@ -119,13 +119,15 @@ def test_the_new_version_is_live_and_knows_the_new_user_and_item(loop):
 
 
 def test_no_raw_user_id_and_no_trace_of_the_erased_user_at_rest(loop):
-    store, models, _, _, second, _ = loop
+    store, models, _, first, second, _ = loop
     live = load_version(models)
     ds = load_dataset(live.dataset_uri)
     ids = ds.users["user_id"].to_pylist()
     assert all(re.fullmatch(r"[0-9a-f]{32}", u) for u in ids)
     assert store.pseudonym(NEW_USER) in ids and store.pseudonym(GONE_USER) not in ids
     assert second["data"]["dropped"]["erased"] == 12
+    # Weights trained on the erased user's rows are not carried over: no warm start.
+    assert first["warm"] and not second["warm"]
     # No byte of the new dataset or model version names the erased user, raw or hashed.
     needles = [GONE_USER.encode(), store.pseudonym(GONE_USER).encode()]
     scanned = 0
@@ -165,8 +167,9 @@ def test_the_gate_refuses_a_candidate_trained_on_corrupted_data(loop, monkeypatc
         events.append(Event(str(u + 1), ids[pick], "click", later))
     store.append(events)
 
-    # A broken training set: every source is fitted on shuffled items (the dataset, and so
-    # the held-out cases both versions are measured on, stay true).
+    # A broken training set: every source is fitted on items renamed at random, popularity
+    # included (the dataset, and so the held-out cases both versions are measured on, stay
+    # true).
     from dataclasses import replace
 
     from pipelines.global_steps import csr_from_pairs
@@ -176,7 +179,7 @@ def test_the_gate_refuses_a_candidate_trained_on_corrupted_data(loop, monkeypatc
 
     def shuffled(cls, ds, through):
         d = real(cls, ds, through)
-        items = np.random.default_rng(0).permutation(d.seq_items)
+        items = np.random.default_rng(0).permutation(d.n_items)[d.seq_items].astype(np.int32)
         users = np.repeat(np.arange(d.n_users), np.diff(d.seq_indptr))
         ones = np.ones(len(items), np.float32)
         matrix = csr_from_pairs(users, items, ones, (d.n_users, d.n_items))

@@ -232,6 +232,31 @@ def test_sasrec_with_a_sampled_softmax_learns_the_next_item_too(data):
     assert np.mean(hits) > 0.8  # chance is 1/57
 
 
+def test_sasrec_starts_warm_from_a_previous_fit_with_items_renumbered(data):
+    p = {"dim": 16, "max_len": 10, "epochs": 40, "batch_size": 16, "seed": 1}
+    old = _cyclic_walks(data)
+    previous = SelfAttentive(**p).fit(old)
+    # The next data set numbers two new items first: old item i is item i + 2 now.
+    new = replace(old, n_items=32, seq_items=old.seq_items + 2)
+    item_map = np.concatenate([[-1, -1], np.arange(30)])
+
+    def hits(model):
+        return np.mean(
+            [
+                model.recommend(None, [(last - 1) % 30 + 2, last + 2], n=1).items[0]
+                == (last + 1) % 30 + 2
+                for last in range(30)
+            ]
+        )
+
+    warm = SelfAttentive(**p).warm_fit(new, previous, item_map, share=0.05)
+    cold = SelfAttentive(**{**p, "epochs": 2}).fit(new)
+    assert warm.fit_info["warm_epochs"] == 2 and warm.n_items == 32
+    assert hits(warm) > 0.9 and hits(cold) < 0.5
+    other = SelfAttentive(**{**p, "dim": 8}).warm_fit(new, previous, item_map, share=0.05)
+    assert "warm_epochs" not in other.fit_info  # another shape: a full fit
+
+
 def test_sasrec_chooses_the_sampled_softmax_beyond_a_catalogue_size():
     auto = SelfAttentive(full_softmax_items=1000)
     assert auto.loss_kind(1000) == "full" and auto.loss_kind(1001) == "sampled"

@@ -138,6 +138,14 @@ class Retriever(ABC):
     def fit(self, data: FitData) -> Self:
         """Learn from `data`; returns self."""
 
+    def warm_fit(
+        self, data: FitData, previous: Retriever, item_map: np.ndarray, share: float
+    ) -> Self:
+        """Learn from `data` starting from `previous` (the same kind, fitted on older data),
+        spending about `share` of a full fit where the model can start warm. `item_map[i]`
+        is item i's index in `previous` (-1: new). Models that fit in seconds refit."""
+        return self.fit(data)
+
     def _fitted(self, data: FitData) -> None:
         self.n_items = data.n_items
         self.dataset_version = data.dataset_version

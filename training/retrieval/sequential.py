@@ -79,6 +79,21 @@ def _sampled_loss(
     return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
 
 
+def _load_warm(network: _Network, arrays: dict[str, np.ndarray], item_map: np.ndarray) -> None:
+    """A previous fit's weights into `network`; item rows follow `item_map` (row 0 is
+    padding, item i is row i + 1), new items keep their fresh initialisation."""
+    state = network.state_dict()
+    known = np.flatnonzero(item_map >= 0)
+    with torch.no_grad():
+        for name, value in arrays.items():
+            if name == "items.weight":
+                rows = torch.from_numpy(value[item_map[known] + 1])
+                state[name][torch.from_numpy(known + 1)] = rows
+            else:
+                state[name].copy_(torch.from_numpy(value))
+    network.load_state_dict(state)
+
+
 class SelfAttentive(Retriever):
     """SASRec-style next-item model. Scores are the next-item logits after the user's last
     `max_len` items; an empty history has nothing to go on (-inf everywhere), and items
@@ -119,9 +134,29 @@ class SelfAttentive(Retriever):
             return "full" if n_items <= self.params["full_softmax_items"] else "sampled"
         return loss
 
-    def fit(self, data: FitData, on_epoch: Callable[[int, Self], None] | None = None) -> Self:
+    def warm_fit(
+        self, data: FitData, previous: Retriever, item_map: np.ndarray, share: float
+    ) -> Self:
+        """`share` of the epochs (at least one), from `previous`'s weights: an item it knew
+        keeps its embedding, a new item starts as a fresh one does."""
+        if not isinstance(previous, SelfAttentive) or any(
+            previous.params[k] != self.params[k] for k in ("max_len", "dim", "layers", "heads")
+        ):
+            return self.fit(data)
+        epochs = max(1, round(self.params["epochs"] * share))
+        return self.fit(data, init=(previous.arrays, np.asarray(item_map)), epochs=epochs)
+
+    def fit(
+        self,
+        data: FitData,
+        on_epoch: Callable[[int, Self], None] | None = None,
+        init: tuple[dict[str, np.ndarray], np.ndarray] | None = None,
+        epochs: int | None = None,
+    ) -> Self:
         """Train on `data`; `on_epoch(epoch, self)`, if given, is called after each epoch with
-        the model usable for scoring (learning curves, early stopping by the caller)."""
+        the model usable for scoring (learning curves, early stopping by the caller). `init`:
+        (weights of a previous fit, each item's index in it or -1) to start from; `epochs`
+        overrides the schedule's."""
         p = self.params
         windows = torch.from_numpy(training_windows(data, p["max_len"], p["window_stride"]))
         if not len(windows):
@@ -133,9 +168,12 @@ class SelfAttentive(Retriever):
         with torch.random.fork_rng():
             torch.manual_seed(p["seed"])
             network = _Network(data.n_items, p)
+            if init is not None:
+                _load_warm(network, *init)
+                self.fit_info["warm_epochs"] = epochs
             opt = torch.optim.Adam(network.parameters(), lr=p["learning_rate"])
             network.train()
-            bar = tqdm(range(p["epochs"]), desc="sasrec", leave=False)
+            bar = tqdm(range(epochs or p["epochs"]), desc="sasrec", leave=False)
             for epoch in bar:
                 order = torch.randperm(len(windows))
                 for start in range(0, len(windows), p["batch_size"]):
