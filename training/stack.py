@@ -306,8 +306,21 @@ def holdout_fusion(
     spec: StackSpec | None = None,
 ) -> LearnedFusion:
     """A fusion trained on each user's first hidden item with the last `holdout` hidden."""
+    return holdout_fit(data, holdout, embeddings, progress, spec)[0]
+
+
+def holdout_fit(
+    data: FitData,
+    holdout: int,
+    embeddings: np.ndarray,
+    progress: bool = True,
+    spec: StackSpec | None = None,
+    warm: WarmStart | None = None,
+) -> tuple[LearnedFusion, dict[str, Retriever]]:
+    """`holdout_fusion`, with the sources it fitted (a warm start for the next fit of the
+    same items) and, with `warm`, sources started from a previous fit."""
     inner, hidden = data.holdout_last(holdout)
     users = np.flatnonzero([len(h) > 0 for h in hidden])
     targets = np.array([hidden[u][0] for u in users], dtype=np.int64)
-    sources = _fit_sources(inner, embeddings, progress, spec)
-    return fit_fusion(sources, inner, targets, users)
+    sources = _fit_sources(inner, embeddings, progress, spec, warm)
+    return fit_fusion(sources, inner, targets, users), sources
