@@ -63,8 +63,8 @@ def retrain(
     warm: Annotated[
         bool,
         typer.Option(
-            help="start from the live version: its fusion, SASRec's weights, the re-ranker's "
-            "adapter (off, or after an erasure: every model from scratch)"
+            help="start from the live version: SASRec's weights, the re-ranker's adapter "
+            "(off, or after an erasure: every model from scratch)"
         ),
     ] = True,
     warm_share: Annotated[
