@@ -27,11 +27,6 @@ from pipelines.prepare import PrepareConfig
 #: on ML-100k instead of 0.106-0.110 (benchmarks/results/sasrec.json); docs/DEMO.md gives
 #: what the demo's fused order and re-ranker lose with it.
 DEMO_SASREC = {"epochs": 20, "batch_size": 128}
-#: The demo says ready once this share of the known users' lists is precomputed (the most
-#: recently active first); the rest follow one at a time behind live requests, and a list
-#: not yet precomputed is re-ranked at its request (~60 ms on 2 cores, within the deadline).
-#: docs/DEMO.md gives what the first answers after ready were.
-DEMO_READY_SHARE = 0.5
 
 
 def demo_sources():
@@ -174,16 +169,7 @@ def demo(
             soft_wrap=True,
         )
         store = f"sqlite://{root / 'serving' / 'events.db'}"
-        serve_graph(
-            "cpu",
-            str(models),
-            store,
-            port,
-            None,
-            key=key,
-            api_keys=str(keys),
-            live={"ready_warm_share": DEMO_READY_SHARE},
-        )
+        serve_graph("cpu", str(models), store, port, None, key=key, api_keys=str(keys))
 
 
 def _demo_key(path: Path) -> str:

@@ -62,10 +62,9 @@ def serve_graph(
     insecure_local: bool = False,
     key: str | None = None,
     api_keys: str | None = None,
-    live: dict | None = None,
 ) -> None:
     """Serve until Ctrl-C; `key` (the demo's) goes into the printed curl lines, `api_keys`
-    overrides the profile's key file, `live` other settings of the profile's args."""
+    overrides the profile's key file."""
     from serving.deploy import export_serve_env, read_profile, resolved_args, run_profile
     from training.publish import load_version
 
@@ -73,7 +72,7 @@ def serve_graph(
     export_serve_env(profile)  # before connect: a cluster started here hands it on
     overrides = {
         k: v for k, v in (("model_root", root), ("store", store), ("api_keys", api_keys)) if v
-    } | (live or {})
+    }
     if insecure_local:
         overrides["insecure_local"] = True
         cfg.setdefault("http_options", {})["host"] = "127.0.0.1"
