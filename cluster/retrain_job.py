@@ -36,12 +36,7 @@ from serving.events import EventStore
 from serving.store_export import export_store
 from training.publish import load_version, publish_version
 from training.retrain_gate import Decision, GateSettings, decide
-from training.stack import WarmStart, item_map
-
-#: A fit with one interaction per user more than the fit it starts from (the gate's from the
-#: held-out fit's, the published one from the gate's): this share of a full fit (SASRec: 2
-#: of 40 epochs), when warm.
-NEXT_SHARE = 0.05
+from training.stack import NEXT_SHARE, WarmStart, item_map
 
 
 class GateRefused(LlmrecError):
@@ -100,8 +95,15 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
         opts = replace(opts, warm=False)
     with tempfile.TemporaryDirectory(prefix="llmrec-retrain-") as scratch:
         with stage("refit the retrieval stack for the gate", console):
-            gate_stack, embeddings, gate_fit = _gate_fit(
-                ds, live_ds, live_stack, opts, Path(scratch) / "gate"
+            # All but each user's latest interaction, which stays out to measure both
+            # versions on, with a fusion learned on held-out items of the new data (one
+            # learned on the older data cost 0.008 NDCG@10 after 10,000 events on ML-100k:
+            # docs/BENCHMARKS.md). Warm: the held-out fit starts from the live sources.
+            warm = None
+            if opts.warm:
+                warm = WarmStart(live_stack.sources, item_map(live_ds, ds), opts.warm_share)
+            gate_stack, embeddings, gate_fit = _fit(
+                ds, live_stack, Path(scratch) / "gate", Split.VALIDATION, None, warm, None
             )
         with stage("publish the gate candidate (not live)", console):
             candidate = publish_version(
@@ -137,7 +139,7 @@ def run_retrain(opts: RetrainOptions, store: EventStore, console: Console) -> di
                 warm = None
                 if opts.warm:
                     warm = WarmStart(gate_fit.sources, np.arange(ds.manifest.n_items), NEXT_SHARE)
-                final, _ = _fit(
+                final, _, _ = _fit(
                     ds,
                     live_stack,
                     Path(scratch) / "final",
@@ -197,33 +199,6 @@ def _next_dataset(live_ds: Dataset, export, store: EventStore, opts: RetrainOpti
     return load_dataset(target, expected_name=live_ds.manifest.name)
 
 
-def _gate_fit(ds: Dataset, live_ds: Dataset, live_stack, opts: RetrainOptions, out: Path):
-    """The candidate the gate measures: the live stack's own recipe fitted on all but each
-    user's latest interaction (VALIDATION), which stays out to measure both versions on,
-    with a fusion learned on held-out items of the new data (a fusion learned on the older
-    data cost 0.008 NDCG@10 after 10,000 events on ML-100k: docs/BENCHMARKS.md).
-
-    Warm: the held-out fit's sources start from the live version's (`opts.warm_share` of
-    SASRec's epochs), the gate's from the held-out fit's (one interaction per user more,
-    `NEXT_SHARE`). Returns the folder, the item embeddings and the stack."""
-    from training.retrieval import FitData
-    from training.retrieval.embeddings import TextEncoder
-    from training.stack import holdout_fit, stack_from_data
-
-    spec = _live_spec(live_stack)
-    data = FitData.from_dataset(ds, Split.VALIDATION)
-    embeddings = TextEncoder(cache=True).encode(data.item_text).astype(np.float32)
-    warm = None
-    if opts.warm:
-        warm = WarmStart(live_stack.sources, item_map(live_ds, ds), opts.warm_share)
-    fusion, held = holdout_fit(data, 1, embeddings, False, spec, warm)
-    if opts.warm:
-        warm = WarmStart(held, np.arange(ds.manifest.n_items), NEXT_SHARE)
-    stack = stack_from_data(data, fusion, embeddings, Split.VALIDATION.label, False, spec, warm)
-    stack.save(out)
-    return out, embeddings, stack
-
-
 def _fit(
     ds: Dataset,
     live_stack,
@@ -233,11 +208,13 @@ def _fit(
     warm: WarmStart | None,
     fusion,
 ):
-    """The live stack's own recipe on the new data up to `through` with `fusion`, sources
-    started from `warm`'s. Returns the folder and the stack."""
+    """The live stack's own recipe on the new data up to `through` with `fusion` (None: one
+    learned here), sources started from `warm`'s. Returns the folder, the item embeddings
+    (pass them to the next fit of the same data: they depend on item text only) and the
+    stack."""
     from training.stack import fit_stack
 
-    stack, _ = fit_stack(
+    stack, embeddings = fit_stack(
         ds,
         through,
         fusion=fusion,
@@ -247,7 +224,7 @@ def _fit(
         warm=warm,
     )
     stack.save(out)
-    return out, stack
+    return out, embeddings, stack
 
 
 def _live_spec(live_stack):

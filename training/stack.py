@@ -109,6 +109,12 @@ def load_spec(path: str | Path | None) -> StackSpec:
     return spec_from_json(obj.get("sources", obj))
 
 
+#: A warm fit with a few interactions per user more than the fit it starts from (after a
+#: held-out fit, or a retrain's published fit after its gate's): this share of a full fit
+#: (SASRec: 2 of 40 epochs).
+NEXT_SHARE = 0.05
+
+
 @dataclass
 class WarmStart:
     """Fit sources from a previous fit of theirs: `sources` by name, `item_map[i]` item i's
@@ -267,14 +273,18 @@ def fit_stack(
     (from a previous fit where `warm` gives one).
 
     Without a `fusion`, one is trained first: the sources are fitted with each user's last
-    `holdout` items hidden, and the fusion learns to find the first hidden item. Returns the
-    stack and the item embeddings (reuse them: they depend on item text only).
+    `holdout` items hidden, and the fusion learns to find the first hidden item. Warm, that
+    held-out fit starts from `warm`, and the stack's own fit from the held-out fit's sources
+    (`NEXT_SHARE`). Returns the stack and the item embeddings (reuse them: they depend on
+    item text only).
     """
     data = FitData.from_dataset(ds, through)
     if embeddings is None:
         embeddings = (encoder or TextEncoder(cache=True)).encode(data.item_text).astype(np.float32)
     if fusion is None:
-        fusion = holdout_fusion(data, holdout, embeddings, progress, spec)
+        fusion, held = holdout_fit(data, holdout, embeddings, progress, spec, warm)
+        if warm is not None:
+            warm = WarmStart(held, np.arange(data.n_items), NEXT_SHARE)
     stack = stack_from_data(data, fusion, embeddings, through.label, progress, spec, warm)
     return stack, embeddings
 
