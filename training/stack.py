@@ -109,6 +109,28 @@ def load_spec(path: str | Path | None) -> StackSpec:
     return spec_from_json(obj.get("sources", obj))
 
 
+def text_encoder(spec: StackSpec | None = None) -> TextEncoder:
+    """The text encoder of the spec's content source (its `model_path`: a folder, URI or
+    name such as `smollm2-135m`; default MiniLM), with the on-disk embedding cache. The
+    stack's item embeddings and serving's new items go through the same model."""
+    for klass, params in (spec or DEFAULT_SOURCES).values():
+        if issubclass(klass, Content):
+            return TextEncoder(params.get("model_path"), cache=True)
+    return TextEncoder(cache=True)
+
+
+def with_text_model(spec: StackSpec | None, model: str | None) -> StackSpec:
+    """`spec` (default `DEFAULT_SOURCES`) with every content source encoding text with
+    `model` (unchanged when None)."""
+    spec = spec or DEFAULT_SOURCES
+    if model is None:
+        return spec
+    return {
+        name: (klass, {**params, "model_path": model} if issubclass(klass, Content) else params)
+        for name, (klass, params) in spec.items()
+    }
+
+
 #: A warm fit with a few interactions per user more than the fit it starts from (after a
 #: held-out fit, or a retrain's published fit after its gate's): this share of a full fit
 #: (SASRec: 2 of 40 epochs).
@@ -280,7 +302,7 @@ def fit_stack(
     """
     data = FitData.from_dataset(ds, through)
     if embeddings is None:
-        embeddings = (encoder or TextEncoder(cache=True)).encode(data.item_text).astype(np.float32)
+        embeddings = (encoder or text_encoder(spec)).encode(data.item_text).astype(np.float32)
     if fusion is None:
         fusion, held = holdout_fit(data, holdout, embeddings, progress, spec, warm)
         if warm is not None:

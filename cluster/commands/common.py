@@ -90,6 +90,14 @@ ApiKeys = Annotated[
     ),
 ]
 #: Which retrieval stack a stage fits: what `llmrec eval` chose on validation.
+TextModel = Annotated[
+    str | None,
+    typer.Option(
+        "--text-model",
+        help="the content source's text encoder: a model folder, URI or name (minilm, "
+        "smollm2-135m) [default: the stack spec's, else minilm]",
+    ),
+]
 StackSpecFile = Annotated[
     str | None,
     typer.Option(
@@ -196,13 +204,14 @@ def load_leave_one_out(dataset: str, data: str | None):
     return ds
 
 
-def stack_spec_for(dataset: str, given: str | None):
+def stack_spec_for(dataset: str, given: str | None, text_model: str | None = None):
     """The retrieval stack a stage fits (a `training.stack.StackSpec`): `--stack-spec`, else
-    what `llmrec eval` chose for this dataset when it has run, else `DEFAULT_SOURCES`."""
-    from training.stack import load_spec
+    what `llmrec eval` chose for this dataset when it has run, else `DEFAULT_SOURCES`; with
+    `--text-model`, its content source encodes text with that model."""
+    from training.stack import load_spec, with_text_model
 
     if given is None:
         chosen = DEFAULT_ROOT / "eval" / dataset / "stack-spec.json"
         given = str(chosen) if chosen.exists() else None
     console.print(f"retrieval stack: {given or 'the default, chosen on ML-100k validation'}")
-    return load_spec(given)
+    return with_text_model(load_spec(given), text_model)

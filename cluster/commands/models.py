@@ -19,6 +19,7 @@ from cluster.commands.common import (
     DatasetName,
     DatasetUri,
     StackSpecFile,
+    TextModel,
     app,
     console,
     load_leave_one_out,
@@ -54,6 +55,7 @@ def eval_(
         bool, typer.Option(help="run the retriever comparison (off: re-rank rows only)")
     ] = True,
     stack_spec: StackSpecFile = None,
+    text_model: TextModel = None,
 ) -> None:
     """Offline evaluation on the leave-one-out protocol (table, JSON, PNG): the retrievers,
     and retrieval + re-rank rows for each --reranker."""
@@ -69,7 +71,7 @@ def eval_(
         ds = load_leave_one_out(dataset, data)
         target = out or str(DEFAULT_ROOT / "eval" / dataset)
         with storage.staged_output(target, merge=True) as folder:
-            _evaluate(ds, folder, retrievers, rerankers, resamples, stack_spec)
+            _evaluate(ds, folder, retrievers, rerankers, resamples, stack_spec, text_model)
         if storage.local_path(target) is None:
             console.print(f"uploaded the reports to {target}")
 
@@ -81,19 +83,20 @@ def _evaluate(
     rerankers: dict[str, str],
     resamples: int,
     stack_spec: str | None,
+    text_model: str | None = None,
 ):
     import json
 
     from training.evaluation.report import print_report, write
     from training.stack import spec_from_eval, spec_to_json
 
-    spec = stack_spec_for(ds.manifest.name, stack_spec)
+    spec = stack_spec_for(ds.manifest.name, stack_spec, text_model)
     start_threads()
     if retrievers:
-        from training.evaluation.harness import evaluate
+        from training.evaluation.harness import default_specs, evaluate
 
         start = time.perf_counter()
-        report = evaluate(ds, resamples=resamples)
+        report = evaluate(ds, default_specs(text_model=text_model), resamples=resamples)
         report["seconds"] = round(time.perf_counter() - start, 1)
         print_report(report, Console(width=200))
         js, png = write(report, folder)
@@ -153,6 +156,7 @@ def train(
         str | None, typer.Option(help="Ray cluster address [default: $RAY_ADDRESS or local]")
     ] = None,
     stack_spec: StackSpecFile = None,
+    text_model: TextModel = None,
     *,
     settings: TrainSettings,
     model: RerankerConfig,
@@ -167,7 +171,7 @@ def train(
         )
     except ValidationError as e:
         raise LlmrecError(f"invalid parameters: {validation_message(e)}") from e
-    spec = stack_spec_for(dataset, stack_spec)
+    spec = stack_spec_for(dataset, stack_spec, text_model)
     if full:
         settings = settings.model_copy(
             update={"epochs": max(settings.epochs, 10), "max_examples": None}
@@ -262,12 +266,13 @@ def fit(
         typer.Option(help="stack folder or URI [default: artifacts/stacks/<name>]"),
     ] = None,
     stack_spec: StackSpecFile = None,
+    text_model: TextModel = None,
 ) -> None:
     """Fit the retrievers (CF, transitions, content, popularity, the learned fusion) on every
     interaction; `llmrec publish --stack` bundles the result into a model version."""
     from training.publish import fit_retrievers
 
-    spec = stack_spec_for(dataset, stack_spec)
+    spec = stack_spec_for(dataset, stack_spec, text_model)
     ds = load_leave_one_out(dataset, data)
     target = out or str(DEFAULT_ROOT / "stacks" / dataset)
     start = time.perf_counter()
@@ -301,6 +306,7 @@ def publish(
     ] = None,
     version: Annotated[str | None, typer.Option(help="[default: v<UTC time>]")] = None,
     stack_spec: StackSpecFile = None,
+    text_model: TextModel = None,
     fusion: Annotated[
         Fusion,
         typer.Option(
@@ -315,7 +321,8 @@ def publish(
 
     if stack and stack_spec:
         raise LlmrecError("--stack is fitted already: --stack-spec applies to a fit here only")
-    spec = None if stack else stack_spec_for(dataset, stack_spec)  # a fitted stack has its own
+    # a fitted stack has its own
+    spec = None if stack else stack_spec_for(dataset, stack_spec, text_model)
     ds = load_leave_one_out(dataset, data)
     target = root or str(DEFAULT_ROOT / "models" / dataset)
     doing = "bundling" if stack else "fitting the retrieval stack on all interactions and bundling"

