@@ -6,9 +6,13 @@
 2. A well-behaved key (a paced client) alone, then while an abusive key (many threads in a
    process of their own, no pause) is held to its rate, with the cache off so that both
    phases compute every list: the well-behaved key's latency (client and server) and
-   answers past the deadline, and how much of the abuser's traffic got 429.
+   answers past the deadline, and how much of the abuser's traffic got 429. An abuser runs
+   on machines of its own; here its client shares the server's cores, so its process runs
+   at a lower CPU priority (`--abuser-nice`, default 19; 0: as high as the server's): what
+   it costs the server (the proxy and the Api replica refusing it) is still paid in full.
 
     python benchmarks/bench_api_keys.py --model-root artifacts/models/ml-100k
+    python benchmarks/bench_api_keys.py --concurrency --name api-keys-abuse   # part 2 only
 """
 
 from __future__ import annotations
@@ -100,9 +104,10 @@ def paced(base: str, key: str, rate: float, seconds: float, out: list[dict], use
         )
 
 
-def _abuser(base: str, key: str, threads: int, seconds: float, users, queue) -> None:
+def _abuser(base: str, key: str, threads: int, seconds: float, users, queue, nice: int) -> None:
     """In a process of its own (its threads must not share the measuring client's GIL):
     `bench_serving.closed_loop` for `seconds`; puts the status codes on `queue`."""
+    os.nice(nice)
     local = threading.local()
 
     def call(rng: random.Random):
@@ -118,13 +123,13 @@ def _abuser(base: str, key: str, threads: int, seconds: float, users, queue) -> 
     queue.put([r["status"] for r in closed_loop(call, threads, seconds, seed=99)])
 
 
-def abuse(base: str, key: str, threads: int, seconds: float, users):
+def abuse(base: str, key: str, threads: int, seconds: float, users, nice: int = 0):
     """Start the abusive client's process; returns (process, queue of its codes)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_abuser, args=(base, key, threads, seconds, users, queue))
+    proc = ctx.Process(target=_abuser, args=(base, key, threads, seconds, users, queue, nice))
     proc.start()
     return proc, queue
 
@@ -136,11 +141,13 @@ def main() -> None:
     p.add_argument("--cache-users", type=int, default=60)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per mode")
     p.add_argument("--round-s", type=float, default=10.0)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--concurrency", type=int, nargs="*", default=[1, 8], help="none: skip part 1")
     p.add_argument("--good-rate", type=float, default=10.0, help="the paced key's requests/s")
     p.add_argument("--abuse-threads", type=int, default=16)
     p.add_argument("--abuse-rate", type=float, default=5.0, help="the abusive key's limit")
     p.add_argument("--abuse-s", type=float, default=40.0)
+    p.add_argument("--abuser-nice", type=int, default=19, help="the abusive client's CPU niceness")
+    p.add_argument("--name", default="api-keys", help="results/<name>.json")
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from serving.deploy import export_serve_env
@@ -205,7 +212,8 @@ def main() -> None:
         cell["added_p50_ms"] = cell["checked"]["p50_ms"] - cell["off"]["p50_ms"]
         cell["added_p99_ms"] = cell["checked"]["p99_ms"] - cell["off"]["p99_ms"]
         out["cache_path"].append(cell)
-    console.print(table)
+    if args.concurrency:
+        console.print(table)
     # Keys checked again; no cache, so that every request of both phases computes its list
     # (a list computed in the first phase would answer the second from the cache).
     deploy(cache=False)
@@ -217,7 +225,9 @@ def main() -> None:
         codes: list[int] = []
         started = None
         if phase != "alone":
-            started = abuse(base, bad, args.abuse_threads, args.abuse_s + 5, known)
+            started = abuse(
+                base, bad, args.abuse_threads, args.abuse_s + 5, known, args.abuser_nice
+            )
             time.sleep(5)  # the abuser at full speed before the measured client starts
         paced(base, good, args.good_rate, args.abuse_s, good_rows, known)
         if started is not None:
@@ -246,6 +256,7 @@ def main() -> None:
         "abuse_threads": args.abuse_threads,
         "abuser_limit_per_s": args.abuse_rate,
         "seconds": args.abuse_s,
+        "abuser_nice": args.abuser_nice,
         "deadline_ms": deadline_ms,
         "phases": phases,
     }
@@ -282,8 +293,8 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "api-keys.json").write_text(json.dumps(out, indent=2))
-    console.print(f"wrote {RESULTS / 'api-keys.json'}")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {RESULTS / args.name}.json")
 
 
 if __name__ == "__main__":

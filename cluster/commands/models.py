@@ -37,6 +37,11 @@ from training.reranker.prompt import PromptTemplate
 from training.reranker.settings import TrainSettings
 
 
+class Protocol(StrEnum):
+    leave_one_out = "leave-one-out"
+    new_items = "new-items"
+
+
 @app.command(name="eval")
 @user_errors
 def eval_(
@@ -56,9 +61,31 @@ def eval_(
     ] = True,
     stack_spec: StackSpecFile = None,
     text_model: TextModel = None,
+    protocol: Annotated[
+        Protocol,
+        typer.Option(
+            help="leave-one-out: each user's last item; new-items: items first seen after a "
+            "time cutoff, never trained on (docs/RETRIEVAL.md)"
+        ),
+    ] = Protocol.leave_one_out,
+    cutoff_quantile: Annotated[
+        float,
+        typer.Option(
+            min=0.01, max=0.99, help="new-items: the cutoff, as a quantile of interaction times"
+        ),
+    ] = 0.2,
 ) -> None:
-    """Offline evaluation on the leave-one-out protocol (table, JSON, PNG): the retrievers,
-    and retrieval + re-rank rows for each --reranker."""
+    """Offline evaluation (table, JSON, PNG): the retrievers, and retrieval + re-rank rows for
+    each --reranker, on the leave-one-out protocol; or the sources, the system's candidates
+    and new-item baselines on the new-item protocol."""
+    if protocol is Protocol.new_items:
+        if reranker:
+            raise LlmrecError(
+                "--reranker with --protocol new-items: a re-ranker trained on every item has "
+                "seen the new ones; this protocol evaluates the retrieval stack"
+            )
+        _new_items(dataset, data, out, resamples, stack_spec, text_model, cutoff_quantile)
+        return
     if not retrievers and not reranker:
         raise LlmrecError("nothing to evaluate: --no-retrievers needs at least one --reranker")
     with contextlib.ExitStack() as stack:
@@ -74,6 +101,25 @@ def eval_(
             _evaluate(ds, folder, retrievers, rerankers, resamples, stack_spec, text_model)
         if storage.local_path(target) is None:
             console.print(f"uploaded the reports to {target}")
+
+
+def _new_items(dataset, data, out, resamples, stack_spec, text_model, quantile) -> None:
+    import json
+
+    from training.evaluation.new_items import fit_and_evaluate, plot, print_report
+
+    spec = stack_spec_for(dataset, stack_spec, text_model)
+    ds = load_leave_one_out(dataset, data)
+    start_threads()
+    start = time.perf_counter()
+    report = fit_and_evaluate(ds, spec, quantile, resamples=resamples)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print_report(report, Console(width=200))
+    target = out or str(DEFAULT_ROOT / "eval" / dataset)
+    with storage.staged_output(target, merge=True) as folder:
+        (folder / "new-items.json").write_text(json.dumps(report, indent=2))
+        plot(report, folder / "new-items.png")
+    console.print(f"wrote new-items.json and .png to {target} ({report['seconds']} s)")
 
 
 def _evaluate(

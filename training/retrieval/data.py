@@ -80,20 +80,25 @@ class FitData:
             end = self.seq_indptr[u + 1]
             visible[end - drop[u] : end] = False
             hidden.append(self.seq_items[end - drop[u] : end].copy())
+        return self.only(visible, f"holdout{m}"), hidden
+
+    def only(self, visible: np.ndarray, label: str) -> FitData:
+        """This data with only the interactions where `visible` (a mask over `seq_items`)
+        is true; users and items keep their indices. `label` names the view in its
+        version."""
         users = self.seq_users()[visible]
         items = self.seq_items[visible]
         matrix = csr_from_pairs(
             users, items, np.ones(len(items), np.float32), (self.n_users, self.n_items)
         )
-        inner = replace(
+        return replace(
             self,
             matrix=matrix,
             seq_indptr=user_offsets(users, self.n_users),
             seq_items=items,
             seq_times=self.seq_times[visible],
-            dataset_version=f"{self.dataset_version}-holdout{m}",
+            dataset_version=f"{self.dataset_version}-{label}",
         )
-        return inner, hidden
 
     def seq_users(self) -> np.ndarray:
         return np.repeat(np.arange(self.n_users), np.diff(self.seq_indptr))
