@@ -251,6 +251,22 @@ def test_train_refuses_a_missing_base_model_before_training(tmp_path, prepared):
     assert not (tmp_path / "rr").exists()
 
 
+def test_train_refuses_an_unknown_model_name(tmp_path, prepared):
+    args = ("--dataset", "ml", "--data", str(prepared), "--out", str(tmp_path / "rr"))
+    proc = llmrec("train", *args, "--base-model", "smollm3")
+    assert_user_error(proc, "unknown model 'smollm3'", "smollm2-135m")
+    assert not (tmp_path / "rr").exists()
+
+
+def test_eval_refuses_a_reranker_on_the_new_item_protocol(tmp_path, prepared):
+    proc = llmrec(
+        "eval", "--dataset", "ml", "--data", str(prepared), "--protocol", "new-items",
+        "--reranker", f"x={tmp_path}", "--out", str(tmp_path / "ev"),
+    )  # fmt: skip
+    assert_user_error(proc, "has seen the new ones")
+    assert not (tmp_path / "ev").exists()
+
+
 def test_train_refuses_k_beyond_the_alphabet(tmp_path, prepared):
     proc = llmrec("train", "--dataset", "ml", "--data", str(prepared), "--candidates", "100")
     assert_user_error(proc, "candidates: Input should be less than or equal to 62")
