@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from training.retrieval.base import Retriever, check_n, clean_history, pad_to, top_n
+from training.retrieval.content import Content
 from training.retrieval.fusion import LearnedFusion, fuse, source_ranks
 from training.retrieval.popularity import MostPopular, SegmentPopular
 
@@ -28,6 +29,13 @@ class CandidateConfig(BaseModel):
     sparse_sources: list[str] = Field(default_factory=lambda: ["transitions", "content"])
     exploration_share: float = Field(
         0.1, ge=0, le=1, description="cold start: share of slots given to rarely seen items"
+    )
+    new_item_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="warm and sparse: share of slots kept for items no fitted interaction "
+        "names (new items), the content source's best of them",
     )
     seed: int = 0
 
@@ -127,6 +135,7 @@ class CandidateGenerator:
         # Backfill with popularity so that a request always gets n candidates if it can.
         fill = np.where(np.isfinite(fused), fused, -1e6 + pop / (pop.max() + 1))
         items = top_n(fill, n, np.flatnonzero(banned))
+        items = self._with_new_items(items, scores, banned, n)
         return Candidates(
             items=items,
             scores=fill[items].astype(np.float32),
@@ -135,6 +144,28 @@ class CandidateGenerator:
             source_scores={s: scores[s][items] for s in names},
             ignored_history=ignored,
         )
+
+    def _with_new_items(
+        self, items: np.ndarray, scores: dict[str, np.ndarray], banned: np.ndarray, n: int
+    ) -> np.ndarray:
+        """`items` with its last slots (`new_item_share` of n) given to the items no fitted
+        interaction names, best first by the content source: the other sources cannot rank
+        an item they have not seen, so the fusion alone would almost never retrieve one."""
+        k = round(self.config.new_item_share * n)
+        text = next((s for s in scores if isinstance(self.sources[s], Content)), None)
+        if not k or text is None:
+            return items
+        counts = pad_to(self.popularity.counts.astype(np.float64), self.n_items, 0.0)
+        new = (counts[: self.n_items] == 0) & ~banned & np.isfinite(scores[text])
+        if not new.any():
+            return items
+        head = items[: max(len(items) - k, 0)]
+        new[head] = False
+        fresh = top_n(np.where(new, scores[text], -np.inf), k, np.flatnonzero(~new))
+        fresh = fresh[new[fresh]]
+        rest = items[len(head) :]
+        rest = rest[~np.isin(rest, fresh)][: max(n - len(head) - len(fresh), 0)]
+        return np.concatenate([head, fresh, rest]).astype(items.dtype)
 
     def _cold_start(
         self,

@@ -102,3 +102,28 @@ def test_a_new_item_is_reachable_at_once(parts):
     # Cold-start users: the unseen item gets exploration slots, with no history at all.
     shown = [new in (c := gen.generate(u, [])).items[c.explored] for u in range(200)]
     assert 0 < sum(shown) < 200
+
+
+def test_warm_lists_keep_slots_for_new_items_chosen_by_content(parts):
+    """The fusion learned on warm items ranks an item nobody has interacted with far down;
+    the last `new_item_share` of the slots go to such items, the content source's best."""
+    data, sources, pop, seg = parts
+    popularity = copy.deepcopy(pop)
+    unseen = np.argsort(popularity.counts)[:40]  # as if no fitted interaction named them
+    popularity.counts = popularity.counts.copy()
+    popularity.counts[unseen] = 0
+    hist = data.history(0)
+    fresh = set(unseen) - set(hist)
+    kept = CandidateGenerator(sources, popularity, seg, config=CandidateConfig(n=30))
+    plain = CandidateGenerator(
+        sources, popularity, seg, config=CandidateConfig(n=30, new_item_share=0)
+    )
+    with_new, without = kept.generate(0, hist), plain.generate(0, hist)
+    assert len(with_new.items) == 30 and not set(with_new.items) & set(hist)
+    assert with_new.items[:27].tolist() == without.items[:27].tolist()  # the head is kept
+    tail = with_new.items[27:]
+    assert set(tail) <= fresh  # 3 slots (10% of 30), each an unseen item
+    content = sources["content"].score(0, hist)
+    best = sorted(fresh - set(without.items[:27]), key=lambda i: (-content[i], i))[:3]
+    assert tail.tolist() == best
+    assert len(set(with_new.items)) == 30
