@@ -148,6 +148,12 @@ def main() -> None:
     p.add_argument("--abuse-s", type=float, default=40.0)
     p.add_argument("--abuser-nice", type=int, default=19, help="the abusive client's CPU niceness")
     p.add_argument("--name", default="api-keys", help="results/<name>.json")
+    p.add_argument(
+        "--proxy-gate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Serve's proxy refuses a key over its own rate (serving/proxy_gate.py)",
+    )
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from serving.deploy import export_serve_env
@@ -164,6 +170,10 @@ def main() -> None:
     good, good_rec = new_key("good", list(SCOPES))
     bad, bad_rec = new_key("abuser", ["recommend"], rate=args.abuse_rate)
     write_keys(tmp / "keys.json", [good_rec, bad_rec])
+    if args.proxy_gate:  # as `llmrec serve` does: before Ray starts, so its proxy has it
+        from serving.proxy_gate import export_env
+
+        export_env(str(tmp / "keys.json"))
     ray.init(log_to_driver=False, include_dashboard=False)
     base = f"http://127.0.0.1:{args.port}"
     graph = {
@@ -257,6 +267,7 @@ def main() -> None:
         "abuser_limit_per_s": args.abuse_rate,
         "seconds": args.abuse_s,
         "abuser_nice": args.abuser_nice,
+        "proxy_gate": args.proxy_gate,
         "deadline_ms": deadline_ms,
         "phases": phases,
     }

@@ -283,6 +283,25 @@ def image_env_problems(dockerfile: str, profile: dict[str, Any], where: str) -> 
     return [f"{where}: ENV must set {', '.join(wrong)} as the Serve profile's runtime_env does"]
 
 
+def proxy_gate_problems(service: dict[str, Any], api_keys: str, where: str) -> list[str]:
+    """Every Ray container of the RayService runs a Serve proxy: each must load the proxy
+    gate (serving/proxy_gate.py) on the key file the application reads."""
+    from serving.proxy_gate import CALLBACK, CALLBACK_ENV, KEYS_ENV
+
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    problems = []
+    for pod in pods:
+        for c in pod["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            if env.get(CALLBACK_ENV) != CALLBACK or env.get(KEYS_ENV) != api_keys:
+                problems.append(
+                    f"{where}: container {c['name']} must set {CALLBACK_ENV}={CALLBACK} and "
+                    f"{KEYS_ENV}={api_keys} (the Api's api_keys)"
+                )
+    return problems
+
+
 def all_problems() -> list[str]:
     import ray
 
@@ -308,6 +327,8 @@ def all_problems() -> list[str]:
     ):
         problems += serve_config_problems(cfg, name)
     store = serve_cfg["applications"][0]["args"]["store"]
+    keys = serve_cfg["applications"][0]["args"].get("api_keys", "")
+    problems += proxy_gate_problems(service, keys, "rayservice.yaml")
     redis_docs = [d for d in yaml.safe_load_all(REDIS.read_text()) if d]
     problems += redis_problems(redis_docs, service, store, "redis.yaml")
     problems += ingress_problems(yaml.safe_load(INGRESS.read_text()), service, MAX_BODY_BYTES)

@@ -232,6 +232,28 @@ class Guard:
         record = self.identify(presented)
         if scope not in record.scopes:
             raise Denied(403, f"this API key lacks the scope '{scope}'")
+        self._take(record, now)
+        return record.name
+
+    def over_own_rate(self, presented: str | None, now: float | None = None) -> Denied | None:
+        """Serve's proxy asks this first (serving/proxy_gate.py): a 429 for a valid key with
+        a rate of its own (`llmrec keys create --rate`) that is over it; None for anything
+        else, which the Api replica judges in full."""
+        now = time.monotonic() if now is None else now
+        self._maybe_reload(now)
+        try:
+            record = self.identify(presented)
+        except Denied:
+            return None
+        if record.rate is None:
+            return None
+        try:
+            self._take(record, now)
+        except Denied as d:
+            return d
+        return None
+
+    def _take(self, record: KeyRecord, now: float) -> None:
         bucket = self._buckets.get(record.id)
         if bucket is None:
             bucket = self._buckets[record.id] = TokenBucket(*self.limits(record))
@@ -244,4 +266,3 @@ class Guard:
                 f"{bucket.burst:g}); retry after {retry} s",
                 {"Retry-After": str(retry)},
             )
-        return record.name

@@ -25,6 +25,12 @@ def ray_cluster():
 
     export_serve_env("cpu")  # the Serve proxy of the tests runs as `llmrec serve` runs it
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    # ... with its gate on one key file (the API-key tests' graph serves from it; for every
+    # other graph the gate finds no key and passes everything).
+    from serving.proxy_gate import KEYS_ENV, export_env
+
+    os.environ.pop(KEYS_ENV, None)
+    export_env(os.path.join(tmp, "proxy-api-keys.json"))
     ray.init(
         num_cpus=4,
         log_to_driver=False,

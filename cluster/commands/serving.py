@@ -77,6 +77,11 @@ def serve_graph(
         overrides["insecure_local"] = True
         cfg.setdefault("http_options", {})["host"] = "127.0.0.1"
     args = resolved_args(profile, overrides)
+    if not args.get("insecure_local"):
+        # Serve's proxy of a cluster started here refuses keys over their own rate itself.
+        from serving.proxy_gate import export_env
+
+        export_env(args.get("api_keys"))
     mv = load_version(args["model_root"], args.get("version", "latest"))
     if not str(args["store"]).startswith("sqlite://"):
         # A networked store is checked here (reachable, durable as promised): its one-line

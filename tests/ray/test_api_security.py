@@ -16,6 +16,7 @@ import requests
 
 from serving.auth import SCOPES, new_key, read_keys, revoke, write_keys
 from serving.deploy import run_profile
+from serving.proxy_gate import KEYS_ENV
 from serving.sqlite_store import SQLiteEventStore
 from tests.http_client import KeyedClient, add_key
 from tests.ray.test_serve_http import _free_port, wait_ready
@@ -44,7 +45,8 @@ def graph(ray_cluster, published, tmp_path_factory):
 
     _, models = published
     work = tmp_path_factory.mktemp("guarded")
-    db, keys_file = work / "events.db", work / "api-keys.json"
+    # The file the session's Serve proxy gates on (tests/conftest.py), as `llmrec serve` sets.
+    db, keys_file = work / "events.db", Path(os.environ[KEYS_ENV])
     g = Graph("", db, keys_file, None)
     for scope in SCOPES:  # one key per scope, fast enough for the fuzzing
         g.add_key(scope, [scope], rate=10_000)
@@ -114,6 +116,26 @@ def test_a_key_over_its_rate_gets_429_and_other_keys_do_not(graph):
     assert int(limited[0].headers["Retry-After"]) >= 1
     assert "1 requests/s" in limited[0].json()["detail"]
     assert other.get(f"{graph.base}/recommend/7?k=3", timeout=30).status_code == 200
+
+
+def _api_refusals(graph, status: int) -> float:
+    text = KeyedClient(graph.keys["ops"]).get(f"{graph.base}/metrics", timeout=30).text
+    line = next(
+        x for x in text.splitlines() if x.startswith(f'llmrec_denied_requests{{status="{status}"}}')
+    )
+    return float(line.split()[-1])
+
+
+def test_serves_proxy_refuses_a_key_over_its_own_rate_before_the_api(graph):
+    """The proxy gate (serving/proxy_gate.py) answers a flood of the 1/s key itself: most
+    of its 429s never reach the (single) Api replica, whose own count grows less."""
+    slow = KeyedClient(graph.keys["slow"])
+    time.sleep(3)  # both buckets full again
+    before = _api_refusals(graph, 429)
+    codes = [slow.get(f"{graph.base}/recommend/7?k=3", timeout=30).status_code for _ in range(20)]
+    refused = codes.count(429)
+    assert refused >= 16 and set(codes) <= {200, 429}, codes
+    assert _api_refusals(graph, 429) - before <= 4, "the Api saw what the proxy should refuse"
 
 
 def test_bodies_past_their_limits_are_refused_and_nothing_is_stored(graph):

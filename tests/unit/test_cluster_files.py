@@ -176,3 +176,16 @@ def test_the_ingress_reaches_serve_with_tls_and_the_apis_body_limit():
         "(serving/api_models.py: MAX_BODY_BYTES)",
         "ingress.yaml: no limit-rps: a flood reaches Serve's proxy unlimited",
     ]
+
+
+def test_every_ray_container_loads_the_proxy_gate_on_the_apis_key_file():
+    service = yaml.safe_load(m.RAYSERVICE.read_text())
+    keys = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert m.proxy_gate_problems(service, keys["api_keys"], "rs") == []
+    broken = copy.deepcopy(service)
+    worker = broken["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    env = worker["template"]["spec"]["containers"][0]["env"]
+    env[:] = [e for e in env if e["name"] != "LLMREC_PROXY_API_KEYS"]
+    (problem,) = m.proxy_gate_problems(broken, keys["api_keys"], "rs")
+    assert "ray-worker must set" in problem
+    assert m.proxy_gate_problems(service, "/elsewhere.json", "rs")  # another key file
