@@ -89,7 +89,7 @@ ApiKeys = Annotated[
         "replicas' environment [default: the profile's, artifacts/serving/api-keys.json]"
     ),
 ]
-#: Which retrieval stack a stage fits: what `llmrec eval` chose on validation.
+#: The content source's text model, for every stage that fits a stack.
 TextModel = Annotated[
     str | None,
     typer.Option(
@@ -98,6 +98,7 @@ TextModel = Annotated[
         "smollm2-135m) [default: the stack spec's, else minilm]",
     ),
 ]
+#: Which retrieval stack a stage fits: what `llmrec eval` chose on validation.
 StackSpecFile = Annotated[
     str | None,
     typer.Option(

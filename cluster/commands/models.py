@@ -40,6 +40,7 @@ from training.reranker.settings import TrainSettings
 class Protocol(StrEnum):
     leave_one_out = "leave-one-out"
     new_items = "new-items"
+    new_users = "new-users"
 
 
 @app.command(name="eval")
@@ -65,7 +66,8 @@ def eval_(
         Protocol,
         typer.Option(
             help="leave-one-out: each user's last item; new-items: items first seen after a "
-            "time cutoff, never trained on (docs/RETRIEVAL.md)"
+            "time cutoff, never trained on; new-users: users never trained on, after 0, 1, 3 "
+            "and 10 events (docs/RETRIEVAL.md)"
         ),
     ] = Protocol.leave_one_out,
     cutoff_quantile: Annotated[
@@ -76,15 +78,17 @@ def eval_(
     ] = 0.2,
 ) -> None:
     """Offline evaluation (table, JSON, PNG): the retrievers, and retrieval + re-rank rows for
-    each --reranker, on the leave-one-out protocol; or the sources, the system's candidates
-    and new-item baselines on the new-item protocol."""
-    if protocol is Protocol.new_items:
+    each --reranker, on the leave-one-out protocol; or the retrieval stack on the new-item
+    and new-user protocols."""
+    if protocol is not Protocol.leave_one_out:
         if reranker:
             raise LlmrecError(
-                "--reranker with --protocol new-items: a re-ranker trained on every item has "
-                "seen the new ones; this protocol evaluates the retrieval stack"
+                f"--reranker with --protocol {protocol}: a re-ranker trained on every user and "
+                "item has seen the new ones; this protocol evaluates the retrieval stack"
             )
-        _new_items(dataset, data, out, resamples, stack_spec, text_model, cutoff_quantile)
+        _cold_protocol(
+            protocol, dataset, data, out, resamples, stack_spec, text_model, cutoff_quantile
+        )
         return
     if not retrievers and not reranker:
         raise LlmrecError("nothing to evaluate: --no-retrievers needs at least one --reranker")
@@ -103,23 +107,31 @@ def eval_(
             console.print(f"uploaded the reports to {target}")
 
 
-def _new_items(dataset, data, out, resamples, stack_spec, text_model, quantile) -> None:
+def _cold_protocol(
+    protocol, dataset, data, out, resamples, stack_spec, text_model, quantile
+) -> None:
     import json
 
-    from training.evaluation.new_items import fit_and_evaluate, plot, print_report
+    from training.evaluation import new_items, new_users
 
     spec = stack_spec_for(dataset, stack_spec, text_model)
     ds = load_leave_one_out(dataset, data)
     start_threads()
     start = time.perf_counter()
-    report = fit_and_evaluate(ds, spec, quantile, resamples=resamples)
+    if protocol is Protocol.new_items:
+        report = new_items.fit_and_evaluate(ds, spec, quantile, resamples=resamples)
+        new_items.print_report(report, Console(width=200))
+    else:
+        report = new_users.fit_and_evaluate(ds, spec, resamples=resamples)
+        new_users.print_report(report, Console(width=200))
     report["seconds"] = round(time.perf_counter() - start, 1)
-    print_report(report, Console(width=200))
     target = out or str(DEFAULT_ROOT / "eval" / dataset)
     with storage.staged_output(target, merge=True) as folder:
-        (folder / "new-items.json").write_text(json.dumps(report, indent=2))
-        plot(report, folder / "new-items.png")
-    console.print(f"wrote new-items.json and .png to {target} ({report['seconds']} s)")
+        (folder / f"{protocol}.json").write_text(json.dumps(report, indent=2))
+        (new_items if protocol is Protocol.new_items else new_users).plot(
+            report, folder / f"{protocol}.png"
+        )
+    console.print(f"wrote {protocol}.json and .png to {target} ({report['seconds']} s)")
 
 
 def _evaluate(
@@ -365,9 +377,11 @@ def publish(
     at it, so a Serve application on `version: latest` swaps to it without downtime."""
     from training.publish import publish_version
 
-    if stack and stack_spec:
-        raise LlmrecError("--stack is fitted already: --stack-spec applies to a fit here only")
-    # a fitted stack has its own
+    if stack and (stack_spec or text_model):
+        raise LlmrecError(
+            "--stack is fitted already: --stack-spec and --text-model apply to a fit here only"
+        )
+    # A fitted stack (--stack) brings its own spec.
     spec = None if stack else stack_spec_for(dataset, stack_spec, text_model)
     ds = load_leave_one_out(dataset, data)
     target = root or str(DEFAULT_ROOT / "models" / dataset)

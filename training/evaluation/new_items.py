@@ -34,6 +34,8 @@ from training.retrieval.data import FitData
 #: a later cutoff leaves too few new items (90 at 0.3, 31 at 0.6).
 CUTOFF_QUANTILE = 0.2
 METRICS = ("NDCG@10", "Recall@10", "Recall@50")
+#: the rank of a target a list does not hold: beyond every cut-off
+MISS = 2**31 - 1
 
 
 @dataclass
@@ -136,7 +138,7 @@ def evaluate(
         for name, make in (lists or {}).items():
             items = np.asarray(make(user, hist))
             hit = np.flatnonzero(items == target)
-            add(name, int(hit[0]) + 1 if len(hit) else n_items, items[:10])
+            add(name, int(hit[0]) + 1 if len(hit) else MISS, items[:10])
         live = cases.live_new_counts(c)
         for name, s in (
             ("popularity among new items", np.where(cases.new, 1.0 + live, 0.0)),
