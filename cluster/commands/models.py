@@ -127,6 +127,7 @@ def _cold_protocol(
     report["seconds"] = round(time.perf_counter() - start, 1)
     target = out or str(DEFAULT_ROOT / "eval" / dataset)
     with storage.staged_output(target, merge=True) as folder:
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{protocol}.json").write_text(json.dumps(report, indent=2))
         (new_items if protocol is Protocol.new_items else new_users).plot(
             report, folder / f"{protocol}.png"

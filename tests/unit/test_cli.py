@@ -348,3 +348,54 @@ def test_keys_create_refuses_an_unknown_scope(tmp_path):
     )
     assert_user_error(proc, "scope", "recommend, events, catalog, users, ops")
     assert not (tmp_path / "k").exists()
+
+
+SYNTHETIC = "synthetic-4000-u80-i100-t20-s3"
+
+
+@pytest.fixture(scope="module")
+def synthetic_and_spec(tmp_path_factory):
+    """A small synthetic dataset and a stack with a quick SASRec (seconds per protocol)."""
+    import json
+
+    from pipelines.artifact import write_dataset
+    from pipelines.prepare import PrepareConfig, run_local
+    from pipelines.sources import load_source
+    from training.retrieval import SelfAttentive
+    from training.stack import DEFAULT_SOURCES, spec_to_json
+
+    root = tmp_path_factory.mktemp("cold")
+    src = load_source("synthetic", synthetic_interactions=4000, seed=3, cache=root / "cache")
+    write_dataset(run_local(src, PrepareConfig()), str(root / "ds"))
+    quick = {**DEFAULT_SOURCES, "SASRec": (SelfAttentive, {"epochs": 2, "dim": 16, "max_len": 20})}
+    (root / "spec.json").write_text(json.dumps({"sources": spec_to_json(quick)}))
+    return root / "ds", root / "spec.json"
+
+
+@pytest.mark.slow  # whole commands, end to end
+@pytest.mark.parametrize("protocol", ["new-items", "new-users"])
+def test_eval_runs_the_cold_protocols_end_to_end(tmp_path, synthetic_and_spec, protocol):
+    import json
+
+    data, spec = synthetic_and_spec
+    proc = llmrec(
+        "eval", "--dataset", SYNTHETIC, "--data", str(data), "--stack-spec", str(spec),
+        "--protocol", protocol, "--resamples", "100", "--out", str(tmp_path / "ev"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "ev" / f"{protocol}.json").read_text())
+    assert report["protocol"] == protocol and (tmp_path / "ev" / f"{protocol}.png").exists()
+    if protocol == "new-items":
+        assert report["cases"] > 0 and "system (fused candidates)" in report["models"]
+    else:
+        assert {r["events"] for r in report["rows"]} == {0, 1, 3, 10}
+
+
+@pytest.mark.slow
+def test_eval_says_when_a_cutoff_leaves_no_new_item(tmp_path, synthetic_and_spec):
+    data, spec = synthetic_and_spec
+    proc = llmrec(
+        "eval", "--dataset", SYNTHETIC, "--data", str(data), "--stack-spec", str(spec),
+        "--protocol", "new-items", "--cutoff-quantile", "0.5", "--out", str(tmp_path / "ev"),
+    )  # fmt: skip
+    assert_user_error(proc, "choose an earlier --cutoff-quantile")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.artifact import Dataset
+from pipelines.errors import LlmrecError
 from pipelines.schema import Split
 from training.evaluation.bootstrap import confidence_interval, paired_bootstrap
 from training.evaluation.metrics import metrics_from_ranks, popularity_tiebreak, target_rank
@@ -83,6 +84,11 @@ def cases_from(full: FitData, quantile: float = CUTOFF_QUANTILE) -> NewItemCases
             histories.append(items[: at[0]].copy())
             targets.append(int(items[at[0]]))
             times.append(t[at[0]])
+    if not users:
+        raise LlmrecError(
+            f"no user interacts with an item first seen after the cutoff (quantile {quantile}): "
+            f"{int(new.sum())} new items; choose an earlier --cutoff-quantile"
+        )
     return NewItemCases(
         cutoff=cutoff,
         new=new,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.artifact import Dataset
+from pipelines.errors import LlmrecError
 from pipelines.schema import Split
 from training.evaluation.bootstrap import confidence_interval, paired_bootstrap
 from training.evaluation.metrics import metrics_from_ranks
@@ -65,6 +66,11 @@ def cases_from(
         raise ValueError(f"the held-out share of users must be between 0 and 1, got {share}")
     lengths = tuple(sorted(set(lengths)))
     eligible = np.flatnonzero(np.diff(full.seq_indptr) > max(lengths))
+    if len(eligible) < 2:
+        raise LlmrecError(
+            f"{len(eligible)} users have more than {max(lengths)} interactions: too few to "
+            "replay as sign-ups"
+        )
     rng = np.random.default_rng(seed)
     n = max(1, round(share * full.n_users))
     users = np.sort(rng.choice(eligible, min(n, len(eligible)), replace=False))
