@@ -11,8 +11,9 @@ default rate, so the gate can only refuse earlier what the Api would refuse.
 
 The proxy is not the application (it does not take its runtime_env or live settings), so
 the gate reads its key source from the environment Ray gives its workers: `llmrec serve`
-exports both variables before it starts or connects to Ray (`export_env`); on Kubernetes
-they are set on the Ray containers (cluster/kuberay). The gate re-reads a changed key file
+exports both variables before it starts Ray (`export_env`; a cluster started elsewhere keeps
+its own environment, and then the Api does all the refusing); on Kubernetes they are set on
+the Ray containers (cluster/kuberay). The gate re-reads a changed key file
 within a second, as the Api does; bursts are the default's seconds of rate (`Guard.limits`).
 """
 

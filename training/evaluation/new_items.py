@@ -107,7 +107,8 @@ def _summary(ranks: np.ndarray, tops: list[np.ndarray], new: np.ndarray, resampl
     for m in METRICS:
         ci = confidence_interval(per_case[m], resamples)
         out[m] = {"mean": ci.mean, "low": ci.low, "high": ci.high}
-    out["new_share@10"] = float(np.mean([new[t[:10]].mean() for t in tops])) if tops else 0.0
+    shares = [new[t[:10]].mean() if len(t) else 0.0 for t in tops]
+    out["new_share@10"] = float(np.mean(shares)) if shares else 0.0
     return out, per_case
 
 
