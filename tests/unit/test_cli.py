@@ -251,6 +251,7 @@ def test_train_refuses_a_missing_base_model_before_training(tmp_path, prepared):
     assert not (tmp_path / "rr").exists()
 
 
+@pytest.mark.slow  # a whole command (the unit test of the message: test_base_models.py)
 def test_train_refuses_an_unknown_model_name(tmp_path, prepared):
     args = ("--dataset", "ml", "--data", str(prepared), "--out", str(tmp_path / "rr"))
     proc = llmrec("train", *args, "--base-model", "smollm3")
@@ -258,6 +259,7 @@ def test_train_refuses_an_unknown_model_name(tmp_path, prepared):
     assert not (tmp_path / "rr").exists()
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_reranker_on_the_new_item_protocol(tmp_path, prepared):
     proc = llmrec(
         "eval", "--dataset", "ml", "--data", str(prepared), "--protocol", "new-items",
