@@ -27,6 +27,13 @@ class CandidateConfig(BaseModel):
     depth: int = Field(100, ge=1, description="how deep each source's list is read")
     sparse_below: int = Field(5, ge=1, description="histories shorter than this are sparse")
     sparse_sources: list[str] = Field(default_factory=lambda: ["transitions", "content"])
+    sparse_popularity: float = Field(
+        1.0,
+        ge=0,
+        description="sparse path: weight of overall popularity's list in its rank fusion, "
+        "beside each source's weight of 1 (0: off; measured in docs/BENCHMARKS.md, New "
+        "users)",
+    )
     exploration_share: float = Field(
         0.1, ge=0, le=1, description="cold start: share of slots given to rarely seen items"
     )
@@ -130,7 +137,14 @@ class CandidateGenerator:
         if path == "warm" and self.fusion is not None:
             fused = self.fusion.score(ranks, scores, pop)
         else:
-            fused = fuse(ranks, dict.fromkeys(names, 1.0))
+            parts, weights = dict(ranks), dict.fromkeys(names, 1.0)
+            if path == "sparse" and self.config.sparse_popularity > 0:
+                # After one or two events the sources' lists are noisy; popularity is the
+                # prior that keeps a sparse list from ranking below the cold-start one.
+                pop_scores = np.where(banned, -np.inf, pop)
+                parts["popular"] = source_ranks(pop_scores, None, self.config.depth)
+                weights["popular"] = self.config.sparse_popularity
+            fused = fuse(parts, weights)
             fused[fused == 0] = -np.inf
         # Backfill with popularity so that a request always gets n candidates if it can.
         fill = np.where(np.isfinite(fused), fused, -1e6 + pop / (pop.max() + 1))

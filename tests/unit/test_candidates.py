@@ -55,6 +55,23 @@ def test_sparse_user_uses_transitions_and_content(gen, parts):
     assert len(c.items) == 30
 
 
+def test_popularity_in_the_sparse_fusion_pulls_popular_items_up(parts):
+    data, sources, pop, seg = parts
+    hist = data.history(1)[-1:]
+    plain = CandidateGenerator(
+        sources, pop, seg, config=CandidateConfig(n=30, sparse_popularity=0.0)
+    )
+    mixed = CandidateGenerator(sources, pop, seg, config=CandidateConfig(n=30))
+    a, b = plain.generate(None, hist), mixed.generate(None, hist)
+    assert a.path == b.path == "sparse" and len(b.items) == 30
+    assert not set(b.items) & set(hist)
+    assert set(b.source_ranks) == {"transitions", "content"}  # popularity names no source
+    counts = pop.counts
+    assert counts[b.items[:10]].mean() > counts[a.items[:10]].mean()
+    warm = data.history(0)
+    assert np.array_equal(plain.generate(0, warm).items, mixed.generate(0, warm).items)
+
+
 @pytest.mark.parametrize("user", [None, 10**9, 5])
 def test_no_history_takes_the_cold_start_path(gen, user):
     c = gen.generate(user, [])

@@ -84,9 +84,11 @@ def evaluate(
     cases: NewUserCases,
     lists: dict[str, Callable[[np.ndarray, dict[str, int] | None], np.ndarray]],
     resamples: int = 1000,
+    pairs: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """Each list maker (`top(history, segment codes or None)`: its ordered items, a miss
-    beyond them) at every history length, with and without stated attributes."""
+    beyond them) at every history length, with and without stated attributes; `pairs`:
+    (a, b) lists compared per length without attributes (paired NDCG@10, a minus b)."""
     rows: list[dict[str, Any]] = []
     per_case: dict[tuple[str, int, bool], np.ndarray] = {}
     for length in cases.lengths:
@@ -117,8 +119,19 @@ def evaluate(
         for name in lists
         for length in cases.lengths
     ]
+    paired = [
+        {
+            "a": a,
+            "b": b,
+            "events": length,
+            **vars(paired_bootstrap(per_case[(a, length, False)], per_case[(b, length, False)])),
+        }
+        for a, b in pairs
+        for length in cases.lengths
+    ]
     return {
         "protocol": "new-users",
+        "paired_ndcg10": paired,
         "held_out_users": len(cases.users),
         "train_users": int(cases.full.n_users - len(cases.users)),
         "lengths": list(cases.lengths),
@@ -134,9 +147,11 @@ def fit_and_evaluate(
     lengths=LENGTHS,
     resamples: int = 1000,
     progress: bool = True,
+    variants: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit the stack of `spec` (default `DEFAULT_SOURCES`) without the held-out users and
-    evaluate the system's 50 candidates and overall popularity on them."""
+    evaluate the system's 50 candidates and overall popularity on them. `variants`: more
+    lists of the same fitted stack under other `CandidateConfig`s, by name."""
     from training.retrieval.base import top_n
     from training.stack import DEFAULT_SOURCES, holdout_fit, stack_from_data, text_encoder
 
@@ -152,11 +167,15 @@ def fit_and_evaluate(
     def popular(hist: np.ndarray, segment) -> np.ndarray:
         return top_n(pop, 50, hist)
 
-    lists = {
-        "system (50 candidates)": lambda h, seg: gen.generate(None, h, n=50, segment=seg).items,
-        "most popular": popular,
-    }
-    return evaluate(cases, lists, resamples)
+    def system(g):
+        return lambda h, seg: g.generate(None, h, n=50, segment=seg).items
+
+    lists = {"system (50 candidates)": system(gen), "most popular": popular}
+    pairs = []
+    for name, config in (variants or {}).items():
+        lists[f"system ({name})"] = system(stack.generator(config))
+        pairs += [(f"system ({name})", "most popular"), (f"system ({name})", next(iter(lists)))]
+    return evaluate(cases, lists, resamples, tuple(pairs))
 
 
 def print_report(report: dict[str, Any], console) -> None:
