@@ -6,6 +6,7 @@ on the rest, the two candidates on everything (the new dataset version). The dem
 (SASRec on its 20-epoch schedule) and the default CPU training settings.
 
     python benchmarks/bench_retrain_reranker.py --events 10000
+    python benchmarks/bench_retrain_reranker.py --events 10000 --max-examples 1200 --epochs 1
 
 Prints a table; writes benchmarks/results/retrain-reranker.json.
 """
@@ -34,6 +35,13 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=10000)
     ap.add_argument("--data", default=str(ROOT / "artifacts" / "datasets" / "ml-100k"))
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="the live and from-scratch recipe's LM examples [default: TrainSettings']",
+    )
+    ap.add_argument("--epochs", type=int, default=None, help="[default: TrainSettings']")
     args = ap.parse_args()
 
     from benchmarks.bench_retrain import split_log
@@ -53,6 +61,8 @@ def main() -> None:
     console = Console(width=160)
     spec = demo_sources()
     cfg, settings = RerankerConfig(), TrainSettings()
+    recipe = {"max_examples": args.max_examples, "epochs": args.epochs}
+    settings = settings.model_copy(update={k: v for k, v in recipe.items() if v is not None})
     opts = RetrainOptions(models="", store_url="", datasets="", reports="")
     base, _ = split_log(args.events)
     ds1 = load_dataset(args.data)
@@ -113,6 +123,7 @@ def main() -> None:
         "events": args.events,
         "seconds": seconds,
         "warm_settings": {"epochs": opts.warm_epochs, "max_examples": opts.warm_examples},
+        "recipe_settings": {"epochs": settings.epochs, "max_examples": settings.max_examples},
         "report": report,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,7 @@ Id = Annotated[
     ),
 ]
 EventType = Literal["view", "click", "purchase", "rating", "dislike"]
-Stage = Literal["rerank", "retrieval", "cold_start"]
+Stage = Literal["rerank", "features", "retrieval", "cold_start"]
 
 
 class _Closed(BaseModel):
@@ -253,7 +253,11 @@ class ExperimentRef(_Closed):
 class Recommendation(_Closed):
     user_id: str
     request_id: str
-    stage: Stage
+    stage: Stage = Field(
+        description="how the head was ordered: rerank (the LM re-ranker), features (the "
+        "re-ranker's feature layer alone: the routing table found no LM gain for this "
+        "history length), retrieval, or cold_start"
+    )
     path: str = Field(description="warm, sparse, cold_start, or fallback")
     fallback: str | None = Field(
         description="why the answer is not the full pipeline's (a late, refused or failed "

@@ -158,6 +158,12 @@ class LiveSettings(BaseModel):
     rerank_min_history: int = Field(
         0, ge=0, description="users with shorter histories get retrieval order (routing)"
     )
+    routing: bool = Field(
+        True,
+        description="follow the model version's routing table: the LM re-ranks only the "
+        "history lengths where it was measured to pay, the feature layer alone the others "
+        "(False: every warm and sparse request goes through the LM)",
+    )
     # "Not interested": look-alikes of recently disliked items are demoted for a while.
     dislike_similarity: float = Field(
         0.8, ge=-1, le=1, description="cosine similarity that makes an item a look-alike"

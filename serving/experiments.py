@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: the live settings a variant may change (each is read per request by the Api)
-VARIANT_SETTINGS = ("version", "candidates", "rerank", "deadline_ms", "cache")
+VARIANT_SETTINGS = ("version", "candidates", "rerank", "routing", "deadline_ms", "cache")
 
 
 class Variant(BaseModel):

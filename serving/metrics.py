@@ -3,7 +3,7 @@ rates, requests in flight. One registry per replica (Prometheus sums the replica
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,6 +13,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from training.reranker.routing import RoutingTable
 
 BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 # Stalls of the ingress (loop wake-ups, collector passes): from 1 ms to half a second.
@@ -100,6 +103,19 @@ class Metrics:
         self.inflight = Gauge(
             "llmrec_inflight_requests", "requests in the ingress now (queue depth)", registry=r
         )
+        self.routing = Gauge(
+            "llmrec_routing",
+            "the served version's routing table: 1 on the stage each history-length slice "
+            "takes (lm: the LM re-ranker; features: its feature layer alone; retrieval)",
+            ["history", "route"],
+            registry=r,
+        )
+
+    def show_routing(self, table: RoutingTable | None) -> None:
+        """The routing table in force (none: every request takes the LM)."""
+        self.routing.clear()
+        for s in table.slices if table is not None else []:
+            self.routing.labels(s.label, s.route).set(1)
 
     def observe(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 
 from serving.api_models import K_MAX
 from serving.request_path import RequestPath
+from serving.responses import RANKED
 
 log = logging.getLogger("ray.serve")
 
@@ -58,7 +59,7 @@ class Nearline:
                 deadline=False,
                 on_retrieved=lambda r: fresh.done() or fresh.set_result(r),
             )
-            if out["stage"] == "rerank" and not out["fallback"]:
+            if out["stage"] in RANKED and not out["fallback"]:
                 # Awaited: a request that joined this computation reads the cache next.
                 await asyncio.to_thread(p.store.cache_put, user_id, out["user_version"], out)
                 result = "cached"

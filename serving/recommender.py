@@ -62,6 +62,11 @@ class Retrieved:
     ignored: dict[str, int] = field(default_factory=dict)
     history_len: int = 0  # items in the user's history (routing by history length)
     store_down: bool = False  # retrieved without the user's stored events
+    # The version's routing table for this history length (`training.reranker.routing`):
+    # its stage, why, and the feature layer's scores of the head when that stage ranks.
+    route: str = "lm"
+    route_reason: str | None = None
+    route_scores: np.ndarray | None = None
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -103,8 +108,14 @@ class RetrievalService:
         # Features are computed over the re-ranker's K candidates, and the prompt shows the
         # history length it was trained with (its checkpoint's template).
         self.rerank_k, self.history_items = 20, 10
+        self.routing, self.feature_layer = None, None
         if mv.reranker is not None:
             from training.reranker.model import RerankerConfig, read_meta
+            from training.reranker.routing import FeatureLayer, RoutingTable
+
+            self.routing = RoutingTable.load(mv.reranker)
+            if self.routing is not None:
+                self.feature_layer = FeatureLayer.load(mv.reranker)
 
             template = RerankerConfig.model_validate(read_meta(mv.reranker)["config"]).template
             self.rerank_k, self.history_items = template.candidates, template.history_items
@@ -283,6 +294,7 @@ class RetrievalService:
         if shown is not None:
             explained = max(shown, self.rerank_k if reranked and c.path != "cold_start" else 0)
         feats = candidate_features(head, self.sources, self.stack.log_popularity)
+        route, reason, route_scores = self.route(c.path, len(state.history), feats)
         return Retrieved(
             user_id=user_id,
             path=c.path,
@@ -298,12 +310,25 @@ class RetrievalService:
             seconds=time.perf_counter() - start,
             history_len=len(state.history),
             store_down=state.store_down,
+            route=route,
+            route_reason=reason,
+            route_scores=route_scores,
             ignored={
                 "unknown_item_events": state.unknown_items,
                 "unknown_excludes": unknown_excludes,
                 "demoted_near_dislikes": demoted,
             },
         )
+
+    def route(
+        self, path: str, history_len: int, features: np.ndarray
+    ) -> tuple[str, str | None, np.ndarray | None]:
+        """(stage, why, feature-layer scores) of the routing table for this request."""
+        s = self.routing.slice_for(history_len) if self.routing is not None else None
+        if s is None or s.route == "lm" or path == "cold_start":
+            return "lm", None, None
+        scores = self.feature_layer.score(features) if s.route == "features" else None
+        return s.route, f"routing table, history {s.label}: {s.reason}", scores
 
     def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
         """Items like `item_id` from the item-to-item sources (content similarity places an

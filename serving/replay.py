@@ -159,10 +159,12 @@ def replay_cases(
         before = [e for e in history[who] if e.timestamp < imp.timestamp]
         state = retrieval.state_of(who, users.get(who), before, len(before), imp.timestamp)
         r = retrieval.retrieve_for(state, n=n)
-        scores = None
-        if reranker is not None and r.path != "cold_start" and len(r.items) > 1:
+        scores, by = None, "rerank"
+        if retrieval.settings.routing and r.route != "lm":  # as serving routes it
+            scores, by = r.route_scores, "features"
+        elif reranker is not None and r.path != "cold_start" and len(r.items) > 1:
             scores = reranker.score([(r.prompt_history, r.items, r.features)])[0]
-        out = respond(r, len(r.items), scores, "replay", None, {}, None)
+        out = respond(r, len(r.items), scores, "replay", None, {}, None, ranked_by=by)
         order = [x["item_id"] for x in out["items"]]
         cases.append(
             ReplayCase(imp.request_id, imp.variant, imp.items, clicked[imp.request_id], order)

@@ -28,9 +28,10 @@ from serving.experiments import Experiment, Impression, Variant, assign
 from serving.metrics import Metrics
 from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
 from serving.replicas import Loaded, load_versions, pick
-from serving.responses import fallback_answer, popularity_answer, respond
+from serving.responses import RANKED, fallback_answer, popularity_answer, respond
 from serving.stage_outcomes import Backends, Lagging, Overloaded, best_effort, fallback_reason
 from training.publish import ModelVersion, load_version
+from training.reranker.routing import RoutingTable
 
 log = logging.getLogger("ray.serve")
 
@@ -90,6 +91,8 @@ class RequestPath:
         self.local = local
         self.local_current = local[settings.version][1] if local else None
         self.settings, self.store, self.model = settings, store, model
+        routing = RoutingTable.load(model.reranker) if settings.routing else None
+        self.metrics.show_routing(routing)
         self.queue.restart_timing()
         self.rerank_queue.restart_timing()
         return reloaded
@@ -227,7 +230,7 @@ class RequestPath:
                     self.metrics.observe(out, time.perf_counter() - start, hit, deadline_s)
                     return self.shown(out, exp, variant)
             out = await self.compute(user_id, k, exclude, category, start, request_id, s)
-            if cacheable and out["stage"] == "rerank" and not out["fallback"]:
+            if cacheable and out["stage"] in RANKED and not out["fallback"]:
                 # Off the event loop: a write waits for the database's write lock, and the
                 # requests behind this one would wait with it.
                 put = partial(self.store.cache_put, user_id, out["user_version"], dict(out))
@@ -338,7 +341,12 @@ class RequestPath:
             on_retrieved(r)
         scores, fallback, rr_version = None, None, None
         routed = r.path != "cold_start" and r.history_len < s.rerank_min_history
-        wants = r.path != "cold_start" and s.rerank and len(r.items) > 1 and not routed
+        # The version's routing table: the LM only where it was measured to pay.
+        by_table = s.routing and s.rerank and not routed and r.route != "lm"
+        if by_table and r.route_scores is not None and len(r.route_scores):
+            scores, rr_version = r.route_scores, f"{r.model_version}/features"
+        wants = r.path != "cold_start" and s.rerank and len(r.items) > 1
+        wants = wants and not routed and not by_table
         # Shed load before it queues: past the limit, or behind more re-ranks than the
         # time left allows, retrieval answers now, on time.
         left = end - time.perf_counter()
@@ -383,7 +391,8 @@ class RequestPath:
             fallback,
             timings,
             rr_version,
-            "short_history" if routed else None,
+            "short_history" if routed else (r.route_reason if by_table else None),
+            "features" if by_table else "rerank",
         )
 
     async def _popularity(

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from serving.recommender import Retrieved
 
 
+#: stages whose list is the full pipeline's answer (what the nearline cache keeps)
+RANKED = ("rerank", "features")
+
+
 def respond(
     r: Retrieved,
     k: int,
@@ -22,9 +26,10 @@ def respond(
     timings: dict[str, float],
     reranker_version: str | None,
     routed: str | None = None,
+    ranked_by: str = "rerank",
 ) -> dict[str, Any]:
-    """The JSON response (`serving.api_models.Recommendation`): the re-ranked head (when
-    scores came back), then fused order."""
+    """The JSON response (`serving.api_models.Recommendation`): the head as `scores` order
+    it (the re-ranker's, or its feature layer's: `ranked_by`), then fused order."""
     n = len(r.items)
     order = np.arange(n)
     stage_of = ["retrieval"] * n
@@ -35,7 +40,7 @@ def respond(
         order = np.concatenate([rank, np.arange(head, n)])
         final[:head] = scores
         for j in range(head):
-            stage_of[j] = "rerank"
+            stage_of[j] = ranked_by
     if r.path == "cold_start":
         stage_of = ["cold_start"] * n
     reranked = scores is not None and len(scores) > 0
@@ -63,7 +68,7 @@ def respond(
     stage = (
         "cold_start"
         if r.path == "cold_start"
-        else ("rerank" if scores is not None else "retrieval")
+        else (ranked_by if scores is not None else "retrieval")
     )
     return {
         "user_id": r.user_id,

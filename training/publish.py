@@ -121,6 +121,8 @@ def publish_version(
             "dataset_version": ds.manifest.version,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "reranker": "reranker" if reranker is not None else None,
+            # Which history lengths the LM sees (measured when the re-ranker was trained).
+            "routing": routes(tmp / "reranker"),
             **(extra or {}),
         }
         (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2))
@@ -129,6 +131,13 @@ def publish_version(
     if point:
         point_current(root, version)
     return load_version(root, version)
+
+
+def routes(reranker: Path) -> dict[str, str] | None:
+    from training.reranker.routing import RoutingTable
+
+    table = RoutingTable.load(reranker) if reranker.exists() else None
+    return {s.label: s.route for s in table.slices} if table is not None else None
 
 
 def point_current(root: str | Path, version: str) -> None:

@@ -112,6 +112,7 @@ def demo(
             max_examples=3000 if full else 400,
             epochs=3 if full else 1,
             val_users=400 if full else 150,
+            routing_users=400 if full else 150,
         )
         return str(reranker)
 

@@ -293,6 +293,25 @@ def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> No
 
     result = train_recipe(prepared, cfg, settings, target, runs, run_name, on_stage=done)
     console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
+    print_routing(result.path)
+
+
+def print_routing(folder: str | Path) -> None:
+    """The routing table a hybrid was trained with (`train`, `publish`)."""
+    from training.reranker.routing import RoutingTable, describe
+
+    routing = RoutingTable.load(folder)
+    if routing is None:
+        return
+    rows = describe(routing)
+    table = Table(
+        title="routing by history length: NDCG@10 of each order", caption=routing.measured_on
+    )
+    for c in rows[0]:
+        table.add_column(c, justify="left" if c == "route" else "right")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    console.print(table)
 
 
 class Fusion(StrEnum):
@@ -402,3 +421,5 @@ def publish(
     console.print(
         f"published {mv.version} -> {mv.uri} (re-ranker: {'yes' if mv.reranker else 'none'})"
     )
+    if mv.reranker is not None:
+        print_routing(mv.reranker)

@@ -14,6 +14,7 @@ from tests.tiny_models import tiny_causal
 from training.reranker.evaluate import rerank_ranks
 from training.reranker.model import RerankerConfig, load_reranker
 from training.reranker.prompt import PromptTemplate
+from training.reranker.routing import RoutingTable
 from training.reranker.train import TrainSettings, prepare_examples, train_reranker
 
 pytestmark = pytest.mark.ray
@@ -42,9 +43,19 @@ def test_examples_come_from_at_most_example_users_users(setup):
     few = prepare_examples(
         ds, cfg, settings.model_copy(update={"example_users": 25}), progress=False
     )
-    assert len({r.user for r in few.train}) <= 25 and few.val_total == 25
+    # Half of a hybrid's validation users (at most `routing_users`) are kept back from early
+    # stopping to measure the routing table, each twice (whole history, replayed short).
+    assert len({r.user for r in few.train}) <= 25 and few.val_total + len(few.routing) // 2 == 25
     assert {r.user for r in few.train} <= {r.user for r in prepared.train}
-    assert prepared.val_total == ds.manifest.n_users > 25  # the default takes every user here
+    routed = {r.user for r in prepared.routing if r.user is not None}
+    assert prepared.val_total + len(routed) == ds.manifest.n_users > 25  # every user here
+    assert len(routed) == ds.manifest.n_users // 2 and routed.isdisjoint(prepared.val_ids)
+    assert len(prepared.routing) == len(prepared.routing_lengths) == 2 * len(routed)
+    assert min(prepared.routing_lengths) >= 1 and max(prepared.routing_lengths) > 4
+    features = prepare_examples(
+        ds, cfg.model_copy(update={"mode": "features"}), settings, progress=False
+    )
+    assert not features.routing and features.val_total == ds.manifest.n_users
 
 
 def test_loss_goes_down_and_the_checkpoint_round_trips(ray_cluster, setup):
@@ -128,6 +139,11 @@ def test_the_hybrid_starts_from_a_trained_feature_layer(ray_cluster, setup):
     for k, v in start.items():
         assert torch.allclose(heads[k], v, atol=1e-6), k
     assert hybrid.history
+    # The hybrid measured where its LM pays, on the users kept back; the layer alone did not.
+    table = RoutingTable.load(hybrid.path)
+    assert RoutingTable.load(warm.path) is None
+    assert sum(s.users for s in table.slices) == len(prepared.routing)
+    assert {s.route for s in table.slices} <= {"lm", "features", "retrieval"}
 
 
 def test_a_warm_start_begins_from_a_trained_adapter_and_heads(ray_cluster, setup):

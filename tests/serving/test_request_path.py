@@ -5,6 +5,7 @@ the one response model."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import numpy as np
@@ -15,6 +16,8 @@ from serving.config import LiveSettings
 from serving.events import Event
 from serving.request_path import RequestPath
 from serving.responses import popularity_answer
+from training.publish import current_version
+from training.reranker.routing import FeatureLayer, RoutingSlice, RoutingTable
 
 
 class Backends:
@@ -81,7 +84,7 @@ def make(published, tmp_path):
         b = backends or Backends()
         path = RequestPath(b)
         store = settings.pop("store", f"sqlite://{tmp_path / 'events.db'}")
-        base = {"model_root": str(models), "store": store}
+        base = {"model_root": settings.pop("model_root", str(models)), "store": store}
         path.take(LiveSettings(**{**base, "retrieval_in_api": True}))
         # What a Retrieval replica would hold, for the remote path.
         path.service_for_remote = path.local_current
@@ -163,6 +166,65 @@ def test_cold_start_users_and_routed_short_histories_fill_the_contract(make):
     path.store.append([Event("short", path.catalog.item_ids[3], "click", 2e9)])
     routed = answer(path, "short")
     assert routed["routed"] == "short_history" and routed["stage"] == "retrieval"
+
+
+@pytest.fixture
+def routed(published, tmp_path):
+    """The published models with a routing table in the CURRENT version's re-ranker:
+    histories of 1-4 items take retrieval order, 5-19 the LM, 20 and more the feature layer."""
+    _, models = published
+    root = tmp_path / "routed-models"
+    shutil.copytree(models, root)
+    version = current_version(root)
+
+    def part(low, high, route):
+        return RoutingSlice(
+            low=low,
+            high=high,
+            users=100,
+            route=route,
+            reason=f"measured: {route}",
+            ndcg10={"fused": 0.1, "features": 0.1, "lm": 0.1},
+            lm_vs_features=None,
+            features_vs_fused=None,
+        )
+
+    slices = [part(1, 5, "retrieval"), part(5, 20, "lm"), part(20, None, "features")]
+    RoutingTable(measured_on="test", slices=slices).save(root / version / "reranker")
+    return root
+
+
+def test_the_routing_table_sends_each_history_length_to_its_stage(make, routed):
+    path, b = make(model_root=str(routed))
+    svc = path.local_current
+    assert len(svc.user_state("10").history) >= 20
+    warm = answer(path, "10")
+    assert warm["stage"] == "features" and warm["fallback"] is None and b.calls["score"] == 0
+    assert warm["routed"].startswith("routing table, history 20+: measured: features")
+    assert warm["versions"]["reranker"].endswith("/features")
+    assert [x["stage"] for x in warm["items"]] == ["features"] * 10
+    # The head in the feature layer's order: its scores, highest first.
+    r = svc.retrieve("10")
+    want = FeatureLayer.load(path.model.reranker).score(r.features)
+    order = np.lexsort((np.arange(len(want)), -want))
+    assert [x["item_id"] for x in warm["items"]] == [r.item_ids[j] for j in order[:10]]
+    assert answer(path, "10")["cached"]  # the pipeline's answer for that slice
+    items = path.catalog.item_ids
+    path.store.append([Event("short", items[3], "click", 2e9)])
+    short = answer(path, "short")
+    assert short["stage"] == "retrieval" and short["routed"].startswith(
+        "routing table, history 1-4"
+    )
+    path.store.append([Event("mid", items[i], "click", 2e9 + i) for i in range(6)])
+    mid = answer(path, "mid")
+    assert mid["stage"] == "rerank" and mid["routed"] is None and b.calls["score"] == 1
+    text = path.metrics.render()[0].decode()
+    assert 'llmrec_routing{history="20+",route="features"} 1.0' in text
+    assert 'llmrec_routing{history="5-19",route="lm"} 1.0' in text
+    # Routing off (an A/B arm, or an operator's choice): the LM sees every warm request.
+    off, b2 = make(model_root=str(routed), routing=False, cache=False)
+    assert answer(off, "10")["stage"] == "rerank" and b2.calls["score"] == 1
+    assert "llmrec_routing{" not in off.metrics.render()[0].decode()
 
 
 def test_similar_items_locally_and_remotely(make):

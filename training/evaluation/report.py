@@ -76,6 +76,7 @@ def rerank_table(report: dict[str, Any]) -> Table:
         t.add_column(m, justify="right")
     t.add_column("NDCG@10 95% CI", justify="right")
     t.add_column("ms / prompt (1 thread)", justify="right")
+    t.add_column("through the LM", justify="right")
     for name, m in report["models"].items():
         ci = m["test"]["NDCG@10"]
         row = [name] + [
@@ -84,6 +85,7 @@ def rerank_table(report: dict[str, Any]) -> Table:
         ]
         ms = m.get("ms_per_prompt")
         row += [f"[{ci['low']:.4f}, {ci['high']:.4f}]", "-" if ms is None else f"{ms:.1f}"]
+        row.append(f"{m['lm_share']:.0%}" if m.get("lm_share") is not None else "-")
         t.add_row(*row)
     return t
 

@@ -71,6 +71,79 @@ def rerank_ranks(folder: str | Path, rows: list[Row], item_texts: list[str], mis
     return ranks, per
 
 
+def measure_routing(
+    folder: str | Path,
+    rows: list[Row],
+    lengths: list[int],
+    item_texts: list[str],
+    miss: int,
+    resamples: int = 2000,
+):
+    """The routing table (`training.reranker.routing`) of the trained hybrid in `folder`:
+    each row ranked three ways (fused order, the feature layer alone, the full model), NDCG@10
+    by history-length slice. Rows whose target retrieval missed count 0 in every order."""
+    from training.reranker.routing import FeatureLayer, ndcg10_of_ranks, routing_table
+
+    layer = FeatureLayer.load(folder)
+    full, lm_s = rerank_ranks(folder, rows, item_texts, miss)
+    present = [r for r in rows if r.label >= 0]
+    alone = np.full(len(rows), miss, dtype=np.int64)
+    start = time.perf_counter()
+    layer_scores = [layer.score(r.features) for r in present]
+    layer_s = (time.perf_counter() - start) / max(len(present), 1)
+    alone[[i for i, r in enumerate(rows) if r.label >= 0]] = label_ranks(
+        present, layer_scores, miss
+    )
+    fused = np.array([r.label + 1 if r.label >= 0 else miss for r in rows])
+    ndcg = {o: ndcg10_of_ranks(x) for o, x in (("fused", fused), ("features", alone), ("lm", full))}
+    users = len({r.user for r in rows if r.user is not None})
+    table = routing_table(
+        np.asarray(lengths),
+        ndcg,
+        f"{users} validation users kept out of early stopping, each with their whole "
+        "history and replayed as a new user with 1-4 of their latest items",
+        resamples=resamples,
+    )
+    import torch
+
+    table.ms_per_request = {
+        "lm": round(1000 * lm_s, 2),
+        "features": round(1000 * layer_s, 4),
+        "torch_threads": torch.get_num_threads(),
+    }
+    return table
+
+
+def _has_lm(meta: dict[str, Any]) -> bool:
+    return meta["config"].get("mode") != "features"
+
+
+def routed_ranks(
+    folder: str | Path,
+    rows: list[Row],
+    lengths: np.ndarray,
+    full: np.ndarray,
+    fused: np.ndarray,
+    miss: int,
+) -> tuple[np.ndarray, float] | None:
+    """The ranks serving gives when it follows the re-ranker's routing table (each row by its
+    history length: the full model's rank, the feature layer's, or the fused one), and the
+    share of rows that went through the LM; None without a table."""
+    from training.reranker.routing import FeatureLayer, RoutingTable
+
+    table = RoutingTable.load(folder)
+    if table is None:
+        return None
+    layer = FeatureLayer.load(folder)
+    route = np.array([table.route(int(n)) for n in lengths])
+    out = np.where(route == "lm", full, fused)
+    for i in np.flatnonzero(route == "features"):
+        r = rows[i]
+        if r.label >= 0:
+            out[i] = label_ranks([r], [layer.score(r.features)], miss)[0]
+    return out, float(np.mean(route == "lm"))
+
+
 def model_template(meta: dict[str, Any]):
     from training.reranker.model import RerankerConfig
 
@@ -101,24 +174,31 @@ def evaluate_rerankers(
     klass, params = (spec or DEFAULT_SOURCES)["transitions"]
     trans = klass(**params).fit(test.fit)
     ranks[TRANSITIONS_NAME] = test.ranks(test.score_matrix(trans))
-    item_texts = FitData.from_dataset(ds, Split.VALIDATION).item_text
-    seconds = {}
+    data = FitData.from_dataset(ds, Split.VALIDATION)
+    item_texts = data.item_text
+    lengths = np.array([len(data.history(u)) for u in range(len(rows))])
+    seconds, lm_share = {}, {}
     for name, folder in tqdm(rerankers.items(), desc="re-rankers", disable=not progress):
         # One thread: the serving configuration (a replica per core).
         import torch
 
         torch.set_num_threads(1)
         ranks[name], seconds[name] = rerank_ranks(folder, rows, item_texts, miss)
+        routed = routed_ranks(folder, rows, lengths, ranks[name], ranks[CANDIDATES_NAME], miss)
+        if routed is not None:
+            ranks[f"{name} (routed)"], lm_share[f"{name} (routed)"] = routed
+            seconds[f"{name} (routed)"] = seconds[name] * lm_share[f"{name} (routed)"]
     per_user = {n: metrics_from_ranks(r) for n, r in ranks.items()}
     models = {
         n: {
             "test": {m: vars(confidence_interval(v, resamples)) for m, v in pu.items()},
             "ms_per_prompt": round(1000 * seconds[n], 1) if n in seconds else None,
+            "lm_share": lm_share.get(n, 1.0 if n in metas and _has_lm(metas[n]) else 0.0),
             "trained": metas[n].get("metrics") if n in metas else None,
         }
         for n, pu in per_user.items()
     }
-    names = list(rerankers)
+    names = [n for n in per_user if n not in (CANDIDATES_NAME, TRANSITIONS_NAME)]
     pairs = [(n, b) for n in names for b in (TRANSITIONS_NAME, CANDIDATES_NAME)]
     pairs += [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     paired = [

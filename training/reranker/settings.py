@@ -39,6 +39,13 @@ class TrainSettings(BaseModel):
         "when there are more): each example is a retrieval over the whole catalogue, so "
         "every user's examples would take days at a million users",
     )
+    routing_users: int = Field(
+        400,
+        ge=0,
+        description="validation users kept out of early stopping to measure, after training, "
+        "where the LM pays (the routing table; never more than half of them; 0: no table, "
+        "every request takes the LM)",
+    )
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
     max_steps_per_epoch: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")

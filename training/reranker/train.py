@@ -15,7 +15,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,12 @@ class PreparedData:
     #: the fusion the rows were ranked with (`LearnedFusion.to_json`), recorded in the
     #: re-ranker so that a model version can serve it with the same fusion
     fusion: dict | None = None
+    #: validation rows of users kept out of early stopping, measured after training for
+    #: the routing table (`training.reranker.routing`), and each row's history length
+    routing: list[Row] = field(default_factory=list)
+    routing_lengths: list[int] = field(default_factory=list)
+    #: every validation user (those whose target retrieval missed too)
+    val_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def capped(self, settings: TrainSettings) -> PreparedData:
         """A seeded sample of at most `max_examples` training rows and `val_users`
@@ -67,9 +73,21 @@ class PreparedData:
         if settings.max_examples is not None and len(train) > settings.max_examples:
             train = [train[i] for i in sorted(rng.choice(len(train), settings.max_examples, False))]
         if settings.val_users is not None and settings.val_users < total:
-            users = set(rng.choice(total, settings.val_users, replace=False).tolist())
+            ids = self.val_ids if len(self.val_ids) else np.arange(total)
+            users = set(rng.choice(ids, settings.val_users, replace=False).tolist())
             val, total = [r for r in val if r.user in users], settings.val_users
         return replace(self, train=train, val=val, val_total=total)
+
+
+def routing_users(users: np.ndarray, cfg: RerankerConfig, settings: TrainSettings) -> set[int]:
+    """The validation users kept back for the routing measurement: a seeded sample of at
+    most `routing_users`, and never more than half, so early stopping keeps the rest. Only
+    for a hybrid: the choice it measures is between its LM and its feature layer alone."""
+    n = min(settings.routing_users, len(users) // 2)
+    if cfg.mode != "hybrid" or n <= 0:
+        return set()
+    rng = np.random.default_rng(settings.seed + 1)
+    return {int(u) for u in rng.choice(users, n, replace=False)}
 
 
 def prepare_examples(
@@ -116,19 +134,22 @@ def prepare_examples(
     seq = ds.sequences
     targets = seq.items[seq.splits == Split.VALIDATION]
     gen = val_stack.generator()
-    val = [
-        ranking_row(
-            gen,
-            int(u),
-            data.history(int(u)),
-            k,
-            hist,
-            sources,
-            val_stack.log_popularity,
-            target=int(targets[u]),
+
+    def row(u: int, history: np.ndarray, user: int | None) -> Row:
+        return ranking_row(
+            gen, user, history, k, hist, sources, val_stack.log_popularity, int(targets[u])
         )
-        for u in users
-    ]
+
+    routed = routing_users(users, cfg, settings)
+    val = [row(int(u), data.history(int(u)), int(u)) for u in users if int(u) not in routed]
+    routing, lengths = [], []
+    for i, u in enumerate(sorted(routed)):
+        full = data.history(u)
+        # Each user twice: with their whole history (the warm path), and replayed as a
+        # new user with 1-4 of their latest items (the sparse path; no user vector).
+        short = full[-(1 + i % 4) :]
+        routing += [row(u, full, u), row(u, short, None)]
+        lengths += [len(full), len(short)]
     return PreparedData(
         rows,
         [r for r in val if r.label >= 0],
@@ -138,6 +159,9 @@ def prepare_examples(
         sources,
         ds.manifest.version,
         fusion.to_json(),
+        routing,
+        lengths,
+        np.array([r.user for r in val], dtype=np.int64),
     )
 
 
@@ -433,6 +457,14 @@ def train_reranker(
         shutil.copytree(d, tmp, ignore=shutil.ignore_patterns("train_state.pt"))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
+    if prepared.routing and cfg.mode == "hybrid":
+        from training.reranker.evaluate import measure_routing
+
+        miss = len(prepared.item_texts) + 1
+        table = measure_routing(
+            target, prepared.routing, prepared.routing_lengths, prepared.item_texts, miss
+        )
+        table.save(target)
     saved = json.loads((target / "reranker.json").read_text())
     history = saved["history"]
     if result.checkpoint is not None:  # the latest one holds every epoch's metrics
