@@ -80,7 +80,7 @@ def main() -> None:
         cells = [
             f"{p['mean_difference']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]"
             for p in report["paired_ndcg10"]
-            if (p["a"], p["b"]) == (a, b)
+            if (p["a"], p["b"]) == (a, b) and not p["attributes"]
         ]
         paired.add_row(a, b, *cells)
     console.print(paired)

@@ -123,6 +123,10 @@ def publish_version(
             "reranker": "reranker" if reranker is not None else None,
             # Which history lengths the LM sees (measured when the re-ranker was trained).
             "routing": routes(tmp / "reranker"),
+            # The privacy budget the version's released counts spent (segment popularity).
+            "privacy": json.loads((tmp / "stack" / "stack.json").read_text()).get(
+                "segment_release"
+            ),
             **(extra or {}),
         }
         (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2))

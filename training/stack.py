@@ -195,6 +195,8 @@ class RetrievalStack:
             "spec": spec_to_json({n: (type(m), m.params) for n, m in self.sources.items()}),
             # How each source was trained where it chose (SASRec's full or sampled softmax).
             "fitted": {n: m.fit_info for n, m in self.sources.items() if m.fit_info},
+            # What the segment counts' differential privacy spent (None: exact counts).
+            "segment_release": self.segment.fit_info if self.segment is not None else None,
         }
         (folder / "stack.json").write_text(json.dumps(meta, indent=2))
 

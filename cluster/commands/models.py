@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -110,7 +111,6 @@ def eval_(
 def _cold_protocol(
     protocol, dataset, data, out, resamples, stack_spec, text_model, quantile
 ) -> None:
-    import json
 
     from training.evaluation import new_items, new_users
 
@@ -144,7 +144,6 @@ def _evaluate(
     stack_spec: str | None,
     text_model: str | None = None,
 ):
-    import json
 
     from training.evaluation.report import print_report, write
     from training.stack import spec_from_eval, spec_to_json
@@ -364,6 +363,21 @@ def fit(
     for name, model in stack.sources.items():
         if model.fit_info:
             console.print(f"  {name}: {model.fit_info}")
+    if stack.segment is not None:
+        console.print(f"  segment popularity: {privacy_line(stack.segment.fit_info)}")
+
+
+def privacy_line(release: dict | None) -> str:
+    """What the released segment counts spent (`fit`, `publish`)."""
+    if not release:
+        return "exact counts (no differential privacy)"
+    p = release["privacy"]
+    withheld = sum(len(v) for v in release["segments_withheld"].values())
+    return (
+        f"user-level differential privacy, epsilon {p['epsilon']:g}, delta {p['delta']:g} "
+        f"(Gaussian noise sigma {p['sigma']:.1f}, each user's first {p['cap']} items); "
+        f"{withheld} segments under {p['min_users']} users withheld"
+    )
 
 
 @app.command()
@@ -421,5 +435,7 @@ def publish(
     console.print(
         f"published {mv.version} -> {mv.uri} (re-ranker: {'yes' if mv.reranker else 'none'})"
     )
+    release = json.loads((mv.path / "version.json").read_text()).get("privacy")
+    console.print(f"segment popularity: {privacy_line(release)}")
     if mv.reranker is not None:
         print_routing(mv.reranker)

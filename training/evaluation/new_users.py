@@ -88,7 +88,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Each list maker (`top(history, segment codes or None)`: its ordered items, a miss
     beyond them) at every history length, with and without stated attributes; `pairs`:
-    (a, b) lists compared per length without attributes (paired NDCG@10, a minus b)."""
+    (a, b) lists compared per length, with and without attributes (paired NDCG@10, a minus
+    b)."""
     rows: list[dict[str, Any]] = []
     per_case: dict[tuple[str, int, bool], np.ndarray] = {}
     for length in cases.lengths:
@@ -124,10 +125,12 @@ def evaluate(
             "a": a,
             "b": b,
             "events": length,
-            **vars(paired_bootstrap(per_case[(a, length, False)], per_case[(b, length, False)])),
+            "attributes": stated,
+            **vars(paired_bootstrap(per_case[(a, length, stated)], per_case[(b, length, stated)])),
         }
         for a, b in pairs
         for length in cases.lengths
+        for stated in (False, True)
     ]
     return {
         "protocol": "new-users",

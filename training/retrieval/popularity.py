@@ -55,34 +55,91 @@ class SegmentPopular(Retriever):
     Score = mean over attributes of log P(item | attribute value), each smoothed towards the
     overall distribution with `smoothing` pseudo-interactions. Users without attributes (new
     or unknown) get overall popularity.
+
+    Each user's first `max_items_per_user` distinct items count (`earliest_items`; None:
+    every interaction): a sign-up's first items look like other users' first items far more
+    than like their later ones. With `epsilon` set (the default), the counts are released
+    with user-level differential privacy (`private_counts`): the overall and per-segment
+    histograms and each segment's user count get calibrated Gaussian noise for (`epsilon`,
+    `delta`), noisy counts under `noise_floor` sigmas count as zero, and a segment whose
+    noisy user count is below `min_users` is withheld (its users get the overall
+    distribution, and no explanation names it). `fit_info` records the release.
     """
 
     kind = "segment_popular"
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"smoothing": 50.0}
+        return {
+            "smoothing": 50.0,
+            # User-level (epsilon, delta)-DP by default; None: exact counts of every
+            # interaction (docs/PRIVACY.md; the utility cost is in docs/BENCHMARKS.md).
+            "epsilon": 8.0,
+            "delta": 1e-5,
+            "max_items_per_user": 20,
+            "min_users": 20,
+            "noise_floor": 2.0,
+            "earliest_items": True,
+            "seed": None,
+        }
 
     def fit(self, data: FitData) -> Self:
-        users = data.seq_users()
-        items = data.seq_items
-        overall = np.bincount(items, minlength=data.n_items).astype(np.float64)
+        from training.retrieval.private_counts import (
+            histograms,
+            latest_distinct,
+            noisy,
+            plan_release,
+        )
+
+        p = self.params
+        users, items = data.seq_users(), data.seq_items
+        segments = data.user_segments
+        labels = {a: data.segment_labels.get(a) or [] for a in segments}
+        n_codes = {
+            a: max(int(c.max()) + 1 if len(c) else 0, len(labels[a])) for a, c in segments.items()
+        }
+        release, cap = None, p["max_items_per_user"]
+        if p["epsilon"] is not None and cap is None:
+            raise ValueError("epsilon needs max_items_per_user: the bound on one user's counts")
+        if cap is not None:
+            # Each user's first items: what a sign-up's first items look like (and, for the
+            # private release, the bound on one user's influence).
+            keep = latest_distinct(users, items, cap, earliest=p["earliest_items"])
+            users, items = users[keep], items[keep]
+        if p["epsilon"] is not None:
+            release = plan_release(
+                p["epsilon"], p["delta"], p["max_items_per_user"], len(segments), p["min_users"]
+            )
+        counts = histograms(users, items, segments, data.n_items, n_codes)
+        small = {a: np.zeros(n, dtype=bool) for a, n in n_codes.items()}
+        if release is not None:
+            rng = np.random.default_rng(p["seed"])
+            counts = {k: noisy(v, release.sigma, rng) for k, v in counts.items()}
+            # Post-processing (no budget): a noisy count within `noise_floor` sigmas of zero
+            # is mostly noise; over thousands of unseen items those would outweigh a
+            # segment's real interactions, so they count as zero.
+            floor = p["noise_floor"] * release.sigma
+            for k in counts:
+                if not k.endswith("__users"):
+                    counts[k][counts[k] < floor] = 0.0
+            small = {a: counts[f"{a}__users"] < release.min_users for a in segments}
+        overall = counts["overall"]
         self.overall = (overall / max(overall.sum(), 1.0)).astype(np.float32)
-        beta = self.params["smoothing"]
+        beta = p["smoothing"]
         self.tables: dict[str, np.ndarray] = {}
         self.codes: dict[str, np.ndarray] = {}
         self.labels: dict[str, list[str]] = {}
-        for attr, codes in data.user_segments.items():
-            labels = data.segment_labels.get(attr) or []
-            n_codes = max(int(codes.max()) + 1 if len(codes) else 0, len(labels))
-            c = codes[users]
-            ok = c >= 0
-            counts = np.zeros((n_codes, data.n_items), dtype=np.float64)
-            np.add.at(counts, (c[ok], items[ok]), 1.0)
-            probs = (counts + beta * self.overall) / (counts.sum(1, keepdims=True) + beta)
+        self.withheld = small
+        for attr, codes in segments.items():
+            table = counts[attr]
+            table[small[attr]] = 0.0  # a withheld segment: the overall distribution instead
+            probs = (table + beta * self.overall) / (table.sum(1, keepdims=True) + beta)
             self.tables[attr] = np.log(probs).astype(np.float32)
             self.codes[attr] = codes
-            self.labels[attr] = labels or [str(k) for k in range(n_codes)]
+            self.labels[attr] = labels[attr] or [str(k) for k in range(n_codes[attr])]
+        if release is not None:
+            withheld = {a: [self.labels[a][k] for k in np.flatnonzero(small[a])] for a in segments}
+            self.fit_info = {"privacy": release.to_json(), "segments_withheld": withheld}
         self._fitted(data)
         return self
 
@@ -139,7 +196,15 @@ class SegmentPopular(Retriever):
             return [None] * len(items)
         at = np.where(known, items, 0)
         base = np.log(self.overall[at] + 1e-12)
-        lifts = np.stack([self.tables[a][codes[a]][at] - base for a in attrs])
+        # A segment withheld by the privacy floor is never named, whatever rounding says.
+        lifts = np.stack(
+            [
+                self.tables[a][codes[a]][at] - base
+                if not self.is_withheld(a, codes[a])
+                else np.full(len(at), -np.inf)
+                for a in attrs
+            ]
+        )
         best = lifts.argmax(axis=0)
         return [
             (attrs[b], self.labels[attrs[b]][codes[attrs[b]]])
@@ -148,18 +213,24 @@ class SegmentPopular(Retriever):
             for j, b in enumerate(best)
         ]
 
+    def is_withheld(self, attr: str, code: int) -> bool:
+        w = getattr(self, "withheld", {}).get(attr)
+        return w is not None and 0 <= code < len(w) and bool(w[code])
+
     def state(self) -> dict[str, np.ndarray]:
         out = {"overall": self.overall}
         for attr in self.tables:
             out[f"table__{attr}"] = self.tables[attr]
             out[f"codes__{attr}"] = self.codes[attr]
             out[f"labels__{attr}"] = np.array(self.labels[attr], dtype=np.str_)
+            out[f"withheld__{attr}"] = self.withheld[attr]
         return out
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.overall = arrays["overall"]
         self.tables = {k[7:]: v for k, v in arrays.items() if k.startswith("table__")}
         self.codes = {k[7:]: v for k, v in arrays.items() if k.startswith("codes__")}
+        self.withheld = {k[10:]: v for k, v in arrays.items() if k.startswith("withheld__")}
         self.labels = {
             a: [str(x) for x in arrays[f"labels__{a}"]]
             if f"labels__{a}" in arrays
