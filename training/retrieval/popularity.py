@@ -72,8 +72,8 @@ class SegmentPopular(Retriever):
     def default_params(cls) -> dict[str, Any]:
         return {
             "smoothing": 50.0,
-            # User-level (epsilon, delta)-DP by default; None: exact counts of every
-            # interaction (docs/PRIVACY.md; the utility cost is in docs/BENCHMARKS.md).
+            # User-level (epsilon, delta)-DP by default; None: no noise (docs/PRIVACY.md;
+            # the utility cost is in docs/BENCHMARKS.md, Privacy).
             "epsilon": 8.0,
             "delta": 1e-5,
             "max_items_per_user": 20,
