@@ -15,8 +15,8 @@ from training.retrieval.data import FitData
 from training.retrieval.popularity import SegmentPopular
 from training.retrieval.private_counts import (
     analytic_gaussian_sigma,
+    distinct_per_user,
     histograms,
-    latest_distinct,
     plan_release,
 )
 
@@ -47,15 +47,17 @@ def test_bad_budgets_are_refused():
         analytic_gaussian_sigma(1, 1.5, 1)
 
 
-def test_each_user_keeps_their_latest_distinct_items():
+def test_each_user_keeps_their_latest_or_first_distinct_items():
     users = np.array([0, 0, 0, 0, 1, 1, 0])
     items = np.array([5, 6, 5, 7, 5, 8, 9])  # user 0 saw 5 twice; the last row is newest
-    keep = latest_distinct(users, items, cap=2)
+    keep = distinct_per_user(users, items, cap=2)
     assert keep.tolist() == [False, False, False, True, True, True, True]
     kept0 = sorted(items[keep & (users == 0)].tolist())
     assert kept0 == [7, 9]  # 9 (newest), then 7; the earlier 5s and 6 are dropped
-    assert latest_distinct(users, items, cap=0).sum() == 0
-    assert latest_distinct(users, items, cap=10).sum() == 6  # every distinct pair once
+    assert distinct_per_user(users, items, cap=0).sum() == 0
+    assert distinct_per_user(users, items, cap=10).sum() == 6  # every distinct pair once
+    first = distinct_per_user(users, items, cap=2, earliest=True)
+    assert first.tolist() == [True, True, False, False, True, True, False]  # 5 and 6 first
 
 
 def toy(n_users: int = 60, n_items: int = 30, seed: int = 0):
@@ -70,7 +72,7 @@ def toy(n_users: int = 60, n_items: int = 30, seed: int = 0):
 
 
 def released(users, items, codes, n_items, cap) -> np.ndarray:
-    keep = latest_distinct(users, items, cap)
+    keep = distinct_per_user(users, items, cap)
     n_codes = {a: int(c.max()) + 1 for a, c in codes.items()}
     h = histograms(users[keep], items[keep], codes, n_items, n_codes)
     return np.concatenate([v.ravel() for _, v in sorted(h.items())])

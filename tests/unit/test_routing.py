@@ -11,7 +11,6 @@ from training.reranker.routing import (
     RoutingTable,
     decide,
     describe,
-    ndcg10_of_ranks,
     routing_table,
 )
 
@@ -78,7 +77,11 @@ def test_the_table_round_trips_through_the_reranker_folder(tmp_path):
 
 
 def test_ndcg_of_one_held_out_item():
-    assert ndcg10_of_ranks(np.array([1, 3, 10, 11, 99])) == pytest.approx(
+    """What the table's slices average: NDCG@10 of one target at each rank (past 10: 0)."""
+    from training.evaluation.metrics import metrics_from_ranks
+
+    ranks = np.array([1, 3, 10, 11, 99])
+    assert metrics_from_ranks(ranks)["NDCG@10"] == pytest.approx(
         [1.0, 0.5, 1 / np.log2(11), 0.0, 0.0]
     )
 

@@ -62,9 +62,26 @@ def rerank_ranks(folder: str | Path, rows: list[Row], item_texts: list[str], mis
         renderer = make_renderer(info, tok, model_template(meta), item_texts)
         pad_id = tok.pad_token_id
     scorer = RowScorer(model, renderer, pad_id, info is not None and info.kind == "causal", k)
+    return _timed_ranks(rows, lambda present: scorer.scores(present, batch_size=1), miss)
+
+
+def layer_ranks(layer, rows: list[Row], miss: int):
+    """(ranks per row, seconds per row) of a hybrid's feature layer alone
+    (`routing.FeatureLayer`)."""
+    return _timed_ranks(rows, lambda present: [layer.score(r.features) for r in present], miss)
+
+
+def fused_ranks(rows: list[Row], miss: int) -> np.ndarray:
+    """Each row's target rank in retrieval's fused order; `miss` where it is absent."""
+    return np.array([r.label + 1 if r.label >= 0 else miss for r in rows])
+
+
+def _timed_ranks(rows: list[Row], score, miss: int):
+    """Score the rows whose target is among the candidates (`score(rows)`: one array per
+    row), rank the target in each, `miss` for the others; and the seconds per scored row."""
     present = [r for r in rows if r.label >= 0]
     start = time.perf_counter()
-    scores = scorer.scores(present, batch_size=1)
+    scores = score(present)
     per = (time.perf_counter() - start) / max(len(present), 1)
     ranks = np.full(len(rows), miss, dtype=np.int64)
     ranks[[i for i, r in enumerate(rows) if r.label >= 0]] = label_ranks(present, scores, miss)
@@ -82,20 +99,12 @@ def measure_routing(
     """The routing table (`training.reranker.routing`) of the trained hybrid in `folder`:
     each row ranked three ways (fused order, the feature layer alone, the full model), NDCG@10
     by history-length slice. Rows whose target retrieval missed count 0 in every order."""
-    from training.reranker.routing import FeatureLayer, ndcg10_of_ranks, routing_table
+    from training.reranker.routing import FeatureLayer, routing_table
 
-    layer = FeatureLayer.load(folder)
     full, lm_s = rerank_ranks(folder, rows, item_texts, miss)
-    present = [r for r in rows if r.label >= 0]
-    alone = np.full(len(rows), miss, dtype=np.int64)
-    start = time.perf_counter()
-    layer_scores = [layer.score(r.features) for r in present]
-    layer_s = (time.perf_counter() - start) / max(len(present), 1)
-    alone[[i for i, r in enumerate(rows) if r.label >= 0]] = label_ranks(
-        present, layer_scores, miss
-    )
-    fused = np.array([r.label + 1 if r.label >= 0 else miss for r in rows])
-    ndcg = {o: ndcg10_of_ranks(x) for o, x in (("fused", fused), ("features", alone), ("lm", full))}
+    alone, layer_s = layer_ranks(FeatureLayer.load(folder), rows, miss)
+    orders = {"fused": fused_ranks(rows, miss), "features": alone, "lm": full}
+    ndcg = {o: metrics_from_ranks(x)["NDCG@10"] for o, x in orders.items()}
     users = len({r.user for r in rows if r.user is not None})
     table = routing_table(
         np.asarray(lengths),
@@ -134,13 +143,9 @@ def routed_ranks(
     table = RoutingTable.load(folder)
     if table is None:
         return None
-    layer = FeatureLayer.load(folder)
+    alone, _ = layer_ranks(FeatureLayer.load(folder), rows, miss)
     route = np.array([table.route(int(n)) for n in lengths])
-    out = np.where(route == "lm", full, fused)
-    for i in np.flatnonzero(route == "features"):
-        r = rows[i]
-        if r.label >= 0:
-            out[i] = label_ranks([r], [layer.score(r.features)], miss)[0]
+    out = np.where(route == "lm", full, np.where(route == "features", alone, fused))
     return out, float(np.mean(route == "lm"))
 
 
@@ -167,9 +172,7 @@ def evaluate_rerankers(
     k = templates.pop()
     rows = test_rows(ds, k, hist, progress, spec)
     miss = ds.manifest.n_items + 1
-    ranks: dict[str, np.ndarray] = {
-        CANDIDATES_NAME: np.array([r.label + 1 if r.label >= 0 else miss for r in rows])
-    }
+    ranks: dict[str, np.ndarray] = {CANDIDATES_NAME: fused_ranks(rows, miss)}
     test = Phase.build(ds, Split.TEST)
     klass, params = (spec or DEFAULT_SOURCES)["transitions"]
     trans = klass(**params).fit(test.fit)
@@ -265,7 +268,7 @@ def history_slices(
             )
             for u in chosen
         ]
-        fused = np.array([r.label + 1 if r.label >= 0 else miss for r in rows])
+        fused = fused_ranks(rows, miss)
         reranked, _ = rerank_ranks(reranker, rows, data.item_text, miss)
         a = metrics_from_ranks(reranked)["NDCG@10"]
         b = metrics_from_ranks(fused)["NDCG@10"]

@@ -159,12 +159,6 @@ def routing_table(
     return RoutingTable(measured_on=measured_on, slices=slices)
 
 
-def ndcg10_of_ranks(ranks: np.ndarray) -> np.ndarray:
-    """Per-row NDCG@10 of one held-out item at 1-based `ranks` (past 10: 0)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where(r <= 10, 1.0 / np.log2(r + 1.0), 0.0)
-
-
 class FeatureLayer:
     """The hybrid's feature layer (Linear, ReLU, Linear over each candidate's retrieval
     features) in numpy: what a request routed to ``features`` is ranked with, in the

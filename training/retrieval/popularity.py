@@ -85,8 +85,8 @@ class SegmentPopular(Retriever):
 
     def fit(self, data: FitData) -> Self:
         from training.retrieval.private_counts import (
+            distinct_per_user,
             histograms,
-            latest_distinct,
             noisy,
             plan_release,
         )
@@ -104,7 +104,7 @@ class SegmentPopular(Retriever):
         if cap is not None:
             # Each user's first items: what a sign-up's first items look like (and, for the
             # private release, the bound on one user's influence).
-            keep = latest_distinct(users, items, cap, earliest=p["earliest_items"])
+            keep = distinct_per_user(users, items, cap, earliest=p["earliest_items"])
             users, items = users[keep], items[keep]
         if p["epsilon"] is not None:
             release = plan_release(

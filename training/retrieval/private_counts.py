@@ -47,7 +47,7 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, l2_sensitivity: float)
     return hi
 
 
-def latest_distinct(
+def distinct_per_user(
     users: np.ndarray, items: np.ndarray, cap: int, earliest: bool = False
 ) -> np.ndarray:
     """Mask over interactions (each user's in time order) keeping each user's latest (or,
