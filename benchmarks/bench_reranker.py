@@ -188,7 +188,8 @@ def training_throughput(ds, args, meta) -> list[dict]:
 
     from cluster.ray_runtime import connect
     from training.reranker.model import RerankerConfig
-    from training.reranker.train import TrainSettings, prepare_examples, train_reranker
+    from training.reranker.prepared import prepare_examples
+    from training.reranker.train import TrainSettings, train_reranker
 
     cfg = RerankerConfig.model_validate(meta["config"]).model_copy(
         update={"mode": "hybrid", "base_model": meta.get("base_model")}

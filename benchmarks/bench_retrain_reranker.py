@@ -52,9 +52,9 @@ def main() -> None:
     from pipelines.prepare import PrepareConfig, run_local
     from training.reranker.evaluate import evaluate_rerankers
     from training.reranker.model import RerankerConfig
+    from training.reranker.prepared import prepare_examples
     from training.reranker.recipe import train_recipe
     from training.reranker.settings import TrainSettings
-    from training.reranker.train import prepare_examples
     from training.threads import set_threads
 
     set_threads()

@@ -53,7 +53,8 @@ class RunSpec:
 def build(args: argparse.Namespace) -> None:
     from pipelines.artifact import load_dataset
     from training.reranker.model import RerankerConfig
-    from training.reranker.train import TrainSettings, prepare_examples
+    from training.reranker.prepared import prepare_examples
+    from training.reranker.train import TrainSettings
 
     ds = load_dataset(args.data, expected_name="ml-100k")
     start = time.perf_counter()

@@ -237,9 +237,9 @@ def _finetune(ds, live_reranker: Path, live_stack, opts, scratch: Path, version:
     data (warm), or its recipe from scratch."""
     from cluster.ray_runtime import connect
     from training.reranker.model import RerankerConfig, read_meta
+    from training.reranker.prepared import prepare_examples
     from training.reranker.recipe import train_recipe
     from training.reranker.settings import TrainSettings
-    from training.reranker.train import prepare_examples
 
     meta = read_meta(live_reranker)
     cfg = RerankerConfig.model_validate(meta["config"])

@@ -262,7 +262,7 @@ def train(
 
 def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> None:
     from training.reranker.examples import INSERT_DEPTH
-    from training.reranker.train import prepare_examples
+    from training.reranker.prepared import prepare_examples
 
     start_threads()
     with console.status("building examples (retrieval stack on held-out items)"):

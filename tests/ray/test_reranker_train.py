@@ -13,9 +13,10 @@ from pipelines.sources import load_source
 from tests.tiny_models import tiny_causal
 from training.reranker.evaluate import rerank_ranks
 from training.reranker.model import RerankerConfig, load_reranker
+from training.reranker.prepared import prepare_examples
 from training.reranker.prompt import PromptTemplate
 from training.reranker.routing import RoutingTable
-from training.reranker.train import TrainSettings, prepare_examples, train_reranker
+from training.reranker.train import TrainSettings, train_reranker
 
 pytestmark = pytest.mark.ray
 

@@ -268,7 +268,8 @@ def test_the_routing_threshold_follows_the_measurement():
 
 
 def test_an_lm_trains_on_a_seeded_sample_and_validates_on_sampled_users():
-    from training.reranker.train import PreparedData, TrainSettings
+    from training.reranker.prepared import PreparedData
+    from training.reranker.settings import TrainSettings
 
     def row(user: int, label: int) -> Row:
         return Row(user, np.arange(2), np.arange(5), np.zeros((5, 3), np.float32), label)
