@@ -32,6 +32,11 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "artifacts" / "datasets" / "ml-100k"))
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument(
+        "--first-items",
+        action="store_true",
+        help="also each weight with popularity over each user's first items",
+    )
     ap.add_argument("--out", default=str(RESULTS / "sparse-popularity.json"))
     args = ap.parse_args()
 
@@ -47,6 +52,12 @@ def main() -> None:
     variants = {
         f"sparse popularity {w:g}": CandidateConfig(n=50, sparse_popularity=w) for w in args.weights
     }
+    if args.first_items:
+        for w in args.weights:
+            if w > 0:
+                variants[f"sparse popularity {w:g}, first items"] = CandidateConfig(
+                    n=50, sparse_popularity=w, sparse_popularity_counts="first_items"
+                )
     report = fit_and_evaluate(ds, resamples=args.resamples, variants=variants)
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["default_weight"] = default

@@ -127,6 +127,10 @@ def publish_version(
             "privacy": json.loads((tmp / "stack" / "stack.json").read_text()).get(
                 "segment_release"
             ),
+            # What the re-ranker's trained parameters spent (None: trained without DP).
+            "reranker_privacy": read_meta(tmp / "reranker").get("privacy")
+            if reranker is not None
+            else None,
             **(extra or {}),
         }
         (tmp / VERSION_FILE).write_text(json.dumps(info, indent=2))

@@ -292,6 +292,9 @@ def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> No
 
     result = train_recipe(prepared, cfg, settings, target, runs, run_name, on_stage=done)
     console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
+    if settings.dp_epsilon is not None:
+        privacy = json.loads((Path(result.path) / "reranker.json").read_text()).get("privacy")
+        console.print(f"privacy: {training_privacy_line(privacy)} (the last epoch is released)")
     print_routing(result.path)
 
 
@@ -380,6 +383,18 @@ def privacy_line(release: dict | None) -> str:
     )
 
 
+def training_privacy_line(plan: dict | None) -> str:
+    """What a re-ranker's training spent (`train`, `publish`)."""
+    if not plan:
+        return "trained without differential privacy"
+    return (
+        f"DP-SGD, user-level epsilon {plan['epsilon']:.2f} (target {plan['target_epsilon']:g}), "
+        f"delta {plan['delta']:g}: {plan['users']} users, one example each, noise multiplier "
+        f"{plan['noise_multiplier']:.2f}, clipping norm {plan['max_grad_norm']:g}, "
+        f"{plan['steps']} steps at sample rate {plan['sample_rate']:.3f}"
+    )
+
+
 @app.command()
 @user_errors
 def publish(
@@ -438,4 +453,6 @@ def publish(
     release = json.loads((mv.path / "version.json").read_text()).get("privacy")
     console.print(f"segment popularity: {privacy_line(release)}")
     if mv.reranker is not None:
+        info = json.loads((mv.path / "version.json").read_text())
+        console.print(f"re-ranker: {training_privacy_line(info.get('reranker_privacy'))}")
         print_routing(mv.reranker)

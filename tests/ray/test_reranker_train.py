@@ -189,3 +189,32 @@ def test_workers_that_hold_every_cpu_still_get_their_examples(ray_cluster, setup
     )
     res = train_reranker(prepared, cfg, s, root / "all", root / "runs", "all-cpus")
     assert res.history[0]["examples"] > 0
+
+
+def test_dp_training_releases_its_last_epoch_with_the_budget_it_spent(ray_cluster, setup):
+    """`dp_epsilon`: one list per user, Poisson-sampled DP-SGD steps, every epoch run (no
+    early stopping) and the last one released, the plan recorded with the weights; the
+    hybrid trains its feature layer in the same private run (no non-private stage)."""
+    import json
+
+    from training.reranker.recipe import train_recipe
+
+    root, _, prepared, settings, cfg = setup
+    dp = settings.model_copy(
+        update={"dp_epsilon": 8.0, "dp_batch_size": 16, "epochs": 3, "patience": 1}
+    )
+    res = train_recipe(prepared, cfg, dp, root / "dp", str(root / "runs"), "dp")
+    assert not (root / "dp-features").exists()
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    meta = json.loads((root / "dp" / "reranker.json").read_text())
+    assert meta["metrics"]["epoch"] == 2
+    plan = meta["privacy"]
+    users = len({r.user for r in prepared.train})
+    assert plan["users"] == min(users, settings.max_examples) and plan["unit"] == "user"
+    assert 0 < plan["epsilon"] <= 8.0 and plan["noise_multiplier"] > 0.3
+    assert plan["steps"] == 3 * plan["steps_per_epoch"]
+    # Poisson sampling: each epoch sees about one pass over the users, not a fixed count
+    seen = [h["examples"] for h in res.history]
+    assert all(0.4 * plan["users"] < n < 1.6 * plan["users"] for n in seen)
+    ranks, _ = rerank_ranks(res.path, prepared.val, prepared.item_texts, miss=99)
+    assert ranks.min() >= 1

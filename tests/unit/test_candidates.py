@@ -72,6 +72,23 @@ def test_popularity_in_the_sparse_fusion_pulls_popular_items_up(parts):
     assert np.array_equal(plain.generate(0, warm).items, mixed.generate(0, warm).items)
 
 
+def test_the_sparse_prior_can_count_each_users_first_items(parts):
+    data, sources, pop, seg = parts
+    hist = data.history(1)[-1:]
+    every = CandidateGenerator(sources, pop, seg, config=CandidateConfig(n=30))
+    config = CandidateConfig(n=30, sparse_popularity_counts="first_items")
+    first = CandidateGenerator(sources, pop, seg, config=config)
+    a, b = every.generate(None, hist), first.generate(None, hist)
+    assert a.path == b.path == "sparse" and not set(b.items) & set(hist)
+    overall = seg.overall
+    assert overall[b.items[:10]].mean() > overall[a.items[:10]].mean()
+    # without a segment model bounding contributions, the option falls back to every one
+    plain = CandidateGenerator(sources, pop, None, config=config).generate(None, hist)
+    assert np.array_equal(
+        plain.items, CandidateGenerator(sources, pop, None).generate(None, hist, n=30).items
+    )
+
+
 @pytest.mark.parametrize("user", [None, 10**9, 5])
 def test_no_history_takes_the_cold_start_path(gen, user):
     c = gen.generate(user, [])
@@ -80,6 +97,21 @@ def test_no_history_takes_the_cold_start_path(gen, user):
     assert len(set(c.items)) == 30
     again = gen.generate(user, [])
     assert np.array_equal(c.items, again.items), "deterministic per user"
+
+
+def test_a_user_with_no_attribute_gets_first_items_popularity(parts):
+    """No stated attribute: the segment model's overall histogram (each user's first items,
+    the private release) when it bounds contributions; plain popularity when it does not."""
+    data, sources, pop, _ = parts
+    bounded = SegmentPopular(epsilon=None).fit(data)
+    unbounded = SegmentPopular(epsilon=None, max_items_per_user=None).fit(data)
+    config = CandidateConfig(n=30, exploration_share=0.0)
+    first = CandidateGenerator(sources, pop, bounded, config=config).generate(None, [])
+    every = CandidateGenerator(sources, pop, unbounded, config=config).generate(None, [])
+    assert first.path == every.path == "cold_start" and set(first.source_ranks) == {"popular"}
+    assert np.array_equal(first.items, np.argsort(-bounded.overall, kind="stable")[:30])
+    assert np.array_equal(every.items, np.argsort(-pop.counts, kind="stable")[:30])
+    assert not np.array_equal(first.items[:10], every.items[:10])
 
 
 def test_segment_popularity_differs_between_segments(gen, parts):

@@ -29,7 +29,10 @@ def train_recipe(
     told of each finished stage. Returns the last stage's result."""
     from training.reranker.train import train_reranker
 
-    if cfg.mode == "hybrid" and settings.init_features_from is None and not settings.init_from:
+    # Under DP the hybrid trains its feature layer in its own (private) run: a stage
+    # trained without noise would leak what the private run protects.
+    staged = settings.init_features_from is None and not settings.init_from
+    if cfg.mode == "hybrid" and staged and settings.dp_epsilon is None:
         warm = target.with_name(f"{target.name}-features")
         first = train_reranker(
             prepared,

@@ -3,7 +3,7 @@ entrypoints and the benchmarks read (a light module: the CLI imports it at start
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainSettings(BaseModel):
@@ -61,3 +61,33 @@ class TrainSettings(BaseModel):
         description="a trained re-ranker (same mode, base model, template and sources) whose "
         "adapter and heads start this one: a warm start",
     )
+    dp_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="train with DP-SGD to user-level (epsilon, dp_delta): one example per "
+        "user, per-example clipping and Gaussian noise (Opacus), fixed epochs, the last "
+        "one published; one worker, from the pretrained base (docs/PRIVACY.md)",
+    )
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="delta of --dp-epsilon")
+    dp_max_grad_norm: float = Field(
+        1.0, gt=0, description="per-example gradient clipping norm under --dp-epsilon"
+    )
+    dp_batch_size: int = Field(
+        64, ge=1, description="expected batch under --dp-epsilon (Poisson sampling of users)"
+    )
+
+    @model_validator(mode="after")
+    def _dp_applies(self) -> TrainSettings:
+        if self.dp_epsilon is None:
+            return self
+        if self.workers > 1:
+            raise ValueError(
+                "dp_epsilon (--dp-epsilon) trains on one worker: set workers (--workers) to 1"
+            )
+        if self.init_from or self.init_features_from:
+            raise ValueError(
+                "dp_epsilon trains from the pretrained base only: a start from a re-ranker "
+                "trained without it would carry what that one memorised (drop init_from and "
+                "init_features_from)"
+            )
+        return self

@@ -15,7 +15,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,14 @@ from training.reranker.model import (
     save_reranker,
 )
 from training.reranker.prepared import PreparedData
+from training.reranker.private_training import (
+    DpPlan,
+    dp_optimizer,
+    dp_step,
+    one_per_user,
+    plan_dp,
+    poisson_batches,
+)
 from training.reranker.prompt import index_token_ids
 from training.reranker.settings import TrainSettings
 
@@ -96,6 +104,9 @@ def train_loop(config: dict[str, Any]) -> None:
     if lora:
         groups.append({"params": lora, "lr": s.lr_lora})
     opt = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
+    plan = DpPlan.from_json(config["dp"]) if config.get("dp") else None
+    if plan is not None:
+        opt = dp_optimizer(opt, plan, s.seed)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     autocast = s.use_gpu and s.bf16 and device.type == "cuda"
@@ -105,6 +116,17 @@ def train_loop(config: dict[str, Any]) -> None:
     scorer = RowScorer(model, renderer, pad_id, causal, k)
     shard = ray.train.get_dataset_shard("train")
     val_rows = [Row.from_dict(r, n_features) for r in config["val_rows"]][rank::world]
+    dp_rows: list[Row] = []
+    if plan is not None:  # Poisson sampling draws from every record: hold them all
+        for frame in shard.iter_batches(batch_size=1024, batch_format="pandas"):
+            dp_rows += [Row.from_dict(r, n_features) for r in frame.to_dict("records")]
+
+    def loss_of(rows: list[Row]):
+        b = scorer.batch(rows, labels=True)
+        t = {key: v.to(device) for key, v in b.tensors.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(**t)
+        return torch.nn.functional.cross_entropy(out.float(), b.labels.to(device))
 
     for epoch in range(state["epoch"], s.epochs):
         model.train()
@@ -117,15 +139,19 @@ def train_loop(config: dict[str, Any]) -> None:
         )
         bar = tqdm(desc=f"epoch {epoch}", unit="ex", disable=rank != 0, mininterval=10)
         opt.zero_grad()
+        if plan is not None:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            for idx in poisson_batches(len(dp_rows), plan, s.seed + epoch):
+                chosen = [dp_rows[i] for i in idx]
+                losses += dp_step(opt, params, chosen, lambda r: loss_of([r]))
+                seen += len(chosen)
+                bar.update(len(chosen))
+            batches = iter(())
         for step, frame in enumerate(batches):
             if s.max_steps_per_epoch is not None and step >= s.max_steps_per_epoch:
                 break
             rows = [Row.from_dict(r, n_features) for r in frame.to_dict("records")]
-            b = scorer.batch(rows, labels=True)
-            t = {key: v.to(device) for key, v in b.tensors.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = model(**t)
-            loss = torch.nn.functional.cross_entropy(out.float(), b.labels.to(device))
+            loss = loss_of(rows)
             (loss / s.grad_accum).backward()
             if (step + 1) % s.grad_accum == 0:
                 opt.step()
@@ -176,7 +202,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(d)
                 print(json.dumps(metrics), flush=True)
             ray.train.report(metrics, checkpoint=checkpoint)
-        if state["stale"] >= s.patience:
+        # Under DP the epochs are fixed: validation must not choose what is released.
+        if state["stale"] >= s.patience and plan is None:
             break
 
 
@@ -258,8 +285,20 @@ def train_reranker(
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    plan = None
+    if settings.dp_epsilon is not None:  # one record per user, before the cap picks users
+        prepared = replace(prepared, train=one_per_user(prepared.train, settings.seed))
     if cfg.mode != "features":
         prepared = prepared.capped(settings)
+    if settings.dp_epsilon is not None:
+        plan = plan_dp(
+            len(prepared.train),
+            settings.dp_epsilon,
+            settings.dp_delta,
+            settings.dp_max_grad_norm,
+            settings.dp_batch_size,
+            settings.epochs,
+        )
     if not prepared.train:
         raise LlmrecError("no training examples: the dataset is too small for the re-ranker")
     # Workers do not run in this process's working directory: hand them absolute paths.
@@ -272,6 +311,8 @@ def train_reranker(
         "dataset_version": prepared.dataset_version,
         "fusion": prepared.fusion,
         "settings": settings.model_dump(mode="json"),
+        # What the trained parameters spent (None: trained without differential privacy).
+        "privacy": plan.to_json() if plan is not None else None,
     }
     ray.data.DataContext.get_current().enable_progress_bars = False
     train_ds = ray.data.from_items([r.to_dict() for r in prepared.train])
@@ -290,6 +331,7 @@ def train_reranker(
         "val_rows": [r.to_dict() for r in prepared.val],
         "val_total": max(prepared.val_total, 1),
         "meta": meta,
+        "dp": plan.to_json() if plan is not None else None,
         "init_features": (
             feature_layer_bytes(Path(settings.init_features_from), meta["features"])
             if settings.init_features_from
@@ -322,7 +364,8 @@ def train_reranker(
         raise RerankerError(f"training failed: {_root_cause(e)}") from None
     if result.error is not None:
         raise RerankerError(f"training failed: {_root_cause(result.error)}")
-    best = result.get_best_checkpoint(metric=VAL_METRIC, mode="max")
+    # Under DP the last epoch is released: choosing by validation would spend privacy.
+    best = result.checkpoint if plan else result.get_best_checkpoint(metric=VAL_METRIC, mode="max")
     if best is None:
         raise RerankerError("training reported no checkpoint")
     target = Path(out)
