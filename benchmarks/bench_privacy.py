@@ -11,7 +11,10 @@
     python benchmarks/bench_privacy.py --epsilons 1 4 8 --draws 3
     python benchmarks/bench_privacy.py --no-reranker   # the cold-start part alone (seconds)
 
-Prints a table; writes benchmarks/results/privacy.json and privacy.png.
+    python benchmarks/bench_privacy.py --reranker-mode hybrid --max-examples 400 \
+        --dp-epochs 2 --name privacy-hybrid
+
+Prints tables; writes benchmarks/results/<name>.json and .png (default name: privacy).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def main() -> None:
     ap.add_argument("--dp-epochs", type=int, default=20)
     ap.add_argument("--dp-batch", type=int, default=64, help="expected batch (users)")
     ap.add_argument("--max-examples", type=int, default=None, help="cap for an LM's examples")
+    ap.add_argument("--name", default="privacy", help="results file name (.json, .png)")
     args = ap.parse_args()
 
     from pipelines.artifact import load_dataset
@@ -162,9 +166,9 @@ def main() -> None:
         out["reranker"] = ranker
     out["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "privacy.json").write_text(json.dumps(out, indent=2, default=str))
-    plot(per_eps, bounded, exact, ranker, RESULTS / "privacy.png")
-    print(f"wrote {RESULTS / 'privacy.json'} and privacy.png ({out['seconds']} s)")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str))
+    plot(per_eps, bounded, exact, ranker, RESULTS / f"{args.name}.png")
+    print(f"wrote {RESULTS / args.name}.json and .png ({out['seconds']} s)")
 
 
 def cold_table(rows: dict, paired: dict, info: dict, attrs: bool, users: int):

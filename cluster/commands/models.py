@@ -387,9 +387,15 @@ def training_privacy_line(plan: dict | None) -> str:
     """What a re-ranker's training spent (`train`, `publish`)."""
     if not plan:
         return "trained without differential privacy"
+    stages = plan.get("stages")
+    split = (
+        " (" + " + ".join(f"{s['stage']} {s['epsilon']:.2f}" for s in stages) + ")"
+        if stages
+        else ""
+    )
     return (
-        f"DP-SGD, user-level epsilon {plan['epsilon']:.2f} (target {plan['target_epsilon']:g}), "
-        f"delta {plan['delta']:g}: {plan['users']} users, one example each, noise multiplier "
+        f"DP-SGD, user-level epsilon {plan['total_epsilon']:.2f}{split}, delta "
+        f"{plan['total_delta']:g}: {plan['users']} users, one example each, noise multiplier "
         f"{plan['noise_multiplier']:.2f}, clipping norm {plan['max_grad_norm']:g}, "
         f"{plan['steps']} steps at sample rate {plan['sample_rate']:.3f}"
     )

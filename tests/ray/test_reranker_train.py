@@ -191,30 +191,46 @@ def test_workers_that_hold_every_cpu_still_get_their_examples(ray_cluster, setup
     assert res.history[0]["examples"] > 0
 
 
-def test_dp_training_releases_its_last_epoch_with_the_budget_it_spent(ray_cluster, setup):
+def test_dp_training_releases_its_last_epoch_with_the_budget_it_spent(
+    ray_cluster, setup, monkeypatch
+):
     """`dp_epsilon`: one list per user, Poisson-sampled DP-SGD steps, every epoch run (no
     early stopping) and the last one released, the plan recorded with the weights; the
-    hybrid trains its feature layer in the same private run (no non-private stage)."""
+    hybrid's feature layer trains privately first, each stage on half the budget, and the
+    record adds them up. A non-private feature layer is refused as a start."""
     import json
 
+    from training.reranker import recipe
     from training.reranker.recipe import train_recipe
+    from training.reranker.train import RerankerError
 
+    monkeypatch.setattr(recipe, "DP_FEATURE_EPOCHS", 2)  # 20 by default: a minute more here
     root, _, prepared, settings, cfg = setup
     dp = settings.model_copy(
         update={"dp_epsilon": 8.0, "dp_batch_size": 16, "epochs": 3, "patience": 1}
     )
     res = train_recipe(prepared, cfg, dp, root / "dp", str(root / "runs"), "dp")
-    assert not (root / "dp-features").exists()
     assert [h["epoch"] for h in res.history] == [0, 1, 2]
     meta = json.loads((root / "dp" / "reranker.json").read_text())
     assert meta["metrics"]["epoch"] == 2
     plan = meta["privacy"]
     users = len({r.user for r in prepared.train})
     assert plan["users"] == min(users, settings.max_examples) and plan["unit"] == "user"
-    assert 0 < plan["epsilon"] <= 8.0 and plan["noise_multiplier"] > 0.3
+    assert 0 < plan["epsilon"] <= 4.0 and plan["noise_multiplier"] > 0.3
     assert plan["steps"] == 3 * plan["steps_per_epoch"]
+    features = json.loads((root / "dp-features" / "reranker.json").read_text())["privacy"]
+    assert features["users"] == users and features["epsilon"] <= 4.0
+    assert [s["stage"] for s in plan["stages"]] == ["features", "hybrid"]
+    assert plan["total_epsilon"] == pytest.approx(features["epsilon"] + plan["epsilon"])
+    assert plan["total_epsilon"] <= 8.0 and plan["total_delta"] <= dp.dp_delta
     # Poisson sampling: each epoch sees about one pass over the users, not a fixed count
     seen = [h["examples"] for h in res.history]
     assert all(0.4 * plan["users"] < n < 1.6 * plan["users"] for n in seen)
     ranks, _ = rerank_ranks(res.path, prepared.val, prepared.item_texts, miss=99)
     assert ranks.min() >= 1
+    plain = settings.model_copy(update={"epochs": 1, "max_steps_per_epoch": 1})
+    features_cfg = cfg.model_copy(update={"mode": "features"})
+    public = train_reranker(prepared, features_cfg, plain, root / "pub", root / "runs", "pub")
+    leaky = dp.model_copy(update={"init_features_from": public.path})
+    with pytest.raises(RerankerError, match="without differential privacy"):
+        train_reranker(prepared, cfg, leaky, root / "x", root / "runs", "leaky")

@@ -13,6 +13,7 @@ from pipelines.errors import LlmrecError
 from training.reranker.examples import Row
 from training.reranker.private_training import (
     DpPlan,
+    composed,
     dp_optimizer,
     dp_step,
     one_per_user,
@@ -136,6 +137,17 @@ def test_each_user_is_one_record():
 def test_settings_refuse_what_would_break_the_guarantee():
     with pytest.raises(ValueError, match="one worker"):
         TrainSettings(dp_epsilon=8, workers=2)
-    with pytest.raises(ValueError, match="pretrained base only"):
-        TrainSettings(dp_epsilon=8, init_features_from="x")
+    with pytest.raises(ValueError, match="drop init_from"):
+        TrainSettings(dp_epsilon=8, init_from="x")
     assert TrainSettings(dp_epsilon=8).dp_delta == 1e-5
+
+
+def test_a_stage_started_from_a_private_one_adds_its_budget():
+    first = plan_dp(800, epsilon=4.0, delta=5e-6, max_grad_norm=1.0, batch=64, epochs=20)
+    second = plan_dp(800, epsilon=4.0, delta=5e-6, max_grad_norm=1.0, batch=64, epochs=2)
+    alone = composed(first, None, "features")
+    assert alone["total_epsilon"] == first.epsilon and alone["stage"] == "features"
+    both = composed(second, alone, "hybrid")
+    assert both["total_epsilon"] == pytest.approx(first.epsilon + second.epsilon)
+    assert both["total_delta"] == pytest.approx(1e-5) and both["total_epsilon"] <= 8.0
+    assert [s["stage"] for s in both["stages"]] == ["features", "hybrid"]

@@ -65,6 +65,9 @@ class DpPlan:
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {
             "steps": self.steps,
+            # a later stage that starts from this one adds its own (basic composition)
+            "total_epsilon": self.epsilon,
+            "total_delta": self.delta,
             "unit": "user",
             "examples_per_user": 1,
             "accountant": ACCOUNTANT,
@@ -174,3 +177,21 @@ def dp_step(opt, params: list, examples: Sequence[Any], loss_of: Callable[[Any],
     opt.step()
     opt.zero_grad(set_to_none=True)
     return losses
+
+
+def composed(plan: DpPlan, earlier: dict[str, Any] | None, stage: str) -> dict[str, Any]:
+    """The privacy record of a run that starts from an earlier DP run's parameters (the
+    hybrid from its private feature layer): both touched the same users, so the budgets add
+    up (basic composition: epsilons and deltas sum)."""
+    out = plan.to_json() | {"stage": stage}
+    if earlier is None:
+        return out
+    stages = earlier.get("stages") or [
+        {k: earlier[k] for k in ("stage", "epsilon", "delta") if k in earlier}
+    ]
+    return out | {
+        "total_epsilon": earlier["total_epsilon"] + plan.epsilon,
+        "total_delta": earlier["total_delta"] + plan.delta,
+        "stages": [*stages, {"stage": stage, "epsilon": plan.epsilon, "delta": plan.delta}],
+        "composition": "basic (epsilons and deltas add up)",
+    }

@@ -13,6 +13,9 @@ from training.reranker.settings import TrainSettings
 
 #: The feature layer's own schedule in stage 1: many cheap epochs, a larger step size.
 FEATURE_STAGE = {"epochs": 40, "patience": 5, "lr_heads": 3e-3, "use_gpu": False}
+#: Under DP the feature layer's epochs are fixed (no early stopping): fewer, since every
+#: step spends privacy (20 lose 0.003 NDCG@10 at epsilon 8 on ML-100k, docs/BENCHMARKS.md)
+DP_FEATURE_EPOCHS = 20
 
 
 def train_recipe(
@@ -29,15 +32,19 @@ def train_recipe(
     told of each finished stage. Returns the last stage's result."""
     from training.reranker.train import train_reranker
 
-    # Under DP the hybrid trains its feature layer in its own (private) run: a stage
-    # trained without noise would leak what the private run protects.
-    staged = settings.init_features_from is None and not settings.init_from
-    if cfg.mode == "hybrid" and staged and settings.dp_epsilon is None:
+    if cfg.mode == "hybrid" and settings.init_features_from is None and not settings.init_from:
         warm = target.with_name(f"{target.name}-features")
+        stage = settings.model_copy(update=FEATURE_STAGE)
+        if settings.dp_epsilon is not None:
+            # Under DP each stage gets half the budget (they add up: basic composition),
+            # the feature layer with DP_FEATURE_EPOCHS fixed epochs.
+            half = {"dp_epsilon": settings.dp_epsilon / 2, "dp_delta": settings.dp_delta / 2}
+            stage = stage.model_copy(update=half | {"epochs": DP_FEATURE_EPOCHS})
+            settings = settings.model_copy(update=half)
         first = train_reranker(
             prepared,
             cfg.model_copy(update={"mode": "features"}),
-            settings.model_copy(update=FEATURE_STAGE),
+            stage,
             warm,
             runs,
             f"{run_name}-features",

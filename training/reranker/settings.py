@@ -84,10 +84,10 @@ class TrainSettings(BaseModel):
             raise ValueError(
                 "dp_epsilon (--dp-epsilon) trains on one worker: set workers (--workers) to 1"
             )
-        if self.init_from or self.init_features_from:
+        if self.init_from:
             raise ValueError(
-                "dp_epsilon trains from the pretrained base only: a start from a re-ranker "
-                "trained without it would carry what that one memorised (drop init_from and "
-                "init_features_from)"
+                "dp_epsilon trains from the pretrained base (and a feature layer trained with "
+                "dp_epsilon): a warm start from another re-ranker would carry what it "
+                "memorised (drop init_from)"
             )
         return self

@@ -36,6 +36,7 @@ from training.reranker.model import (
 from training.reranker.prepared import PreparedData
 from training.reranker.private_training import (
     DpPlan,
+    composed,
     dp_optimizer,
     dp_step,
     one_per_user,
@@ -312,7 +313,7 @@ def train_reranker(
         "fusion": prepared.fusion,
         "settings": settings.model_dump(mode="json"),
         # What the trained parameters spent (None: trained without differential privacy).
-        "privacy": plan.to_json() if plan is not None else None,
+        "privacy": _privacy(plan, cfg, settings),
     }
     ray.data.DataContext.get_current().enable_progress_bars = False
     train_ds = ray.data.from_items([r.to_dict() for r in prepared.train])
@@ -389,6 +390,22 @@ def train_reranker(
         with result.checkpoint.as_directory() as d:
             history = json.loads((Path(d) / "reranker.json").read_text())["history"]
     return TrainResult(str(target), saved["metrics"], history, time.perf_counter() - start)
+
+
+def _privacy(plan: DpPlan | None, cfg: RerankerConfig, settings: TrainSettings) -> dict | None:
+    if plan is None:
+        return None
+    earlier = None
+    if settings.init_features_from:
+        from training.reranker.model import read_meta
+
+        earlier = read_meta(settings.init_features_from).get("privacy")
+        if earlier is None:
+            raise RerankerError(
+                f"'{settings.init_features_from}' was trained without differential privacy: "
+                "under --dp-epsilon the feature layer must come from a run with it (or none)"
+            )
+    return composed(plan, earlier, cfg.mode)
 
 
 def _root_cause(e: BaseException) -> str:
