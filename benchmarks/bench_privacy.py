@@ -247,7 +247,7 @@ def plot(
     if ranker:
         ax = axes[1]
         private = [r for r in ranker["rows"] if r["plan"]]
-        x = [r["plan"]["target_epsilon"] for r in private]
+        x = [round(r["plan"]["total_epsilon"], 1) for r in private]
         y = [r["ndcg10"]["mean"] for r in private]
         err = [
             [r["ndcg10"]["mean"] - r["ndcg10"]["low"] for r in private],

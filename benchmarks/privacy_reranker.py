@@ -76,7 +76,8 @@ def sweep(
         rows.append(
             {
                 "name": name,
-                "epsilon": plans[name]["epsilon"] if plans[name] else None,
+                # every stage's budget (a hybrid's feature layer and LM stage add up)
+                "epsilon": plans[name]["total_epsilon"] if plans[name] else None,
                 "plan": plans[name],
                 "ndcg10": m,
                 "minus_non_private": diff,
@@ -103,14 +104,14 @@ def table(result: dict[str, Any]):
         title=f"the {result['mode']} re-ranker trained with DP-SGD (ML-100k test users; "
         f"{result['dp_epochs']} epochs, expected batch {result['dp_batch']})"
     )
-    cols = ("training", "epsilon spent", "noise multiplier", "NDCG@10 [95% CI]")
+    cols = ("training", "epsilon spent (total)", "noise multiplier", "NDCG@10 [95% CI]")
     for c in (*cols, "minus non-private", "train s"):
         t.add_column(c, justify="right")
     for r in result["rows"]:
         m, d, plan = r["ndcg10"], r["minus_non_private"], r["plan"]
         t.add_row(
             r["name"],
-            "inf" if plan is None else f"{plan['epsilon']:.2f}",
+            "inf" if plan is None else f"{plan['total_epsilon']:.2f}",
             "-" if plan is None else f"{plan['noise_multiplier']:.2f}",
             f"{m['mean']:.4f} [{m['low']:.4f}, {m['high']:.4f}]",
             "-" if d is None else f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]",

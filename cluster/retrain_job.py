@@ -228,8 +228,8 @@ def _fit(
 
 
 def _live_spec(live_stack):
-    """The recipe the live stack was fitted with."""
-    return {n: (type(m), dict(m.params)) for n, m in live_stack.sources.items()}
+    """The recipe the live stack was fitted with (its segment model's parameters too)."""
+    return live_stack.spec()
 
 
 def _finetune(ds, live_reranker: Path, live_stack, opts, scratch: Path, version: str):

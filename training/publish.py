@@ -26,7 +26,7 @@ from pipelines.errors import ArtifactError
 from pipelines.schema import Split
 from training.reranker.model import read_meta
 from training.retrieval.fusion import LearnedFusion
-from training.stack import DEFAULT_SOURCES, RetrievalStack, StackSpec, fit_stack
+from training.stack import RetrievalStack, StackSpec, fit_stack, source_spec
 
 VERSION_FILE = "version.json"
 CURRENT = "CURRENT"
@@ -174,7 +174,7 @@ def recorded_fusion(meta: dict, where: str, spec: StackSpec | None) -> LearnedFu
             "retrain it, or publish without --fusion reranker"
         )
     fusion = LearnedFusion.from_json(meta["fusion"])
-    names = list(spec or DEFAULT_SOURCES)
+    names = list(source_spec(spec))
     if fusion.sources != names:
         raise ArtifactError(
             f"re-ranker '{where}' was trained on the sources {fusion.sources}, not this "

@@ -65,6 +65,27 @@ DEFAULT_SOURCES: StackSpec = {
 }
 
 
+def segment_params(spec: StackSpec | None) -> dict[str, Any]:
+    """The segment popularity's parameters: a spec entry of kind `segment_popular`
+    configures the stack's segment model (the cold-start counts and their differential
+    privacy: `epsilon`, `delta`, `min_users`, `max_items_per_user`, ...), not a source.
+    None of them: `SegmentPopular`'s defaults."""
+    found = [p for k, p in (spec or {}).values() if issubclass(k, SegmentPopular)]
+    if len(found) > 1:
+        raise ArtifactError("stack spec: more than one segment_popular entry")
+    return dict(found[0]) if found else {}
+
+
+#: The name a stack's recorded spec gives its segment model's entry.
+SEGMENT_ENTRY = "segment popularity"
+
+
+def source_spec(spec: StackSpec | None) -> StackSpec:
+    """The retrieval sources of `spec` (default `DEFAULT_SOURCES`): its entries but the
+    segment model's."""
+    return {n: e for n, e in (spec or DEFAULT_SOURCES).items() if e[0] is not SegmentPopular}
+
+
 def spec_to_json(spec: StackSpec) -> dict[str, dict[str, Any]]:
     return {name: {"kind": klass.kind, "params": params} for name, (klass, params) in spec.items()}
 
@@ -177,6 +198,14 @@ class RetrievalStack:
     def log_popularity(self) -> np.ndarray:
         return np.log1p(self.popularity.counts)
 
+    def spec(self) -> StackSpec:
+        """The recipe this stack was fitted with: its sources and, under `SEGMENT_ENTRY`,
+        its segment model's parameters (what a retrain refits with)."""
+        out: StackSpec = {n: (type(m), dict(m.params)) for n, m in self.sources.items()}
+        if self.segment is not None:
+            out[SEGMENT_ENTRY] = (SegmentPopular, dict(self.segment.params))
+        return out
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -192,7 +221,7 @@ class RetrievalStack:
             "through": self.through,
             "fusion": self.fusion.to_json() if self.fusion is not None else None,
             # The definition the sources were fitted from: what the model version serves.
-            "spec": spec_to_json({n: (type(m), m.params) for n, m in self.sources.items()}),
+            "spec": spec_to_json(self.spec()),
             # How each source was trained where it chose (SASRec's full or sampled softmax).
             "fitted": {n: m.fit_info for n, m in self.sources.items() if m.fit_info},
             # What the segment counts' differential privacy spent (None: exact counts).
@@ -232,7 +261,7 @@ def _fit_sources(
 ) -> dict[str, Retriever]:
     out: dict[str, Retriever] = {}
     for name, (klass, params) in tqdm(
-        (spec or DEFAULT_SOURCES).items(),
+        source_spec(spec).items(),
         desc=f"fit sources ({data.n_users} users)",
         disable=not progress,
     ):
@@ -325,7 +354,7 @@ def stack_from_data(
     return RetrievalStack(
         sources=_fit_sources(data, embeddings, progress, spec, warm),
         popularity=MostPopular().fit(data),
-        segment=SegmentPopular().fit(data) if data.user_segments else None,
+        segment=SegmentPopular(**segment_params(spec)).fit(data) if data.user_segments else None,
         fusion=fusion,
         dataset_version=data.dataset_version,
         through=through,

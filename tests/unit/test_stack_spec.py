@@ -61,9 +61,45 @@ def test_load_spec_reads_a_spec_file_or_an_eval_report(tmp_path):
 def test_the_published_stack_records_the_spec_it_was_fitted_from(published):
     from tests.serving_setup import TEST_SOURCES
     from training.publish import load_version
+    from training.retrieval import SegmentPopular
+    from training.stack import SEGMENT_ENTRY, source_spec
 
     _, models = published
     stack = json.loads((load_version(models).path / "stack" / "stack.json").read_text())
-    assert spec_from_json(stack["spec"]) == {
+    recorded = spec_from_json(stack["spec"])
+    assert source_spec(recorded) == {
         n: (k, {**k.default_params(), **p}) for n, (k, p) in TEST_SOURCES.items()
     }
+    assert recorded[SEGMENT_ENTRY] == (SegmentPopular, SegmentPopular.default_params())
+
+
+def test_a_segment_popular_entry_configures_the_segment_release_not_a_source():
+    """`{"kind": "segment_popular", "params": {"epsilon": 2, ...}}` in a stack spec sets the
+    cold-start counts' privacy: the stack's segment model takes it, no source is fitted."""
+    import numpy as np
+
+    from training.retrieval import SegmentPopular
+    from training.stack import segment_params, source_spec, stack_from_data
+
+    spec = spec_from_json(
+        {
+            "transitions": {"kind": "transitions", "params": {}},
+            "segments": {"kind": "segment_popular", "params": {"epsilon": 2.0, "min_users": 3}},
+        }
+    )
+    assert list(source_spec(spec)) == ["transitions"]
+    assert segment_params(spec) == {"epsilon": 2.0, "min_users": 3}
+    assert segment_params(None) == {} and "segments" not in source_spec(None)
+    from tests.fit_data import fit_data
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(60), 8)
+    items = rng.integers(0, 30, len(users))
+    data = fit_data(users, items, {"gender": (np.arange(60) % 2).astype(np.int64)}, 30)
+    stack = stack_from_data(data, None, np.zeros((30, 4), np.float32), "train", False, spec)
+    assert list(stack.sources) == ["transitions"] and isinstance(stack.segment, SegmentPopular)
+    release = stack.segment.fit_info["privacy"]
+    assert release["epsilon"] == 2.0 and release["min_users"] == 3
+    double = {**spec, "more": (SegmentPopular, {})}
+    with pytest.raises(ArtifactError, match="more than one"):
+        segment_params(double)

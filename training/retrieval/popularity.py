@@ -134,7 +134,9 @@ class SegmentPopular(Retriever):
             table = counts[attr]
             table[small[attr]] = 0.0  # a withheld segment: the overall distribution instead
             probs = (table + beta * self.overall) / (table.sum(1, keepdims=True) + beta)
-            self.tables[attr] = np.log(probs).astype(np.float32)
+            # An item no counted user chose has probability 0: the same floor as the
+            # overall scores (`score_codes`), so it ranks last instead of at -inf.
+            self.tables[attr] = np.log(probs + 1e-12).astype(np.float32)
             self.codes[attr] = codes
             self.labels[attr] = labels[attr] or [str(k) for k in range(n_codes[attr])]
         if release is not None:
