@@ -182,11 +182,11 @@ class ColdStartDeployment(VersionedReplica):
     def load(self, mv: ModelVersion, settings: LiveSettings):
         from pipelines.artifact import load_dataset
         from serving.catalog import Catalog
-        from training.retrieval import Retriever
+        from training.stack import fallback_popularity
 
-        pop = Retriever.load(mv.path / "stack" / "popularity")
+        pop = fallback_popularity(mv.path / "stack")
         return mv.version, pop, Catalog(load_dataset(mv.dataset_uri))
 
     def fallback(self, user_id: str, k: int, exclude: list[str]) -> dict[str, Any]:
         version, pop, catalog = self.current
-        return {"items": popularity_answer(pop.counts, catalog, k, exclude), "model": version}
+        return {"items": popularity_answer(pop, catalog, k, exclude), "model": version}

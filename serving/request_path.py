@@ -72,6 +72,7 @@ class RequestPath:
         from pipelines.artifact import load_dataset
         from serving.catalog import Catalog
         from training.retrieval import Retriever
+        from training.stack import fallback_popularity
 
         store = shared_store(settings.store)
         model = load_version(settings.model_root, settings.version)
@@ -80,7 +81,7 @@ class RequestPath:
             self.catalog = Catalog(load_dataset(model.dataset_uri), store)
             # The answer of last resort, computed here without a hop when even the
             # cold-start deployment cannot answer within the deadline.
-            self.popularity = Retriever.load(model.path / "stack" / "popularity").counts
+            self.popularity = fallback_popularity(model.path / "stack")
             seg = model.path / "stack" / "segment"
             # What stated user attributes are checked against (None: the data had none).
             self.segment = Retriever.load(seg) if seg.exists() else None

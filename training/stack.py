@@ -80,6 +80,21 @@ def segment_params(spec: StackSpec | None) -> dict[str, Any]:
 SEGMENT_ENTRY = "segment popularity"
 
 
+def fallback_popularity(folder: str | Path) -> np.ndarray:
+    """What a fitted stack's last-resort popularity list ranks by (serving's cold-start
+    fallbacks): the segment model's overall histogram (each user's first items, released
+    with differential privacy by default: the counts the cold-start list uses), as shares;
+    without such a model, the exact interaction counts."""
+    from training.retrieval.base import Retriever
+
+    folder = Path(folder)
+    if (folder / "segment").exists():
+        seg = Retriever.load(folder / "segment")
+        if seg.params.get("max_items_per_user") is not None:
+            return np.asarray(seg.overall, dtype=np.float64)
+    return np.asarray(Retriever.load(folder / "popularity").counts, dtype=np.float64)
+
+
 def source_spec(spec: StackSpec | None) -> StackSpec:
     """The retrieval sources of `spec` (default `DEFAULT_SOURCES`): its entries but the
     segment model's."""

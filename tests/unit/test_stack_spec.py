@@ -103,3 +103,27 @@ def test_a_segment_popular_entry_configures_the_segment_release_not_a_source():
     double = {**spec, "more": (SegmentPopular, {})}
     with pytest.raises(ArtifactError, match="more than one"):
         segment_params(double)
+
+
+def test_the_fallback_list_ranks_by_the_released_first_items_counts(tmp_path):
+    """Serving's last-resort popularity list: the segment model's private first-items
+    histogram (what the cold-start list shows), exact counts only without such a model."""
+    import numpy as np
+
+    from tests.fit_data import fit_data
+    from training.retrieval import MostPopular, SegmentPopular
+    from training.stack import fallback_popularity
+
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(80), 30)
+    items = rng.integers(0, 40, len(users))
+    data = fit_data(users, items, {"gender": (np.arange(80) % 2).astype(np.int64)}, 40)
+    MostPopular().fit(data).save(tmp_path / "popularity")
+    exact = fallback_popularity(tmp_path)
+    assert np.array_equal(exact, np.bincount(items, minlength=40))
+    seg = SegmentPopular(seed=0).fit(data)
+    seg.save(tmp_path / "segment")
+    released = fallback_popularity(tmp_path)
+    assert np.allclose(released, seg.overall) and not np.allclose(released, exact / exact.sum())
+    SegmentPopular(max_items_per_user=None, epsilon=None).fit(data).save(tmp_path / "segment")
+    assert np.array_equal(fallback_popularity(tmp_path), exact)
