@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
 
 from cluster.commands.common import (
     DEFAULT_ROOT,
@@ -29,6 +28,12 @@ from cluster.commands.common import (
     start_threads,
     user_errors,
     validation_message,
+)
+from cluster.commands.model_reports import (
+    print_history,
+    print_routing,
+    privacy_line,
+    training_privacy_line,
 )
 from cluster.settings_options import settings_options
 from pipelines import storage
@@ -288,7 +293,7 @@ def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> No
         console.print("stage 1/2: the feature layer alone; stage 2/2: the hybrid from it")
 
     def done(stage: str, result) -> None:
-        _print_history(stage, result.history)
+        print_history(stage, result.history)
 
     result = train_recipe(prepared, cfg, settings, target, runs, run_name, on_stage=done)
     console.print(f"best checkpoint -> {result.path} ({result.seconds:.0f} s in Ray Train)")
@@ -298,42 +303,9 @@ def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> No
     print_routing(result.path)
 
 
-def print_routing(folder: str | Path) -> None:
-    """The routing table a hybrid was trained with (`train`, `publish`)."""
-    from training.reranker.routing import RoutingTable, describe
-
-    routing = RoutingTable.load(folder)
-    if routing is None:
-        return
-    rows = describe(routing)
-    table = Table(
-        title="routing by history length: NDCG@10 of each order", caption=routing.measured_on
-    )
-    for c in rows[0]:
-        table.add_column(c, justify="left" if c == "route" else "right")
-    for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
-    console.print(table)
-
-
 class Fusion(StrEnum):
     refit = "refit"
     reranker = "reranker"
-
-
-def _print_history(title: str, history: list[dict]) -> None:
-    table = Table(title=f"re-ranker training ({title})")
-    for c in ("epoch", "train loss", "val NDCG@10", "examples/s", "seconds"):
-        table.add_column(c, justify="right")
-    for h in history:
-        table.add_row(
-            str(h["epoch"]),
-            f"{h['train_loss']:.4f}",
-            f"{h['val_ndcg10']:.4f}",
-            f"{h['examples_per_s']:.1f}",
-            f"{h['train_seconds']:.0f}",
-        )
-    console.print(table)
 
 
 @app.command()
@@ -368,37 +340,6 @@ def fit(
             console.print(f"  {name}: {model.fit_info}")
     if stack.segment is not None:
         console.print(f"  segment popularity: {privacy_line(stack.segment.fit_info)}")
-
-
-def privacy_line(release: dict | None) -> str:
-    """What the released segment counts spent (`fit`, `publish`)."""
-    if not release:
-        return "exact counts (no differential privacy)"
-    p = release["privacy"]
-    withheld = sum(len(v) for v in release["segments_withheld"].values())
-    return (
-        f"user-level differential privacy, epsilon {p['epsilon']:g}, delta {p['delta']:g} "
-        f"(Gaussian noise sigma {p['sigma']:.1f}, each user's first {p['cap']} items); "
-        f"{withheld} segments under {p['min_users']} users withheld"
-    )
-
-
-def training_privacy_line(plan: dict | None) -> str:
-    """What a re-ranker's training spent (`train`, `publish`)."""
-    if not plan:
-        return "trained without differential privacy"
-    stages = plan.get("stages")
-    split = (
-        " (" + " + ".join(f"{s['stage']} {s['epsilon']:.2f}" for s in stages) + ")"
-        if stages
-        else ""
-    )
-    return (
-        f"DP-SGD, user-level epsilon {plan['total_epsilon']:.2f}{split}, delta "
-        f"{plan['total_delta']:g}: {plan['users']} users, one example each, noise multiplier "
-        f"{plan['noise_multiplier']:.2f}, clipping norm {plan['max_grad_norm']:g}, "
-        f"{plan['steps']} steps at sample rate {plan['sample_rate']:.3f}"
-    )
 
 
 @app.command()

@@ -1,0 +1,75 @@
+"""What the model commands print about a trained re-ranker and a fitted stack: the
+training history, the routing table, and what differential privacy spent (`train`, `fit`,
+`publish`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from cluster.commands.common import console
+
+
+def print_routing(folder: str | Path) -> None:
+    """The routing table a hybrid was trained with (`train`, `publish`)."""
+    from training.reranker.routing import RoutingTable, describe
+
+    routing = RoutingTable.load(folder)
+    if routing is None:
+        return
+    rows = describe(routing)
+    table = Table(
+        title="routing by history length: NDCG@10 of each order", caption=routing.measured_on
+    )
+    for c in rows[0]:
+        table.add_column(c, justify="left" if c == "route" else "right")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    console.print(table)
+
+
+def print_history(title: str, history: list[dict]) -> None:
+    table = Table(title=f"re-ranker training ({title})")
+    for c in ("epoch", "train loss", "val NDCG@10", "examples/s", "seconds"):
+        table.add_column(c, justify="right")
+    for h in history:
+        table.add_row(
+            str(h["epoch"]),
+            f"{h['train_loss']:.4f}",
+            f"{h['val_ndcg10']:.4f}",
+            f"{h['examples_per_s']:.1f}",
+            f"{h['train_seconds']:.0f}",
+        )
+    console.print(table)
+
+
+def privacy_line(release: dict | None) -> str:
+    """What the released segment counts spent (`fit`, `publish`)."""
+    if not release:
+        return "exact counts (no differential privacy)"
+    p = release["privacy"]
+    withheld = sum(len(v) for v in release["segments_withheld"].values())
+    return (
+        f"user-level differential privacy, epsilon {p['epsilon']:g}, delta {p['delta']:g} "
+        f"(Gaussian noise sigma {p['sigma']:.1f}, each user's first {p['cap']} items); "
+        f"{withheld} segments under {p['min_users']} users withheld"
+    )
+
+
+def training_privacy_line(plan: dict | None) -> str:
+    """What a re-ranker's training spent (`train`, `publish`)."""
+    if not plan:
+        return "trained without differential privacy"
+    stages = plan.get("stages")
+    split = (
+        " (" + " + ".join(f"{s['stage']} {s['epsilon']:.2f}" for s in stages) + ")"
+        if stages
+        else ""
+    )
+    return (
+        f"DP-SGD, user-level epsilon {plan['total_epsilon']:.2f}{split}, delta "
+        f"{plan['total_delta']:g}: {plan['users']} users, one example each, noise multiplier "
+        f"{plan['noise_multiplier']:.2f}, clipping norm {plan['max_grad_norm']:g}, "
+        f"{plan['steps']} steps at sample rate {plan['sample_rate']:.3f}"
+    )
