@@ -71,20 +71,18 @@ class RequestPath:
         """Load what `settings` name; whether that loaded or dropped model objects."""
         from pipelines.artifact import load_dataset
         from serving.catalog import Catalog
-        from training.retrieval import Retriever
-        from training.stack import fallback_popularity
+        from training.stack import fallback_popularity, load_segment
 
         store = shared_store(settings.store)
         model = load_version(settings.model_root, settings.version)
         reloaded = self.model is None or model.path != self.model.path
         if reloaded:
             self.catalog = Catalog(load_dataset(model.dataset_uri), store)
+            # What stated user attributes are checked against (None: the data had none).
+            self.segment = load_segment(model.path / "stack")
             # The answer of last resort, computed here without a hop when even the
             # cold-start deployment cannot answer within the deadline.
-            self.popularity = fallback_popularity(model.path / "stack")
-            seg = model.path / "stack" / "segment"
-            # What stated user attributes are checked against (None: the data had none).
-            self.segment = Retriever.load(seg) if seg.exists() else None
+            self.popularity = fallback_popularity(model.path / "stack", self.segment)
         local: Loaded = {}
         if settings.retrieval_in_api:
             local, _ = load_versions(settings, self.local, load_retrieval, refresh_retrieval)

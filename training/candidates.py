@@ -87,9 +87,7 @@ class CandidateGenerator:
         #: like other users' first items (+0.12 NDCG@10 at sign-up on ML-100k,
         #: docs/BENCHMARKS.md, Privacy), and with differential privacy on (the default)
         #: every count a cold-start list shows is then a private one
-        self.first_items_overall = (
-            segment is not None and segment.params.get("max_items_per_user") is not None
-        )
+        self.first_items_overall = segment is not None and segment.counts_first_items
         self.fusion = fusion
         self.config = config or CandidateConfig()
         self.n_items = popularity.n_items

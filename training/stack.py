@@ -80,19 +80,26 @@ def segment_params(spec: StackSpec | None) -> dict[str, Any]:
 SEGMENT_ENTRY = "segment popularity"
 
 
-def fallback_popularity(folder: str | Path) -> np.ndarray:
+def load_segment(folder: str | Path) -> SegmentPopular | None:
+    """A fitted stack's segment model (None: its data had no user attributes)."""
+    from training.retrieval.base import Retriever
+
+    path = Path(folder) / "segment"
+    return Retriever.load(path) if path.exists() else None
+
+
+def fallback_popularity(folder: str | Path, segment: SegmentPopular | None = None) -> np.ndarray:
     """What a fitted stack's last-resort popularity list ranks by (serving's cold-start
     fallbacks): the segment model's overall histogram (each user's first items, released
     with differential privacy by default: the counts the cold-start list uses), as shares;
-    without such a model, the exact interaction counts."""
+    without such a model, the exact interaction counts. `segment`: the stack's segment
+    model where the caller has loaded it already."""
     from training.retrieval.base import Retriever
 
-    folder = Path(folder)
-    if (folder / "segment").exists():
-        seg = Retriever.load(folder / "segment")
-        if seg.params.get("max_items_per_user") is not None:
-            return np.asarray(seg.overall, dtype=np.float64)
-    return np.asarray(Retriever.load(folder / "popularity").counts, dtype=np.float64)
+    segment = segment if segment is not None else load_segment(folder)
+    if segment is not None and segment.counts_first_items:
+        return np.asarray(segment.overall, dtype=np.float64)
+    return np.asarray(Retriever.load(Path(folder) / "popularity").counts, dtype=np.float64)
 
 
 def source_spec(spec: StackSpec | None) -> StackSpec:

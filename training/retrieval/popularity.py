@@ -215,6 +215,12 @@ class SegmentPopular(Retriever):
             for j, b in enumerate(best)
         ]
 
+    @property
+    def counts_first_items(self) -> bool:
+        """Whether the counts are each user's first items (a bounded contribution, the
+        privately released histogram by default) rather than every interaction."""
+        return self.params.get("max_items_per_user") is not None
+
     def is_withheld(self, attr: str, code: int) -> bool:
         w = getattr(self, "withheld", {}).get(attr)
         return w is not None and 0 <= code < len(w) and bool(w[code])
