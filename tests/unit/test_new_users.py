@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.global_steps import csr_from_pairs, user_offsets
+from tests.fit_data import fit_data
 from training.evaluation.new_users import cases_from, evaluate
 from training.retrieval.data import FitData
 
@@ -20,17 +20,7 @@ def log_data() -> FitData:
     u, i, t = (np.array(c) for c in zip(*rows, strict=True))
     occupation = np.array([k % 2 for k in range(N_USERS)])
     occupation[9] = -1
-    return FitData(
-        n_users=N_USERS,
-        n_items=N_ITEMS,
-        matrix=csr_from_pairs(u, i, np.ones(len(i), np.float32), (N_USERS, N_ITEMS)),
-        seq_indptr=user_offsets(u, N_USERS),
-        seq_items=i.astype(np.int32),
-        seq_times=t.astype(np.int64),
-        item_text=[f"item {k}" for k in range(N_ITEMS)],
-        item_categories=[[] for _ in range(N_ITEMS)],
-        user_segments={"occupation": occupation},
-    )
+    return fit_data(u, i, {"occupation": occupation}, N_ITEMS, times=t)
 
 
 def test_held_out_users_are_never_trained_on_and_have_enough_events():

@@ -19,6 +19,8 @@ from training.retrieval.private_counts import (
     plan_release,
 )
 
+LABELS = {"gender": ["F", "M"], "occupation": ["student", "writer"]}
+
 
 def achieved_delta(eps: float, sigma: float, sens: float) -> float:
     """Balle & Wang (2018), Theorem 8, written out independently of the module."""
@@ -99,7 +101,7 @@ def test_one_users_presence_moves_the_release_by_at_most_the_sensitivity():
 
 def test_a_segment_below_the_floor_is_never_released_or_named():
     users, items, codes, n_items = toy()
-    data = fit_data(users, items, codes, n_items)
+    data = fit_data(users, items, codes, n_items, labels=LABELS)
     model = SegmentPopular(epsilon=1.0, min_users=20, seed=0).fit(data)
     info = model.fit_info
     assert info["privacy"]["epsilon"] == 1.0 and info["privacy"]["unit"] == "user"
@@ -112,7 +114,7 @@ def test_a_segment_below_the_floor_is_never_released_or_named():
 
 def test_the_withheld_segments_survive_a_save(tmp_path):
     users, items, codes, n_items = toy()
-    data = fit_data(users, items, codes, n_items)
+    data = fit_data(users, items, codes, n_items, labels=LABELS)
     model = SegmentPopular(epsilon=1.0, min_users=20, seed=0).fit(data)
     model.save(tmp_path / "segment")
     back = SegmentPopular.load(tmp_path / "segment")
@@ -122,7 +124,7 @@ def test_the_withheld_segments_survive_a_save(tmp_path):
 
 def test_exact_counts_name_the_small_segment():
     users, items, codes, n_items = toy()
-    data = fit_data(users, items, codes, n_items)
+    data = fit_data(users, items, codes, n_items, labels=LABELS)
     writer = {"occupation": 1}
     # The same data without noise names the small segment somewhere.
     exact = SegmentPopular(epsilon=None, max_items_per_user=None).fit(data)
