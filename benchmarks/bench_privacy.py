@@ -106,32 +106,9 @@ def main() -> None:
         if attrs:
             exact = rows["exact"]["NDCG@10"]["mean"]
             bounded = rows["bounded, no noise"]["NDCG@10"]["mean"]
-            stated = rows
+            per_eps = kept(rows, bounded, args.epsilons, args.draws)
         else:
-            unstated = {
-                eps: float(
-                    np.mean(
-                        [
-                            rows[f"epsilon {eps:g}, draw {d}"]["NDCG@10"]["mean"]
-                            / rows["exact"]["NDCG@10"]["mean"]
-                            for d in range(args.draws)
-                        ]
-                    )
-                )
-                for eps in args.epsilons
-            }
-    rows = stated
-    per_eps = {
-        eps: float(
-            np.mean(
-                [
-                    rows[f"epsilon {eps:g}, draw {d}"]["NDCG@10"]["mean"] / bounded
-                    for d in range(args.draws)
-                ]
-            )
-        )
-        for eps in args.epsilons
-    }
+            unstated = kept(rows, rows["exact"]["NDCG@10"]["mean"], args.epsilons, args.draws)
     out = {
         "machine": f"{platform.node()} {platform.machine()}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -169,6 +146,17 @@ def main() -> None:
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str))
     plot(per_eps, bounded, exact, ranker, RESULTS / f"{args.name}.png")
     print(f"wrote {RESULTS / args.name}.json and .png ({out['seconds']} s)")
+
+
+def kept(rows: dict, base: float, epsilons: list[float], draws: int) -> dict[float, float]:
+    """Per epsilon, the mean over noise draws of NDCG@10 as a share of `base`."""
+    return {
+        eps: float(
+            np.mean([rows[f"epsilon {eps:g}, draw {d}"]["NDCG@10"]["mean"] for d in range(draws)])
+            / base
+        )
+        for eps in epsilons
+    }
 
 
 def cold_table(rows: dict, paired: dict, info: dict, attrs: bool, users: int):
