@@ -28,15 +28,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: Test NDCG@10 / Recall@10 published on exactly this ML-1M preprocessing (leave-one-out,
-#: full ranking): Klenitskiy & Vasilev (RecSys 2023); Petrov & Macdonald (RecSys 2023).
-PUBLISHED_ML1M = {
-    "SASRec (BCE, original)": (0.1341, 0.2500),
-    "BERT4Rec": (0.1537, 0.2843),
-    "gSASRec": (0.1726, 0.3003),
-    "SASRec, full cross-entropy": (0.1821, 0.3152),
-    "SASRec, CE over 3,000 sampled negatives": (0.1857, 0.3159),
-}
+from training.evaluation.published import published  # noqa: E402
+
+PUBLISHED_ML1M = published("ml-1m")
 
 
 def main() -> None:

@@ -33,6 +33,11 @@ def models_table(report: dict[str, Any]) -> Table:
             "-" if v["NDCG@10"] is None else f"{v['NDCG@10']:.4f}" for v in m["slices"].values()
         ]
         t.add_row(*row)
+    # Published results on the same data and protocol, where the report carries them.
+    for name, values in (report.get("published") or {}).items():
+        t.add_row(
+            f"published: {name}", *(f"{values[k]:.4f}" if k in values else "" for k in METRICS)
+        )
     return t
 
 
@@ -119,6 +124,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.barh(range(len(names)), means, xerr=err, color="#4c72b0", capsize=3)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
+    for k, (name, values) in enumerate((report.get("published") or {}).items()):
+        ax.axvline(values["NDCG@10"], color=f"C{k + 1}", ls="--", lw=1, label=f"published: {name}")
+    if report.get("published"):
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("NDCG@10 on test (95% bootstrap CI)")
     ax.set_title(f"{report['dataset']}: leave-one-out, full ranking")
     fig.tight_layout()
