@@ -21,8 +21,12 @@ from training.candidates import CandidateConfig, Candidates
 from training.publish import ModelVersion
 from training.reranker.examples import subset
 from training.reranker.features import candidate_features, feature_names
-from training.retrieval.base import pad_to, top_n
-from training.retrieval.fusion import fuse, source_ranks
+from training.retrieval.base import pad_to
+from training.retrieval.fusion import (
+    LEGACY_SIMILAR_SOURCES,
+    SIMILAR_SOURCES,
+    similar_ranking,
+)
 
 HISTORY_SOURCES = ("transitions", "item-kNN BM25", "content")
 CF_SOURCES = ("ALS", "BPR")
@@ -147,6 +151,8 @@ class RetrievalService:
         self.stack.popularity.partial_fit_items(n, texts)
         if self.stack.segment is not None:
             self.stack.segment.partial_fit_items(n, texts)
+        if self.stack.covisits is not None:
+            self.stack.covisits.partial_fit_items(n, texts)
         self.generator.n_items = n
         return len(new)
 
@@ -331,25 +337,22 @@ class RetrievalService:
         return s.route, f"routing table, history {s.label}: {s.reason}", scores
 
     def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
-        """Items like `item_id` from the item-to-item sources (content similarity places an
-        item added a moment ago). None: unknown item."""
+        """Items like `item_id` (`similar_ranking`): the private "also watched" release and
+        content similarity, which places an item added a moment ago. None: unknown item."""
         self.sync_items()
         i = self.catalog.item_index.get(item_id)
         if i is None:
             return None
-        ranks = {}
-        for s in HISTORY_SOURCES:
-            if s in self.stack.sources:
-                scores = self.stack.sources[s].score(None, np.array([i]))
-                scores = pad_to(scores, self.catalog.n_items)[: self.catalog.n_items].copy()
-                scores[i] = -np.inf
-                ranks[s] = source_ranks(scores, None, 100)
-        # Best rank in any source, so an item only one source can place yet (a new item:
-        # content) competes on equal terms; agreement between sources breaks ties.
-        parts = [fuse({s: r}, {s: 1.0}) for s, r in ranks.items()]
-        fused = np.max(parts, axis=0) + 1e-3 * np.sum(parts, axis=0)
-        fused[i] = 0
-        top = top_n(np.where(fused > 0, fused, -np.inf), k)
+        n = self.catalog.n_items
+        models = dict(self.stack.sources)
+        names = LEGACY_SIMILAR_SOURCES
+        if self.stack.covisits is not None:
+            models[SIMILAR_SOURCES[0]] = self.stack.covisits
+            names = SIMILAR_SOURCES
+        scores = {
+            s: pad_to(models[s].score(None, np.array([i])), n)[:n] for s in names if s in models
+        }
+        top, fused, ranks = similar_ranking(scores, i, k)
         return [
             {
                 "item_id": self.catalog.item_ids[j],

@@ -115,6 +115,7 @@ def publish_version(
         else:
             fit, _ = fit_stack(ds, Split.TEST, fusion, progress=progress, spec=spec)
             fit.save(tmp / "stack")
+        stack_meta = json.loads((tmp / "stack" / "stack.json").read_text())
         info = {
             "version": version,
             "dataset_uri": str(ds.uri),
@@ -123,10 +124,10 @@ def publish_version(
             "reranker": "reranker" if reranker is not None else None,
             # Which history lengths the LM sees (measured when the re-ranker was trained).
             "routing": routes(tmp / "reranker"),
-            # The privacy budget the version's released counts spent (segment popularity).
-            "privacy": json.loads((tmp / "stack" / "stack.json").read_text()).get(
-                "segment_release"
-            ),
+            # The privacy budget the version's released counts spent: segment popularity,
+            # and the "also watched" pairs of similar items (each its own release).
+            "privacy": stack_meta.get("segment_release"),
+            "covisit_privacy": stack_meta.get("covisit_release"),
             # What the re-ranker's trained parameters spent (None: trained without DP).
             "reranker_privacy": read_meta(tmp / "reranker").get("privacy")
             if reranker is not None

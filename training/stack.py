@@ -28,6 +28,7 @@ from training.retrieval import (
     FitData,
     ItemKNN,
     MostPopular,
+    PrivateCoVisits,
     Retriever,
     SegmentPopular,
     SelfAttentive,
@@ -78,6 +79,17 @@ def segment_params(spec: StackSpec | None) -> dict[str, Any]:
 
 #: The name a stack's recorded spec gives its segment model's entry.
 SEGMENT_ENTRY = "segment popularity"
+#: ... and its private "also watched" release (`/items/{id}/similar`).
+COVISIT_ENTRY = "also watched"
+
+
+def covisit_params(spec: StackSpec | None) -> dict[str, Any]:
+    """The "also watched" release's parameters (`PrivateCoVisits`: `epsilon`, `delta`,
+    `max_items_per_user`): a spec entry of kind `private_covisits`, else its defaults."""
+    found = [p for k, p in (spec or {}).values() if issubclass(k, PrivateCoVisits)]
+    if len(found) > 1:
+        raise ArtifactError("stack spec: more than one private_covisits entry")
+    return dict(found[0]) if found else {}
 
 
 def load_segment(folder: str | Path) -> SegmentPopular | None:
@@ -104,8 +116,12 @@ def fallback_popularity(folder: str | Path, segment: SegmentPopular | None = Non
 
 def source_spec(spec: StackSpec | None) -> StackSpec:
     """The retrieval sources of `spec` (default `DEFAULT_SOURCES`): its entries but the
-    segment model's."""
-    return {n: e for n, e in (spec or DEFAULT_SOURCES).items() if e[0] is not SegmentPopular}
+    segment model's and the "also watched" release's."""
+    return {
+        n: e
+        for n, e in (spec or DEFAULT_SOURCES).items()
+        if e[0] not in (SegmentPopular, PrivateCoVisits)
+    }
 
 
 def spec_to_json(spec: StackSpec) -> dict[str, dict[str, Any]]:
@@ -206,6 +222,9 @@ class RetrievalStack:
     fusion: LearnedFusion | None
     dataset_version: str
     through: str
+    #: the private "also watched" pairs `/items/{id}/similar` ranks by (None: a stack saved
+    #: before they existed; similar then ranks by the item-to-item sources)
+    covisits: PrivateCoVisits | None = None
 
     def generator(self, config: CandidateConfig | None = None) -> CandidateGenerator:
         return CandidateGenerator(
@@ -226,6 +245,8 @@ class RetrievalStack:
         out: StackSpec = {n: (type(m), dict(m.params)) for n, m in self.sources.items()}
         if self.segment is not None:
             out[SEGMENT_ENTRY] = (SegmentPopular, dict(self.segment.params))
+        if self.covisits is not None:
+            out[COVISIT_ENTRY] = (PrivateCoVisits, dict(self.covisits.params))
         return out
 
     def save(self, folder: str | Path) -> None:
@@ -236,6 +257,8 @@ class RetrievalStack:
         self.popularity.save(folder / "popularity")
         if self.segment is not None:
             self.segment.save(folder / "segment")
+        if self.covisits is not None:
+            self.covisits.save(folder / "covisits")
         meta = {
             "format": STACK_FORMAT,
             "sources": list(self.sources),
@@ -248,6 +271,8 @@ class RetrievalStack:
             "fitted": {n: m.fit_info for n, m in self.sources.items() if m.fit_info},
             # What the segment counts' differential privacy spent (None: exact counts).
             "segment_release": self.segment.fit_info if self.segment is not None else None,
+            # ... and the "also watched" pairs' (`/items/{id}/similar`).
+            "covisit_release": self.covisits.fit_info if self.covisits is not None else None,
         }
         (folder / "stack.json").write_text(json.dumps(meta, indent=2))
 
@@ -269,9 +294,11 @@ class RetrievalStack:
         }
         pop = Retriever.load(folder / "popularity", version)
         seg = Retriever.load(folder / "segment", version) if (folder / "segment").exists() else None
+        co = folder / "covisits"
+        covisits = Retriever.load(co, version) if co.exists() else None
         fusion = LearnedFusion.from_json(meta["fusion"]) if meta["fusion"] else None
         assert isinstance(pop, MostPopular)
-        return cls(sources, pop, seg, fusion, meta["dataset_version"], meta["through"])
+        return cls(sources, pop, seg, fusion, meta["dataset_version"], meta["through"], covisits)
 
 
 def _fit_sources(
@@ -380,6 +407,7 @@ def stack_from_data(
         fusion=fusion,
         dataset_version=data.dataset_version,
         through=through,
+        covisits=PrivateCoVisits(**covisit_params(spec)).fit(data),
     )
 
 

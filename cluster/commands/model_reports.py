@@ -57,6 +57,20 @@ def privacy_line(release: dict | None) -> str:
     )
 
 
+def covisit_line(release: dict | None) -> str:
+    """What the "also watched" pairs of `/items/{id}/similar` spent (`fit`, `publish`)."""
+    if not release:
+        return "not released (similar items rank by the item-to-item sources)"
+    if release.get("epsilon") is None:
+        return f"exact counts, no differential privacy ({release['pairs_released']} pairs)"
+    return (
+        f"user-level differential privacy, epsilon {release['epsilon']:g}, delta "
+        f"{release['delta']:g} (sigma {release['sigma']:.1f}, pairs among each user's first "
+        f"{release['max_items_per_user']} items, released above {release['threshold']:.0f}): "
+        f"{release['pairs_released']} pairs"
+    )
+
+
 def training_privacy_line(plan: dict | None) -> str:
     """What a re-ranker's training spent (`train`, `publish`)."""
     if not plan:

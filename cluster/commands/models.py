@@ -30,6 +30,7 @@ from cluster.commands.common import (
     validation_message,
 )
 from cluster.commands.model_reports import (
+    covisit_line,
     print_history,
     print_routing,
     privacy_line,
@@ -351,6 +352,8 @@ def fit(
             console.print(f"  {name}: {model.fit_info}")
     if stack.segment is not None:
         console.print(f"  segment popularity: {privacy_line(stack.segment.fit_info)}")
+    if stack.covisits is not None:
+        console.print(f"  also watched (similar items): {covisit_line(stack.covisits.fit_info)}")
 
 
 @app.command()
@@ -408,9 +411,9 @@ def publish(
     console.print(
         f"published {mv.version} -> {mv.uri} (re-ranker: {'yes' if mv.reranker else 'none'})"
     )
-    release = json.loads((mv.path / "version.json").read_text()).get("privacy")
-    console.print(f"segment popularity: {privacy_line(release)}")
+    info = json.loads((mv.path / "version.json").read_text())
+    console.print(f"segment popularity: {privacy_line(info.get('privacy'))}")
+    console.print(f"also watched (similar items): {covisit_line(info.get('covisit_privacy'))}")
     if mv.reranker is not None:
-        info = json.loads((mv.path / "version.json").read_text())
         console.print(f"re-ranker: {training_privacy_line(info.get('reranker_privacy'))}")
         print_routing(mv.reranker)

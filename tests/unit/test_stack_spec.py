@@ -61,8 +61,8 @@ def test_load_spec_reads_a_spec_file_or_an_eval_report(tmp_path):
 def test_the_published_stack_records_the_spec_it_was_fitted_from(published):
     from tests.serving_setup import TEST_SOURCES
     from training.publish import load_version
-    from training.retrieval import SegmentPopular
-    from training.stack import SEGMENT_ENTRY, source_spec
+    from training.retrieval import PrivateCoVisits, SegmentPopular
+    from training.stack import COVISIT_ENTRY, SEGMENT_ENTRY, source_spec
 
     _, models = published
     stack = json.loads((load_version(models).path / "stack" / "stack.json").read_text())
@@ -71,6 +71,10 @@ def test_the_published_stack_records_the_spec_it_was_fitted_from(published):
         n: (k, {**k.default_params(), **p}) for n, (k, p) in TEST_SOURCES.items()
     }
     assert recorded[SEGMENT_ENTRY] == (SegmentPopular, SegmentPopular.default_params())
+    assert recorded[COVISIT_ENTRY] == (PrivateCoVisits, PrivateCoVisits.default_params())
+    version = json.loads((load_version(models).path / "version.json").read_text())
+    assert version["covisit_privacy"] == stack["covisit_release"]
+    assert version["covisit_privacy"]["epsilon"] == 8.0
 
 
 def test_a_segment_popular_entry_configures_the_segment_release_not_a_source():
@@ -127,3 +131,35 @@ def test_the_fallback_list_ranks_by_the_released_first_items_counts(tmp_path):
     assert np.allclose(released, seg.overall) and not np.allclose(released, exact / exact.sum())
     SegmentPopular(max_items_per_user=None, epsilon=None).fit(data).save(tmp_path / "segment")
     assert np.array_equal(fallback_popularity(tmp_path), exact)
+
+
+def test_a_private_covisits_entry_configures_the_similar_items_release(tmp_path):
+    """`{"kind": "private_covisits", ...}` sets the "also watched" release's privacy; the
+    stack saves and loads it, and stack.json records what it spent."""
+    import numpy as np
+
+    from tests.fit_data import fit_data
+    from training.retrieval import PrivateCoVisits
+    from training.stack import RetrievalStack, covisit_params, source_spec, stack_from_data
+
+    spec = spec_from_json(
+        {
+            "transitions": {"kind": "transitions", "params": {}},
+            "pairs": {"kind": "private_covisits", "params": {"epsilon": 1.0}},
+        }
+    )
+    assert list(source_spec(spec)) == ["transitions"]
+    assert covisit_params(spec) == {"epsilon": 1.0} and covisit_params(None) == {}
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(60), 8)
+    data = fit_data(users, rng.integers(0, 30, len(users)), {}, 30)
+    stack = stack_from_data(data, None, np.zeros((30, 4), np.float32), "train", False, spec)
+    assert stack.covisits.fit_info["epsilon"] == 1.0
+    stack.save(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "stack.json").read_text())
+    assert meta["covisit_release"] == stack.covisits.fit_info
+    loaded = RetrievalStack.load(tmp_path / "s")
+    assert isinstance(loaded.covisits, PrivateCoVisits)
+    assert (loaded.covisits.matrix != stack.covisits.matrix).nnz == 0
+    with pytest.raises(ArtifactError, match="more than one"):
+        covisit_params({**spec, "more": (PrivateCoVisits, {})})

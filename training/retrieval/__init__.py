@@ -5,6 +5,7 @@ from training.retrieval.cf import ALS, BPR, ItemKNN
 from training.retrieval.content import Content
 from training.retrieval.data import FitData
 from training.retrieval.popularity import MostPopular, SegmentPopular
+from training.retrieval.private_covisits import PrivateCoVisits
 from training.retrieval.sequential import SelfAttentive
 from training.retrieval.transitions import Transitions
 
@@ -19,6 +20,7 @@ RETRIEVERS: dict[str, type[Retriever]] = {
         ItemKNN,
         Content,
         SelfAttentive,
+        PrivateCoVisits,
     )
 }
 
@@ -30,6 +32,7 @@ __all__ = [
     "FitData",
     "ItemKNN",
     "MostPopular",
+    "PrivateCoVisits",
     "Recommendation",
     "RetrievalError",
     "Retriever",

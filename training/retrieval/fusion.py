@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from training.retrieval.base import top_n
+
 
 def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) -> np.ndarray:
     """1-based rank of each item in one source's list (0 = not in its top `depth`).
@@ -202,3 +204,30 @@ class LearnedFusion:
         f.mean, f.std = np.asarray(d["mean"]), np.asarray(d["std"])
         f.weights, f.bias = np.asarray(d["weights"]), float(d["bias"])
         return f
+
+
+#: The item-to-item sources `/items/{id}/similar` ranks by: the private "also watched"
+#: release, SASRec's next items after the one item (a model, no count), and content
+#: similarity (item text, public). A stack without the release (saved before it existed)
+#: uses its count-based item-to-item sources instead.
+SIMILAR_SOURCES = ("also watched", "SASRec", "content")
+LEGACY_SIMILAR_SOURCES = ("transitions", "item-kNN BM25", "content")
+
+
+def similar_ranking(
+    scores: Mapping[str, np.ndarray], item: int, k: int, depth: int = 100
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Items like `item` from each source's one-item scores: (top `k` items, their fused
+    score, each source's ranks). An item's score is its best reciprocal rank in any source,
+    so an item only one source can place (a new item: content) competes on equal terms;
+    agreement between sources breaks ties."""
+    ranks = {}
+    for name, s in scores.items():
+        s = s.copy()
+        s[item] = -np.inf
+        ranks[name] = source_ranks(s, None, depth)
+    parts = [fuse({s: r}, {s: 1.0}) for s, r in ranks.items()]
+    fused = np.max(parts, axis=0) + 1e-3 * np.sum(parts, axis=0)
+    fused[item] = 0
+    top = top_n(np.where(fused > 0, fused, -np.inf), k)
+    return top, fused, ranks
