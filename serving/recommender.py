@@ -23,8 +23,6 @@ from training.reranker.examples import subset
 from training.reranker.features import candidate_features, feature_names
 from training.retrieval.base import pad_to
 from training.retrieval.fusion import (
-    LEGACY_SIMILAR_SOURCES,
-    SIMILAR_SOURCES,
     similar_ranking,
 )
 
@@ -337,20 +335,17 @@ class RetrievalService:
         return s.route, f"routing table, history {s.label}: {s.reason}", scores
 
     def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
-        """Items like `item_id` (`similar_ranking`): the private "also watched" release and
-        content similarity, which places an item added a moment ago. None: unknown item."""
+        """Items like `item_id` (`similar_ranking` of `RetrievalStack.similar_models`: SASRec,
+        content similarity, which places an item added a moment ago, and the private "also
+        watched" release where the stack has one). None: unknown item."""
         self.sync_items()
         i = self.catalog.item_index.get(item_id)
         if i is None:
             return None
         n = self.catalog.n_items
-        models = dict(self.stack.sources)
-        names = LEGACY_SIMILAR_SOURCES
-        if self.stack.covisits is not None:
-            models[SIMILAR_SOURCES[0]] = self.stack.covisits
-            names = SIMILAR_SOURCES
         scores = {
-            s: pad_to(models[s].score(None, np.array([i])), n)[:n] for s in names if s in models
+            s: pad_to(m.score(None, np.array([i])), n)[:n]
+            for s, m in self.stack.similar_models().items()
         }
         top, fused, ranks = similar_ranking(scores, i, k)
         return [

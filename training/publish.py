@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines import storage
 from pipelines.artifact import Dataset
@@ -43,6 +44,27 @@ class ModelVersion:
 
     def stack(self) -> RetrievalStack:
         return RetrievalStack.load(self.path / "stack", self.dataset_version)
+
+
+def aggregate_budget(stack_meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The (epsilon, delta) a version's released counts spend together: the segment
+    popularity release and the "also watched" release touch the same users, so their
+    budgets add up. None: no noised release."""
+    parts = {}
+    segment = stack_meta.get("segment_release")
+    if segment:
+        parts["segment popularity"] = segment["privacy"]
+    covisits = stack_meta.get("covisit_release")
+    if covisits and covisits.get("epsilon") is not None:
+        parts["also watched"] = covisits
+    if not parts:
+        return None
+    return {
+        "epsilon": sum(p["epsilon"] for p in parts.values()),
+        "delta": sum(p["delta"] for p in parts.values()),
+        "releases": {n: {"epsilon": p["epsilon"], "delta": p["delta"]} for n, p in parts.items()},
+        "composition": "basic (epsilons and deltas add up)",
+    }
 
 
 def fit_retrievers(
@@ -128,6 +150,8 @@ def publish_version(
             # and the "also watched" pairs of similar items (each its own release).
             "privacy": stack_meta.get("segment_release"),
             "covisit_privacy": stack_meta.get("covisit_release"),
+            # What they spend together: the same users are in both (basic composition).
+            "aggregates_privacy": aggregate_budget(stack_meta),
             # What the re-ranker's trained parameters spent (None: trained without DP).
             "reranker_privacy": read_meta(tmp / "reranker").get("privacy")
             if reranker is not None

@@ -35,7 +35,12 @@ from training.retrieval import (
     Transitions,
 )
 from training.retrieval.embeddings import TextEncoder
-from training.retrieval.fusion import LearnedFusion, source_ranks
+from training.retrieval.fusion import (
+    LEGACY_SIMILAR_SOURCES,
+    SIMILAR_SOURCES,
+    LearnedFusion,
+    source_ranks,
+)
 
 STACK_FORMAT = 1
 FUSION_DEPTH = 100
@@ -83,13 +88,20 @@ SEGMENT_ENTRY = "segment popularity"
 COVISIT_ENTRY = "also watched"
 
 
-def covisit_params(spec: StackSpec | None) -> dict[str, Any]:
+def covisit_params(spec: StackSpec | None) -> dict[str, Any] | None:
     """The "also watched" release's parameters (`PrivateCoVisits`: `epsilon`, `delta`,
-    `max_items_per_user`): a spec entry of kind `private_covisits`, else its defaults."""
-    found = [p for k, p in (spec or {}).values() if issubclass(k, PrivateCoVisits)]
+    `max_items_per_user`) from a spec entry of kind `private_covisits`; without one, its
+    defaults where the stack has no SASRec source, and None (no release) where it has one:
+    SASRec and content rank similar items better than they do with the release
+    (docs/BENCHMARKS.md, "Similar items")."""
+    spec = spec if spec is not None else DEFAULT_SOURCES
+    found = [p for k, p in spec.values() if issubclass(k, PrivateCoVisits)]
     if len(found) > 1:
         raise ArtifactError("stack spec: more than one private_covisits entry")
-    return dict(found[0]) if found else {}
+    if found:
+        return dict(found[0])
+    has_sasrec = any(issubclass(k, SelfAttentive) for k, _ in spec.values())
+    return None if has_sasrec else {}
 
 
 def load_segment(folder: str | Path) -> SegmentPopular | None:
@@ -222,8 +234,8 @@ class RetrievalStack:
     fusion: LearnedFusion | None
     dataset_version: str
     through: str
-    #: the private "also watched" pairs `/items/{id}/similar` ranks by (None: a stack saved
-    #: before they existed; similar then ranks by the item-to-item sources)
+    #: the private "also watched" pairs (`covisit_params`: by default only in a stack
+    #: without SASRec)
     covisits: PrivateCoVisits | None = None
 
     def generator(self, config: CandidateConfig | None = None) -> CandidateGenerator:
@@ -248,6 +260,19 @@ class RetrievalStack:
         if self.covisits is not None:
             out[COVISIT_ENTRY] = (PrivateCoVisits, dict(self.covisits.params))
         return out
+
+    def similar_models(self) -> dict[str, Retriever]:
+        """What `/items/{id}/similar` ranks by (`SIMILAR_SOURCES`, no exact count): the
+        private "also watched" release where the stack has one, SASRec, content. A stack
+        with neither the release nor SASRec (saved before the release existed) ranks by its
+        item-to-item sources, transition and co-occurrence counts included."""
+        models: dict[str, Retriever] = dict(self.sources)
+        if self.covisits is not None:
+            models[SIMILAR_SOURCES[0]] = self.covisits
+        names = SIMILAR_SOURCES
+        if self.covisits is None and "SASRec" not in models:
+            names = LEGACY_SIMILAR_SOURCES
+        return {n: models[n] for n in names if n in models}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -400,6 +425,7 @@ def stack_from_data(
     spec: StackSpec | None = None,
     warm: WarmStart | None = None,
 ) -> RetrievalStack:
+    covisits = covisit_params(spec)
     return RetrievalStack(
         sources=_fit_sources(data, embeddings, progress, spec, warm),
         popularity=MostPopular().fit(data),
@@ -407,7 +433,7 @@ def stack_from_data(
         fusion=fusion,
         dataset_version=data.dataset_version,
         through=through,
-        covisits=PrivateCoVisits(**covisit_params(spec)).fit(data),
+        covisits=None if covisits is None else PrivateCoVisits(**covisits).fit(data),
     )
 
 

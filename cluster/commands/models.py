@@ -414,6 +414,12 @@ def publish(
     info = json.loads((mv.path / "version.json").read_text())
     console.print(f"segment popularity: {privacy_line(info.get('privacy'))}")
     console.print(f"also watched (similar items): {covisit_line(info.get('covisit_privacy'))}")
+    total = info.get("aggregates_privacy")
+    if total is not None and len(total["releases"]) > 1:
+        console.print(
+            f"released counts together: epsilon {total['epsilon']:g}, delta {total['delta']:g} "
+            "(basic composition: the same users are in each)"
+        )
     if mv.reranker is not None:
         console.print(f"re-ranker: {training_privacy_line(info.get('reranker_privacy'))}")
         print_routing(mv.reranker)

@@ -80,8 +80,16 @@ def test_the_sparse_prior_can_count_each_users_first_items(parts):
     first = CandidateGenerator(sources, pop, seg, config=config)
     a, b = every.generate(None, hist), first.generate(None, hist)
     assert a.path == b.path == "sparse" and not set(b.items) & set(hist)
+    # With the prior dominating the fusion, each list's head follows its own counts (at the
+    # default weight the margin is within ties of the text scores).
+    heavy = {"n": 30, "sparse_popularity": 50.0}
+    by_every = CandidateGenerator(sources, pop, seg, config=CandidateConfig(**heavy))
+    config_first = CandidateConfig(**heavy, sparse_popularity_counts="first_items")
+    by_first = CandidateGenerator(sources, pop, seg, config=config_first)
+    a, b = by_every.generate(None, hist), by_first.generate(None, hist)
     overall = seg.overall
     assert overall[b.items[:10]].mean() > overall[a.items[:10]].mean()
+    assert pop.counts[a.items[:10]].mean() > pop.counts[b.items[:10]].mean()
     # without a segment model bounding contributions, the option falls back to every one
     plain = CandidateGenerator(sources, pop, None, config=config).generate(None, hist)
     assert np.array_equal(

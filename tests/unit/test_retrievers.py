@@ -21,6 +21,7 @@ from training.retrieval import (
     FitData,
     ItemKNN,
     MostPopular,
+    PrivateCoVisits,
     RetrievalError,
     Retriever,
     SegmentPopular,
@@ -41,8 +42,17 @@ FACTORIES = {
     "content": lambda: Content(),
     "transitions_both_ways": lambda: Transitions(window=5, both_ways=True),
     "sasrec": lambda: SelfAttentive(dim=16, max_len=20, epochs=3),
+    # The release without noise: noise on this small log would withhold every pair.
+    "private_covisits": lambda: PrivateCoVisits(epsilon=None),
 }
-HISTORY_BASED = {"transitions", "item_knn_bm25", "item_knn_cosine", "content", "sasrec"}
+HISTORY_BASED = {
+    "transitions",
+    "item_knn_bm25",
+    "item_knn_cosine",
+    "content",
+    "sasrec",
+    "private_covisits",
+}
 POPULARITY = {"most_popular", "recent_popular", "segment_popular"}
 
 

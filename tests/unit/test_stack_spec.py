@@ -61,7 +61,7 @@ def test_load_spec_reads_a_spec_file_or_an_eval_report(tmp_path):
 def test_the_published_stack_records_the_spec_it_was_fitted_from(published):
     from tests.serving_setup import TEST_SOURCES
     from training.publish import load_version
-    from training.retrieval import PrivateCoVisits, SegmentPopular
+    from training.retrieval import SegmentPopular
     from training.stack import COVISIT_ENTRY, SEGMENT_ENTRY, source_spec
 
     _, models = published
@@ -71,10 +71,13 @@ def test_the_published_stack_records_the_spec_it_was_fitted_from(published):
         n: (k, {**k.default_params(), **p}) for n, (k, p) in TEST_SOURCES.items()
     }
     assert recorded[SEGMENT_ENTRY] == (SegmentPopular, SegmentPopular.default_params())
-    assert recorded[COVISIT_ENTRY] == (PrivateCoVisits, PrivateCoVisits.default_params())
+    # A stack with SASRec makes no "also watched" release: SASRec and content rank
+    # similar items, and the version spends only the segment release.
+    assert COVISIT_ENTRY not in recorded and stack["covisit_release"] is None
     version = json.loads((load_version(models).path / "version.json").read_text())
-    assert version["covisit_privacy"] == stack["covisit_release"]
-    assert version["covisit_privacy"]["epsilon"] == 8.0
+    assert version["covisit_privacy"] is None
+    total = version["aggregates_privacy"]
+    assert list(total["releases"]) == ["segment popularity"] and total["epsilon"] == 8.0
 
 
 def test_a_segment_popular_entry_configures_the_segment_release_not_a_source():
@@ -149,17 +152,26 @@ def test_a_private_covisits_entry_configures_the_similar_items_release(tmp_path)
         }
     )
     assert list(source_spec(spec)) == ["transitions"]
-    assert covisit_params(spec) == {"epsilon": 1.0} and covisit_params(None) == {}
+    assert covisit_params(spec) == {"epsilon": 1.0}
+    # Without an entry: a release only where no SASRec source ranks similar items.
+    assert covisit_params(None) is None
+    sasrec = spec_from_json({"s": {"kind": "sasrec", "params": {}}})
+    assert covisit_params(sasrec) is None
+    assert covisit_params(spec_from_json({"t": {"kind": "transitions"}})) == {}
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(60), 8)
     data = fit_data(users, rng.integers(0, 30, len(users)), {}, 30)
     stack = stack_from_data(data, None, np.zeros((30, 4), np.float32), "train", False, spec)
     assert stack.covisits.fit_info["epsilon"] == 1.0
+    assert list(stack.similar_models()) == ["also watched"]  # transitions counts: never
     stack.save(tmp_path / "s")
     meta = json.loads((tmp_path / "s" / "stack.json").read_text())
     assert meta["covisit_release"] == stack.covisits.fit_info
     loaded = RetrievalStack.load(tmp_path / "s")
     assert isinstance(loaded.covisits, PrivateCoVisits)
     assert (loaded.covisits.matrix != stack.covisits.matrix).nnz == 0
+    # A stack saved before the release, without SASRec: its count-based sources.
+    loaded.covisits = None
+    assert list(loaded.similar_models()) == ["transitions"]
     with pytest.raises(ArtifactError, match="more than one"):
         covisit_params({**spec, "more": (PrivateCoVisits, {})})

@@ -344,6 +344,7 @@ def evaluate(
     models = {name: summarize(r, test, n_items, resamples) for name, r in results.items()}
     ndcg = {name: metrics_from_ranks(r.test_ranks)["NDCG@10"] for name, r in results.items()}
     pairs = [
+        (FUSION_NAME, "SASRec"),
         (FUSION_NAME, "transitions"),
         ("transitions", "ALS"),
         ("BPR", "ALS"),

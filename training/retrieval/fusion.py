@@ -206,10 +206,9 @@ class LearnedFusion:
         return f
 
 
-#: The item-to-item sources `/items/{id}/similar` ranks by: the private "also watched"
-#: release, SASRec's next items after the one item (a model, no count), and content
-#: similarity (item text, public). A stack without the release (saved before it existed)
-#: uses its count-based item-to-item sources instead.
+#: The item-to-item sources `/items/{id}/similar` ranks by, where the stack has them
+#: (`RetrievalStack.similar_models`): the private "also watched" release, SASRec's next
+#: items after the one item (a model, no count), content similarity (item text, public).
 SIMILAR_SOURCES = ("also watched", "SASRec", "content")
 LEGACY_SIMILAR_SOURCES = ("transitions", "item-kNN BM25", "content")
 
