@@ -57,17 +57,22 @@ def privacy_line(release: dict | None) -> str:
     )
 
 
-def covisit_line(release: dict | None) -> str:
-    """What the "also watched" pairs of `/items/{id}/similar` spent (`fit`, `publish`)."""
+def covisit_line(release: dict | None, similar: list[str]) -> str:
+    """What the "also watched" pairs of `/items/{id}/similar` spent, and what similar items
+    rank by (`similar`: `RetrievalStack.similar_models`) (`fit`, `publish`)."""
+    ranked_by = f"similar items rank by {', '.join(similar)}"
     if not release:
-        return "not released (similar items rank by the item-to-item sources)"
+        return f"no release; {ranked_by}"
     if release.get("epsilon") is None:
-        return f"exact counts, no differential privacy ({release['pairs_released']} pairs)"
+        return (
+            f"exact counts, no differential privacy ({release['pairs_released']} pairs); "
+            + ranked_by
+        )
     return (
         f"user-level differential privacy, epsilon {release['epsilon']:g}, delta "
         f"{release['delta']:g} (sigma {release['sigma']:.1f}, pairs among each user's first "
         f"{release['max_items_per_user']} items, released above {release['threshold']:.0f}): "
-        f"{release['pairs_released']} pairs"
+        f"{release['pairs_released']} pairs; {ranked_by}"
     )
 
 

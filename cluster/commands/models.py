@@ -352,8 +352,9 @@ def fit(
             console.print(f"  {name}: {model.fit_info}")
     if stack.segment is not None:
         console.print(f"  segment popularity: {privacy_line(stack.segment.fit_info)}")
-    if stack.covisits is not None:
-        console.print(f"  also watched (similar items): {covisit_line(stack.covisits.fit_info)}")
+    release = stack.covisits.fit_info if stack.covisits is not None else None
+    similar = list(stack.similar_models())
+    console.print(f"  similar items: {covisit_line(release, similar)}")
 
 
 @app.command()
@@ -413,7 +414,8 @@ def publish(
     )
     info = json.loads((mv.path / "version.json").read_text())
     console.print(f"segment popularity: {privacy_line(info.get('privacy'))}")
-    console.print(f"also watched (similar items): {covisit_line(info.get('covisit_privacy'))}")
+    similar = list(mv.stack().similar_models())
+    console.print(f"similar items: {covisit_line(info.get('covisit_privacy'), similar)}")
     total = info.get("aggregates_privacy")
     if total is not None and len(total["releases"]) > 1:
         console.print(
