@@ -22,9 +22,7 @@ from training.publish import ModelVersion
 from training.reranker.examples import subset
 from training.reranker.features import candidate_features, feature_names
 from training.retrieval.base import pad_to
-from training.retrieval.fusion import (
-    similar_ranking,
-)
+from training.retrieval.fusion import similar_ranking
 
 HISTORY_SOURCES = ("transitions", "item-kNN BM25", "content")
 CF_SOURCES = ("ALS", "BPR")

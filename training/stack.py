@@ -262,17 +262,19 @@ class RetrievalStack:
         return out
 
     def similar_models(self) -> dict[str, Retriever]:
-        """What `/items/{id}/similar` ranks by (`SIMILAR_SOURCES`, no exact count): the
-        private "also watched" release where the stack has one, SASRec, content. A stack
-        with neither the release nor SASRec (saved before the release existed) ranks by its
-        item-to-item sources, transition and co-occurrence counts included."""
-        models: dict[str, Retriever] = dict(self.sources)
+        """What `/items/{id}/similar` ranks by, no exact count: the private "also watched"
+        release where the stack has one, its SASRec and content sources (found by kind,
+        whatever their names). A stack with neither the release nor SASRec (saved before
+        the release existed) ranks by its item-to-item sources (`LEGACY_SIMILAR_SOURCES`),
+        transition and co-occurrence counts included."""
+        kinds = (SelfAttentive, Content)
+        out: dict[str, Retriever] = {}
         if self.covisits is not None:
-            models[SIMILAR_SOURCES[0]] = self.covisits
-        names = SIMILAR_SOURCES
-        if self.covisits is None and "SASRec" not in models:
-            names = LEGACY_SIMILAR_SOURCES
-        return {n: models[n] for n in names if n in models}
+            out[SIMILAR_SOURCES[0]] = self.covisits
+        out |= {n: m for n, m in self.sources.items() if isinstance(m, kinds)}
+        if self.covisits is None and not any(isinstance(m, SelfAttentive) for m in out.values()):
+            return {n: self.sources[n] for n in LEGACY_SIMILAR_SOURCES if n in self.sources}
+        return out
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

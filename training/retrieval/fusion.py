@@ -209,7 +209,7 @@ class LearnedFusion:
 #: The item-to-item sources `/items/{id}/similar` ranks by, where the stack has them
 #: (`RetrievalStack.similar_models`): the private "also watched" release, SASRec's next
 #: items after the one item (a model, no count), content similarity (item text, public).
-SIMILAR_SOURCES = ("also watched", "SASRec", "content")
+SIMILAR_SOURCES = ("also watched", "SASRec", "content")  # by kind, whatever their names
 LEGACY_SIMILAR_SOURCES = ("transitions", "item-kNN BM25", "content")
 
 
