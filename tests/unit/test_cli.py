@@ -313,8 +313,8 @@ def test_fit_takes_the_stack_llmrec_eval_chose_for_the_dataset(tmp_path, prepare
     validation chose), says so, and the fitted stack records it."""
     import json
 
-    from training.retrieval import ALS, Transitions
-    from training.stack import spec_from_json, spec_to_json
+    from training.retrieval import ALS, PrivateCoVisits, Transitions
+    from training.stack import COVISIT_ENTRY, source_spec, spec_from_json, spec_to_json
 
     chosen = {"transitions": (Transitions, {"window": 1}), "ALS": (ALS, {"factors": 8})}
     spec = tmp_path / "artifacts" / "eval" / "ml" / "stack-spec.json"
@@ -327,8 +327,10 @@ def test_fit_takes_the_stack_llmrec_eval_chose_for_the_dataset(tmp_path, prepare
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "artifacts/eval/ml/stack-spec.json" in proc.stdout
     fitted = spec_from_json(json.loads((out / "stack.json").read_text())["spec"])
-    assert list(fitted) == ["transitions", "ALS"]
+    assert list(source_spec(fitted)) == ["transitions", "ALS"]
     assert fitted["transitions"][1]["window"] == 1 and fitted["ALS"][1]["factors"] == 8
+    # No SASRec in that stack: similar items get the private "also watched" release.
+    assert fitted[COVISIT_ENTRY][0] is PrivateCoVisits
 
 
 def test_keys_create_prints_the_key_once_and_list_never_shows_it(tmp_path):
