@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.artifact import load_dataset, write_dataset
 from pipelines.errors import ArtifactError
@@ -265,6 +266,31 @@ def test_sasrec_starts_warm_from_a_previous_fit_with_items_renumbered(data):
     assert hits(warm) > 0.9 and hits(cold) < 0.5
     other = SelfAttentive(**{**p, "dim": 8}).warm_fit(new, previous, item_map, share=0.05)
     assert "warm_epochs" not in other.fit_info  # another shape: a full fit
+
+
+def test_a_cosine_warm_fit_decays_its_learning_rate_to_zero_and_still_learns(data):
+    from training.retrieval.sequential import _warm_schedule
+
+    p = {"dim": 16, "max_len": 10, "epochs": 40, "batch_size": 16, "seed": 1}
+    old = _cyclic_walks(data)
+    previous = SelfAttentive(**p).fit(old)
+    item_map = np.arange(30)
+    constant = SelfAttentive(**p).warm_fit(old, previous, item_map, share=0.05)
+    cosine = SelfAttentive(**p, warm_schedule="cosine").warm_fit(old, previous, item_map, 0.05)
+    assert not np.allclose(constant.arrays["items.weight"], cosine.arrays["items.weight"])
+    hits = [
+        cosine.recommend(None, [(i - 1) % 30, i], n=1).items[0] == (i + 1) % 30 for i in range(30)
+    ]
+    assert np.mean(hits) > 0.9
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=4e-3)
+    schedule = _warm_schedule(opt, "cosine", 10)
+    for _ in range(10):
+        opt.step()
+        schedule.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert _warm_schedule(opt, "constant", 10) is None
+    with pytest.raises(RetrievalError, match="warm_schedule must be"):
+        _warm_schedule(opt, "step", 10)
 
 
 def test_sasrec_chooses_the_sampled_softmax_beyond_a_catalogue_size():

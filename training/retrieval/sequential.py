@@ -122,6 +122,10 @@ class SelfAttentive(Retriever):
             "loss": "auto",
             "negatives": 1024,
             "full_softmax_items": 20_000,
+            # A warm fit's learning rate over its epochs: "constant" (the full fit's), or
+            # "cosine" (from the full fit's rate down to zero, so the short fine-tune ends
+            # settled rather than mid-step).
+            "warm_schedule": "constant",
             "seed": 0,
         }
 
@@ -172,8 +176,11 @@ class SelfAttentive(Retriever):
                 _load_warm(network, *init)
                 self.fit_info["warm_epochs"] = epochs
             opt = torch.optim.Adam(network.parameters(), lr=p["learning_rate"])
+            n_epochs = epochs or p["epochs"]
+            steps = n_epochs * -(-len(windows) // p["batch_size"])
+            schedule = _warm_schedule(opt, p["warm_schedule"], steps) if init is not None else None
             network.train()
-            bar = tqdm(range(epochs or p["epochs"]), desc="sasrec", leave=False)
+            bar = tqdm(range(n_epochs), desc="sasrec", leave=False)
             for epoch in bar:
                 order = torch.randperm(len(windows))
                 for start in range(0, len(windows), p["batch_size"]):
@@ -188,6 +195,8 @@ class SelfAttentive(Retriever):
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
+                    if schedule is not None:
+                        schedule.step()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 if on_epoch is not None:
                     self._take_weights(network, data)
@@ -218,6 +227,16 @@ class SelfAttentive(Retriever):
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
         self._inference = NumpyInference(self.arrays, self.params["heads"])
+
+
+def _warm_schedule(
+    opt: torch.optim.Optimizer, kind: str, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    raise RetrievalError(f"sasrec: warm_schedule must be constant or cosine, not {kind!r}")
 
 
 class NumpyInference:
