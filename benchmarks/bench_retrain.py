@@ -1,9 +1,12 @@
-"""What a retrain costs and whether it loses quality: ML-100k with its latest interactions
-held back, then replayed as live events (real sequences, not random clicks), retrained warm
-(`llmrec retrain`: live fusion reused) against a from-scratch fit (`llmrec fit`) of the
-same new dataset, timed per stage and measured on the same held-out users, in one run.
+"""What a retrain costs and whether it loses quality: a log (ML-100k, or a MovieLens folder
+such as ML-1M) with its latest interactions held back, then replayed as live events (real
+sequences, not random clicks), retrained warm (`llmrec retrain`) against a from-scratch fit
+(`llmrec fit`) of the same new dataset, timed per stage and measured on the same held-out
+users, in one run.
 
     python benchmarks/bench_retrain.py --events 1000 10000
+    python benchmarks/bench_retrain.py --movielens ../shared/data/ml-1m --events 10000 \
+        --stack-spec benchmarks/specs/ml-1m-retrain.json --out benchmarks/results/retrain-ml-1m.json
 
 The re-ranker is not trained here (both paths would add it; see docs/BENCHMARKS.md).
 """
@@ -14,6 +17,7 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -36,14 +40,16 @@ from serving.version_eval import held_out, ndcg_per_case
 from training.evaluation.bootstrap import paired_bootstrap
 from training.publish import load_version, publish_version
 from training.stack import fit_stack
+from training.stack_spec import load_spec
 from training.threads import set_threads
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def split_log(n_future: int):
-    """(base source without the latest `n_future` interactions, those interactions)."""
-    source = load_source("ml-100k")
+def split_log(n_future: int, movielens: str | None = None):
+    """(base source without the latest `n_future` interactions, those interactions), of
+    ML-100k or of the MovieLens folder `movielens`."""
+    source = load_source("movielens", path=movielens) if movielens else load_source("ml-100k")
     rows = pa.concat_tables([source.read_canonical(p) for p in source.paths])
     rows = rows.take(pc.sort_indices(rows, [("timestamp", "ascending")]))
     cut = rows.num_rows - n_future
@@ -62,13 +68,15 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run(n_events: int, n_future: int, root: Path, console: Console) -> dict:
-    base, future = split_log(n_future)
+def run(
+    n_events: int, n_future: int, root: Path, console: Console, movielens: str | None, spec
+) -> dict:
+    base, future = split_log(n_future, movielens)
     ds_path = root / f"base-{n_events}"
     write_dataset(run_local(base, PrepareConfig()), str(ds_path))
     ds0 = load_dataset(str(ds_path))
     models = root / f"models-{n_events}"
-    (stack0, _), t_fit0 = timed(lambda: fit_stack(ds0, Split.TEST, progress=False))
+    (stack0, _), t_fit0 = timed(lambda: fit_stack(ds0, Split.TEST, progress=False, spec=spec))
     stack0.save(root / f"stack-{n_events}")
     publish_version(ds0, models, None, "v0", progress=False, stack=root / f"stack-{n_events}")
 
@@ -95,8 +103,8 @@ def run(n_events: int, n_future: int, root: Path, console: Console) -> dict:
     # From scratch on the same new dataset: what `llmrec fit` does (fusion on a held-out
     # fit, then every source on all interactions), and its through-validation twin for
     # quality on the same held-out users as the warm candidate.
-    _, t_scratch = timed(lambda: fit_stack(ds1, Split.TEST, progress=False))
-    scratch_val, _ = fit_stack(ds1, Split.VALIDATION, progress=False)
+    _, t_scratch = timed(lambda: fit_stack(ds1, Split.TEST, progress=False, spec=spec))
+    scratch_val, _ = fit_stack(ds1, Split.VALIDATION, progress=False, spec=spec)
     scratch_val.save(root / f"scratch-{n_events}")
     scratch = publish_version(
         ds1,
@@ -133,18 +141,22 @@ def run(n_events: int, n_future: int, root: Path, console: Console) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--movielens", help="a MovieLens folder (e.g. ../shared/data/ml-1m)")
+    ap.add_argument("--stack-spec", help="the stack's recipe (default: DEFAULT_SOURCES)")
     ap.add_argument("--out", default=str(RESULTS / "retrain.json"))
     args = ap.parse_args()
+    spec = load_spec(args.stack_spec)
     set_threads()
     console = Console(width=160)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
         for n in args.events:
             console.rule(f"{n} events")
-            rows.append(run(n, max(args.events), Path(tmp), console))
+            rows.append(run(n, max(args.events), Path(tmp), console, args.movielens, spec))
             shutil.rmtree(Path(tmp), ignore_errors=True)
             Path(tmp).mkdir(exist_ok=True)
-    t = Table(title="retrain after N live events (ML-100k, retrieval stack, 2 vCPU)")
+    data = Path(args.movielens).name if args.movielens else "ml-100k"
+    t = Table(title=f"retrain after N live events ({data}, retrieval stack, 2 vCPU)")
     for c in (
         "events",
         "warm retrain s",
@@ -172,7 +184,8 @@ def main() -> None:
     out = {
         "machine": f"{platform.node()} {platform.machine()}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python benchmarks/bench_retrain.py --events " + " ".join(map(str, args.events)),
+        "command": "python " + " ".join(sys.argv),
+        "data": data,
         "rows": rows,
     }
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -3,7 +3,8 @@
 live stack fitted on the rest, then the new dataset's gate fit (through validation) from
 scratch, from scratch with the live version's fusion, and with SASRec warm-started from the
 live weights (10 or 20 of its 40 epochs, two learning rates, constant or cosine-decayed)
-and the live fusion, and the fit `llmrec retrain` makes (its own fusion). Each is
+and the live fusion, and the fit `llmrec retrain` makes (its own fusion) with several warm
+schedules. Each is
 measured through the serving path on every user's latest interaction; paired bootstrap
 against the from-scratch fit.
 
@@ -28,6 +29,10 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 OUT = ROOT / "benchmarks" / "results" / "retrain-parts.json"
+# A warm fit's learning rate: the full fit's (4e-3), constant or decayed to zero; without
+# either override, SASRec's defaults (cosine from 8e-3).
+CONSTANT = {"warm_schedule": "constant", "warm_learning_rate": None}
+COSINE = {"warm_schedule": "cosine", "warm_learning_rate": None}
 
 
 def main() -> None:
@@ -90,17 +95,20 @@ def main() -> None:
     # (label, share of SASRec's epochs, parameter overrides, the live fusion or learn one
     # the way `llmrec retrain` does: on a held-out fit of the new data, warm too)
     for label, share, override, live_fusion in (
-        ("SASRec warm 10 epochs, the live fusion", 0.25, {}, True),
-        ("SASRec warm 10 epochs at lr 1e-3, the live fusion", 0.25, {"learning_rate": 1e-3}, True),
-        ("SASRec warm 20 epochs, the live fusion", 0.5, {}, True),
-        ("SASRec warm 10 epochs cosine, the live fusion", 0.25, {"warm_schedule": "cosine"}, True),
-        ("the retrain's fit (warm 10 epochs, own fusion)", 0.25, {}, False),
+        ("SASRec warm 10 epochs, the live fusion", 0.25, CONSTANT, True),
         (
-            "the retrain's fit, cosine (warm 10 epochs, own fusion)",
+            "SASRec warm 10 epochs at lr 1e-3, the live fusion",
             0.25,
-            {"warm_schedule": "cosine"},
-            False,
+            {**CONSTANT, "learning_rate": 1e-3},
+            True,
         ),
+        ("SASRec warm 20 epochs, the live fusion", 0.5, CONSTANT, True),
+        ("SASRec warm 10 epochs cosine, the live fusion", 0.25, COSINE, True),
+        ("the retrain's fit (warm 10 epochs, own fusion)", 0.25, CONSTANT, False),
+        ("the retrain's fit, cosine (warm 10 epochs, own fusion)", 0.25, COSINE, False),
+        ("the same, batch 64, 20 epochs", 0.5, {**COSINE, "batch_size": 64}, False),
+        ("the same, batch 128, 40 epochs", 1.0, {**COSINE, "batch_size": 128}, False),
+        ("the retrain's fit, cosine from 8e-3 (the default)", 0.25, {}, False),
     ):
         sp = dict(spec)
         sp["SASRec"] = (SelfAttentive, {**spec["SASRec"][1], **override})

@@ -275,8 +275,10 @@ def test_a_cosine_warm_fit_decays_its_learning_rate_to_zero_and_still_learns(dat
     old = _cyclic_walks(data)
     previous = SelfAttentive(**p).fit(old)
     item_map = np.arange(30)
-    constant = SelfAttentive(**p).warm_fit(old, previous, item_map, share=0.05)
-    cosine = SelfAttentive(**p, warm_schedule="cosine").warm_fit(old, previous, item_map, 0.05)
+    constant = SelfAttentive(**p, warm_schedule="constant", warm_learning_rate=None)
+    constant = constant.warm_fit(old, previous, item_map, share=0.05)
+    cosine = SelfAttentive(**p).warm_fit(old, previous, item_map, 0.05)  # the default
+    assert cosine.params["warm_schedule"] == "cosine"
     assert not np.allclose(constant.arrays["items.weight"], cosine.arrays["items.weight"])
     hits = [
         cosine.recommend(None, [(i - 1) % 30, i], n=1).items[0] == (i + 1) % 30 for i in range(30)
