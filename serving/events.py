@@ -131,6 +131,11 @@ class EventStore(ABC):
     # -- what retraining reads ------------------------------------------------------------------
 
     @abstractmethod
+    def item_counts(self, item_ids: list[str]) -> dict[str, int]:
+        """Positive events stored per item, for the items asked about (an item with none is
+        left out): how engaged new items are, before any model has learned them."""
+
+    @abstractmethod
     def high_water(self) -> int:
         """The newest sequence number handed out so far (0: none): a retrain reads the events
         up to it, and serving adds only what came after on top of that dataset."""

@@ -30,6 +30,8 @@ CF_SOURCES = ("ALS", "BPR")
 #: item (a leave-one-out search over them would cost a model call per history item).
 SEQUENCE_SOURCES = ("SASRec", "transitions (recall)")
 EXPLAIN_RECENT = 5
+#: how often a replica reads the live counts of new items from the store (seconds)
+NEW_ITEM_COUNTS_EVERY_S = 5.0
 
 
 @dataclass
@@ -126,6 +128,8 @@ class RetrievalService:
         if content is not None:
             content.encoder.encode(["warm-up"])
         self.sync_items()
+        self._counts_at = -np.inf
+        self.sync_new_item_counts()
 
     @property
     def version(self) -> str:
@@ -151,6 +155,26 @@ class RetrievalService:
             self.stack.covisits.partial_fit_items(n, texts)
         self.generator.n_items = n
         return len(new)
+
+    def sync_new_item_counts(self) -> None:
+        """The live counts of the items no fitted interaction names (the new-item slots'
+        order), read from the store at most every `NEW_ITEM_COUNTS_EVERY_S`: one round
+        trip, not one per request. While the store is down the last counts stay."""
+        now = time.monotonic()
+        if now - self._counts_at < NEW_ITEM_COUNTS_EVERY_S:
+            return
+        self._counts_at = now
+        n = self.catalog.n_items
+        seen = pad_to(self.stack.popularity.counts.astype(np.float64), n, 0.0)[:n]
+        unseen = np.flatnonzero(seen == 0)
+        ids = [self.catalog.item_ids[i] for i in unseen]
+        try:
+            counts = self.store.item_counts(ids)
+        except StoreUnavailable:
+            return
+        live = np.zeros(n)
+        live[unseen] = [counts.get(i, 0) for i in ids]
+        self.generator.live_counts = live
 
     def user_state(self, user_id: str) -> UserState:
         """The user's state from the dataset and the store; while the store is down, from
@@ -249,6 +273,7 @@ class RetrievalService:
         retrieval)."""
         start = time.perf_counter()
         self.sync_items()
+        self.sync_new_item_counts()
         state = self.user_state(user_id)
         return self.retrieve_for(state, exclude, category, history_items, n, start, shown, reranked)
 

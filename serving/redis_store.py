@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pipelines.identity import KEY_ENV, pseudonymise
-from serving.events import Event, EventStore, StoredItem, StoreUnavailable
+from serving.events import POSITIVE, Event, EventStore, StoredItem, StoreUnavailable
 from serving.experiments import Impression
 from serving.redis_scripts import (
     ADD_ITEM,
@@ -188,7 +188,8 @@ class RedisEventStore(EventStore):
     # -- events --------------------------------------------------------------------------------
 
     def append(self, events: list[Event]) -> tuple[int, int]:
-        keys = [self.k(n) for n in ("seq", "eids", "users", "attributed", "n_events")]
+        names = ("seq", "eids", "users", "attributed", "n_events", "item_counts")
+        keys = [self.k(n) for n in names]
         argv: list[Any] = []
         now = time.time()
         for e in events:
@@ -200,7 +201,8 @@ class RedisEventStore(EventStore):
                 for k, v in (("v", e.value), ("e", e.event_id), ("r", e.request_id))
                 if v is not None
             )
-            argv += [who, e.event_id or "", json.dumps(body), "1" if e.request_id else "0"]
+            counted = e.item_id if e.type in POSITIVE else ""
+            argv += [who, e.event_id or "", json.dumps(body), "1" if e.request_id else "0", counted]
         stored = int(self._call(self._append, keys=keys, args=argv)) if events else 0
         return stored, len(events) - stored
 
@@ -229,7 +231,7 @@ class RedisEventStore(EventStore):
         who = self.pseudonym(user_id)
         keys = [self.u(who, n) for n in ("ev", "ver", "cache", "imp", "attrs")]
         keys += [self.k(n) for n in ("eids", "users", "attributed", "imp", "imp_ts")]
-        keys += [self.k(n) for n in ("n_events", "cached", "erased")]
+        keys += [self.k(n) for n in ("n_events", "cached", "erased", "item_counts")]
         counts = self._call(self._delete, keys=keys, args=[who, time.time()])
         return dict(
             zip(("events", "cached_lists", "impressions", "attributes"), counts, strict=True)
@@ -313,7 +315,7 @@ class RedisEventStore(EventStore):
 
     def purge_before(self, timestamp: float) -> dict[str, int]:
         events = 0
-        keys = [self.k(n) for n in ("eids", "users", "attributed", "n_events")]
+        keys = [self.k(n) for n in ("eids", "users", "attributed", "n_events", "item_counts")]
         for who in self._call(self.r.smembers, self.k("users")):
             user_keys = [self.u(who, "ev"), self.u(who, "ver")]
             events += int(
@@ -327,6 +329,13 @@ class RedisEventStore(EventStore):
             keys = [self.k("imp"), self.k("imp_ts"), self.u(who, "imp")]
             shown += int(self._call(self._purge_impression, keys=keys, args=[request_id]))
         return {"events": events, "impressions": shown}
+
+    def item_counts(self, item_ids: list[str]) -> dict[str, int]:
+        # Kept by the write scripts (a store written before they counted starts from 0).
+        if not item_ids:
+            return {}
+        values = self._call(self.r.hmget, self.k("item_counts"), item_ids)
+        return {i: int(v) for i, v in zip(item_ids, values, strict=True) if v and int(v) > 0}
 
     # -- what retraining reads -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.identity import KEY_ENV, pseudonymise
-from serving.events import EVENT_TYPES, Event, EventStore, StoredItem
+from serving.events import EVENT_TYPES, POSITIVE, Event, EventStore, StoredItem
 from serving.experiments import Impression
 
 
@@ -223,6 +223,19 @@ class SQLiteEventStore(EventStore):
         )
         return [Event(*r) for r in rows]
 
+    def item_counts(self, item_ids: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        kinds = ", ".join("?" * len(POSITIVE))
+        for start in range(0, len(item_ids), 500):  # under SQLite's bound-variable limit
+            chunk = item_ids[start : start + 500]
+            rows = self._conn().execute(
+                f"SELECT item_id, COUNT(*) FROM events WHERE item_id IN "
+                f"({', '.join('?' * len(chunk))}) AND type IN ({kinds}) GROUP BY item_id",
+                (*chunk, *POSITIVE),
+            )
+            out.update((i, int(n)) for i, n in rows)
+        return out
+
     def high_water(self) -> int:
         # AUTOINCREMENT keeps its counter in sqlite_sequence, so erased or purged events
         # never lower it.
@@ -331,6 +344,7 @@ CREATE TABLE IF NOT EXISTS events (
     received REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq);
+CREATE INDEX IF NOT EXISTS events_item ON events (item_id);
 CREATE TABLE IF NOT EXISTS items (
     pos INTEGER PRIMARY KEY AUTOINCREMENT,
     item_id TEXT UNIQUE NOT NULL,

@@ -216,6 +216,32 @@ def test_a_new_item_is_similar_and_recommendable_at_once(svc):
     assert s.similar("no-such-item", 5) is None
 
 
+def test_new_items_others_engage_with_take_the_new_item_slots(svc, monkeypatch):
+    """The new-item slots go to the most engaged new items (live counts from the store, read
+    every few seconds), from `new_item_min_events` events on; content fills the rest."""
+    import serving.recommender as recommender
+
+    s, store, _ = svc
+    for i in range(12):
+        store.add_item(StoredItem(f"new-{i}", f"Documentary {i} (2026)", "", ["Documentary"]))
+    before = s.retrieve("1")
+    offered = [x for x in before.item_ids if x.startswith("new-")]
+    assert offered  # the slots exist: the content source's best new items
+    hit = next(f"new-{i}" for i in range(12) if f"new-{i}" not in offered)
+    for fan in ("a", "b"):
+        click(store, fan, hit)
+    monkeypatch.setattr(recommender, "NEW_ITEM_COUNTS_EVERY_S", 0.0)
+    assert hit not in s.retrieve("1").item_ids  # 2 events: below the 3 that count
+    click(store, "c", hit)
+    after = s.retrieve("1")
+    assert hit in after.item_ids
+    assert after.item_ids.index(hit) == min(
+        after.item_ids.index(x) for x in after.item_ids if x.startswith("new-")
+    )
+    store.delete_user("c")  # erased: its click no longer counts
+    assert hit not in s.retrieve("1").item_ids
+
+
 def test_events_for_unknown_items_are_stored_and_counted(svc):
     s, store, _ = svc
     click(store, "4", "not-yet-in-catalogue")

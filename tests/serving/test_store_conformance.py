@@ -239,3 +239,25 @@ def test_erasure_is_listed_by_pseudonym_and_the_mark_never_goes_back(store_url):
     assert list(erased) == [s.pseudonym("gone")] and erased[s.pseudonym("gone")] > 1e9
     assert s.high_water() == mark  # erasing does not hand a sequence number back
     assert [e.user_id for p in s.export_events(mark) for e in p] == [s.pseudonym("kept")]
+
+
+def test_item_counts_follow_appends_erasure_and_retention(store_url):
+    s = open_store(store_url)
+    s.append(
+        [
+            ev(user="a", item="new", ts=1.0, event_id="1"),
+            ev(user="a", item="new", ts=1.0, event_id="1"),  # a repeat: counted once
+            ev(user="b", item="new", type_="rating", ts=5.0, value=4.0),
+            ev(user="c", item="new", type_="dislike", ts=5.0),  # not engagement
+            ev(user="c", item="other", type_="view", ts=5.0),
+        ]
+    )
+    assert s.item_counts(["new", "other", "never"]) == {"new": 2, "other": 1}
+    assert s.item_counts([]) == {}
+    s.delete_user("b")
+    assert s.item_counts(["new", "other"]) == {"new": 1, "other": 1}
+    s.delete_user("c")  # a dislike erased does not lower the counts
+    assert s.item_counts(["new", "other"]) == {"new": 1}
+    s.append([ev(user="d", item="new", ts=10.0)])
+    s.purge_before(2.0)  # a's event goes, d's stays
+    assert open_store(store_url).item_counts(["new"]) == {"new": 1}

@@ -184,3 +184,37 @@ def test_warm_lists_keep_slots_for_new_items_chosen_by_content(parts):
     best = sorted(fresh - set(without.items[:27]), key=lambda i: (-content[i], i))[:3]
     assert tail.tolist() == best
     assert len(set(with_new.items)) == 30
+
+
+def test_new_item_slots_take_the_most_engaged_new_items_first(parts):
+    """Live counts of new items (events stored since the model's data) order the new-item
+    slots; content similarity breaks ties and fills the slots no engaged item takes."""
+    data, sources, pop, seg = parts
+    popularity = copy.deepcopy(pop)
+    unseen = np.argsort(popularity.counts)[:40]
+    popularity.counts = popularity.counts.copy()
+    popularity.counts[unseen] = 0
+    hist = data.history(0)
+    config = CandidateConfig(n=30, new_item_min_events=1)
+    gen = CandidateGenerator(sources, popularity, seg, config=config)
+    by_content = gen.generate(0, hist).items[27:]
+    content = sources["content"].score(0, hist)
+    head = set(gen.generate(0, hist).items[:27])
+    pool = [int(i) for i in unseen if i not in set(hist) | head]
+    worst = sorted(pool, key=lambda i: (content[i], -i))[:2]  # content ranks them last
+    live = np.zeros(gen.n_items)
+    live[worst[0]], live[worst[1]] = 5, 2
+    gen.live_counts = live
+    tail = gen.generate(0, hist).items[27:]
+    assert tail[:2].tolist() == [worst[0], worst[1]]
+    assert tail[2] == by_content[0]  # the best by content fills the last slot
+    live[worst[1]] = 2  # below `new_item_min_events` (3): as if none
+    live[worst[0]] = 5
+    gen.config = CandidateConfig(n=30, new_item_min_events=3)
+    tail = gen.generate(0, hist).items[27:]
+    assert tail[0] == worst[0] and worst[1] not in tail
+    gen.live_counts = np.zeros(gen.n_items)  # nothing engaged: the content order
+    assert gen.generate(0, hist).items[27:].tolist() == by_content.tolist()
+    live[hist[0]] = 100  # an item of the user's own history is never offered again
+    gen.live_counts = live
+    assert hist[0] not in gen.generate(0, hist).items

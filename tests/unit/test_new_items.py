@@ -74,7 +74,9 @@ def test_an_oracle_is_perfect_and_the_baselines_rank_new_items_only(cases):
         s[targets[user]] = 1.0
         return s
 
-    report = evaluate(cases, {"oracle": oracle}, {"oracle list": lambda u, h: [targets[u]]}, 200)
+    report = evaluate(
+        cases, {"oracle": oracle}, {"oracle list": lambda u, h, live: [targets[u]]}, 200
+    )
     for name in ("oracle", "oracle list"):
         assert report["models"][name]["Recall@10"]["mean"] == 1.0
         assert report["models"][name]["NDCG@10"]["mean"] == 1.0

@@ -115,13 +115,14 @@ def _summary(ranks: np.ndarray, tops: list[np.ndarray], new: np.ndarray, resampl
 def evaluate(
     cases: NewItemCases,
     rankers: Mapping[str, Callable[[int, np.ndarray], np.ndarray]],
-    lists: Mapping[str, Callable[[int, np.ndarray], np.ndarray]] | None = None,
+    lists: Mapping[str, Callable[[int, np.ndarray, np.ndarray], np.ndarray]] | None = None,
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every ranker (`score(user, history)` over all items: full ranking) and every list
-    maker (`top(user, history)`: its ordered items, a miss beyond them; the system's
-    candidate generator), plus the two baselines, on the same cases."""
+    maker (`top(user, history, live_counts)`: its ordered items, a miss beyond them; the
+    system's candidate generator, given the live counts of new items a serving store holds
+    when the case happens), plus the two baselines, on the same cases."""
     n_items = cases.train.n_items
     tiebreak = popularity_tiebreak(np.bincount(cases.train.seq_items, minlength=n_items))
     rng = np.random.default_rng(seed)
@@ -142,11 +143,11 @@ def evaluate(
             s = np.where(np.isfinite(s), s, -1e300)
             top = _top(s, excluded, tiebreak, 10)
             add(name, target_rank(s, target, excluded, tiebreak), top)
+        live = cases.live_new_counts(c)
         for name, make in (lists or {}).items():
-            items = np.asarray(make(user, hist))
+            items = np.asarray(make(user, hist, live))
             hit = np.flatnonzero(items == target)
             add(name, int(hit[0]) + 1 if len(hit) else MISS, items[:10])
-        live = cases.live_new_counts(c)
         for name, s in (
             ("popularity among new items", np.where(cases.new, 1.0 + live, 0.0)),
             ("random new item", _random_new(new_idx, n_items, rng)),
@@ -216,7 +217,18 @@ def fit_and_evaluate(
         extra = Content(**{**content, "model_path": model}).with_embeddings(emb, data)
         rankers[f"content ({model})"] = extra.score
     gen = stack.generator()
-    lists = {"system (fused candidates)": lambda u, h: gen.generate(u, h, n=50).items}
+
+    def system(live: bool) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray]:
+        def top(user: int, history: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            gen.live_counts = counts if live else None
+            return gen.generate(user, history, n=50).items
+
+        return top
+
+    lists = {
+        "system (fused candidates)": system(True),
+        "system without live counts": system(False),
+    }
     report = evaluate(cases, rankers, lists, resamples)
     report["sources"] = list(stack.sources)
     return report
