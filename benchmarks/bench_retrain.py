@@ -6,7 +6,7 @@ users, in one run.
 
     python benchmarks/bench_retrain.py --events 1000 10000
     python benchmarks/bench_retrain.py --movielens ../shared/data/ml-1m --events 10000 \
-        --stack-spec benchmarks/specs/ml-1m-retrain.json --out benchmarks/results/retrain-ml-1m.json
+        --stack-spec SPEC --out benchmarks/results/retrain-ml-1m.json
 
 The re-ranker is not trained here (both paths would add it; see docs/BENCHMARKS.md).
 """
