@@ -124,9 +124,9 @@ class SelfAttentive(Retriever):
             "full_softmax_items": 20_000,
             # A warm fit's learning rate: "cosine" from `warm_learning_rate` (None: the
             # full fit's) down to zero, so the short fine-tune ends settled rather than
-            # mid-step, or "constant". After 10,000 new events on ML-100k, 10 warm epochs
-            # this way came 0.004 NDCG@10 below a from-scratch fit, against 0.006 at a
-            # constant 4e-3 (docs/BENCHMARKS.md, Retraining).
+            # mid-step, or "constant". After 10,000 new events on ML-100k, a retrain's fit
+            # with 10 warm epochs this way came 0.004 NDCG@10 below a from-scratch fit,
+            # against 0.007 at a constant 4e-3 (docs/BENCHMARKS.md, Retraining).
             "warm_schedule": "cosine",
             "warm_learning_rate": 8e-3,
             "seed": 0,
