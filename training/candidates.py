@@ -54,7 +54,7 @@ class CandidateConfig(BaseModel):
         3,
         ge=1,
         description="a new item's live events count in its slots from this many on (fewer "
-        "count as none: one user's click alone never puts an item in others' lists)",
+        "count as none: a single click never puts an item in others' lists)",
     )
     seed: int = 0
 
