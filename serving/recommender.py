@@ -111,15 +111,13 @@ class RetrievalService:
         if now - self._counts_at < NEW_ITEM_COUNTS_EVERY_S:
             return
         self._counts_at = now
-        n = self.catalog.n_items
-        seen = pad_to(self.stack.popularity.counts.astype(np.float64), n, 0.0)[:n]
-        unseen = np.flatnonzero(seen == 0)
+        unseen = np.flatnonzero(self.generator.unseen())
         ids = [self.catalog.item_ids[i] for i in unseen]
         try:
             counts = self.store.item_counts(ids)
         except StoreUnavailable:
             return
-        live = np.zeros(n)
+        live = np.zeros(self.catalog.n_items)
         live[unseen] = [counts.get(i, 0) for i in ids]
         self.generator.live_counts = live
 

@@ -105,6 +105,12 @@ class CandidateGenerator:
         #: (docs/BENCHMARKS.md, New items).
         self.live_counts: np.ndarray | None = None
 
+    def unseen(self) -> np.ndarray:
+        """Per item: True where no fitted interaction names it (items added since the fit):
+        the items the new-item slots are for."""
+        counts = pad_to(self.popularity.counts.astype(np.float64), self.n_items, 0.0)
+        return counts[: self.n_items] == 0
+
     def route(self, history_length: int) -> Path:
         if history_length == 0:
             return "cold_start"
@@ -197,23 +203,21 @@ class CandidateGenerator:
         (`live_counts`), then the content source's order."""
         k = round(self.config.new_item_share * n)
         text = next((s for s in scores if isinstance(self.sources[s], Content)), None)
-        live = self.live_counts
-        if live is not None:
-            live = pad_to(np.asarray(live, dtype=np.float64), self.n_items, 0.0)[: self.n_items]
-            live = np.where(live >= self.config.new_item_min_events, live, 0.0)
-        if not k or (text is None and live is None):
+        if not k or (text is None and self.live_counts is None):
             return items
-        counts = pad_to(self.popularity.counts.astype(np.float64), self.n_items, 0.0)
+        live = np.zeros(self.n_items)
+        if self.live_counts is not None:
+            live = pad_to(np.asarray(self.live_counts, np.float64), self.n_items, 0.0)
+            live = live[: self.n_items]  # a view of the replica's counts: not written to
+            live = np.where(live >= self.config.new_item_min_events, live, 0.0)
         similar = scores[text] if text is not None else np.full(self.n_items, -np.inf)
-        engaged = live > 0 if live is not None else np.zeros(self.n_items, dtype=bool)
-        new = (counts[: self.n_items] == 0) & ~banned & (np.isfinite(similar) | engaged)
+        new = self.unseen() & ~banned & (np.isfinite(similar) | (live > 0))
         head = items[: max(len(items) - k, 0)]
         new[head] = False
         if not new.any():
             return items
         pool = np.flatnonzero(new)
-        by_count = live[pool] if live is not None else np.zeros(len(pool))
-        fresh = pool[np.lexsort((-similar[pool], -by_count))][:k]
+        fresh = pool[np.lexsort((-similar[pool], -live[pool]))][:k]
         rest = items[len(head) :]
         rest = rest[~np.isin(rest, fresh)][: max(n - len(head) - len(fresh), 0)]
         return np.concatenate([head, fresh, rest]).astype(items.dtype)
