@@ -68,17 +68,25 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run(
-    n_events: int, n_future: int, root: Path, console: Console, movielens: str | None, spec
-) -> dict:
+def fit_base(n_future: int, root: Path, movielens: str | None, spec):
+    """The live version every row starts from: the log without its latest `n_future`
+    interactions, fitted as `llmrec fit` does. Returns (dataset, its stack's folder, the
+    held-back interactions, fit seconds); the cut is the same for every row, so one fit."""
     base, future = split_log(n_future, movielens)
-    ds_path = root / f"base-{n_events}"
+    root.mkdir(parents=True, exist_ok=True)
+    ds_path = root / "base"
     write_dataset(run_local(base, PrepareConfig()), str(ds_path))
     ds0 = load_dataset(str(ds_path))
-    models = root / f"models-{n_events}"
     (stack0, _), t_fit0 = timed(lambda: fit_stack(ds0, Split.TEST, progress=False, spec=spec))
-    stack0.save(root / f"stack-{n_events}")
-    publish_version(ds0, models, None, "v0", progress=False, stack=root / f"stack-{n_events}")
+    stack0.save(root / "stack-base")
+    return ds0, root / "stack-base", future, t_fit0
+
+
+def run(n_events: int, base, root: Path, console: Console, spec) -> dict:
+    ds0, stack_dir, future, t_fit0 = base
+    root.mkdir(parents=True, exist_ok=True)
+    models = root / f"models-{n_events}"
+    publish_version(ds0, models, None, "v0", progress=False, stack=stack_dir)
 
     store = SQLiteEventStore(root / f"events-{n_events}.db", key=b"bench")
     new = future.slice(0, n_events).to_pylist()
@@ -150,11 +158,13 @@ def main() -> None:
     console = Console(width=160)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
+        console.rule(f"the live version: all but the latest {max(args.events)} interactions")
+        base = fit_base(max(args.events), Path(tmp) / "base", args.movielens, spec)
         for n in args.events:
             console.rule(f"{n} events")
-            rows.append(run(n, max(args.events), Path(tmp), console, args.movielens, spec))
-            shutil.rmtree(Path(tmp), ignore_errors=True)
-            Path(tmp).mkdir(exist_ok=True)
+            row_root = Path(tmp) / f"row-{n}"
+            rows.append(run(n, base, row_root, console, spec))
+            shutil.rmtree(row_root, ignore_errors=True)
     data = Path(args.movielens).name if args.movielens else "ml-100k"
     t = Table(title=f"retrain after N live events ({data}, retrieval stack, 2 vCPU)")
     for c in (
