@@ -58,6 +58,7 @@ class RetrievalService:
         # history length it was trained with (its checkpoint's template).
         self.rerank_k, self.history_items = 20, 10
         self.routing, self.feature_layer = None, None
+        self.has_reranker = mv.reranker is not None
         if mv.reranker is not None:
             from training.reranker.model import RerankerConfig, read_meta
             from training.reranker.routing import FeatureLayer, RoutingTable
@@ -253,6 +254,8 @@ class RetrievalService:
             exclude=excluded,
             allowed=allowed,
             segment=state.segment,
+            # A head the re-ranker (or its feature layer) reorders holds new items too.
+            head=self.rerank_k if self.has_reranker and reranked else None,
         )
         content = self.stack.sources.get("content")
         demoted = 0

@@ -124,6 +124,7 @@ class CandidateGenerator:
         exclude: np.ndarray | list[int] | None = None,
         allowed: np.ndarray | None = None,
         segment: dict[str, int] | None = None,
+        head: int | None = None,
     ) -> Candidates:
         """Candidates for one request.
 
@@ -131,7 +132,9 @@ class CandidateGenerator:
         `exclude`); `allowed` is an optional boolean mask over items (category / business
         filters). Unknown users and empty histories take the cold-start path, with
         popularity within `segment` (codes of stated attributes; default: the fitted user's
-        own) when the user has any.
+        own) when the user has any. `head`: the first `head` candidates are what a re-ranker
+        reorders; they end with new-item slots of their own, as a list of `head` would, so
+        that a new item can reach the re-ranked list (the whole list's slots lie beyond it).
         """
         n = check_n(self.config.n if n is None else n)
         hist, ignored = clean_history(history, self.n_items)
@@ -184,7 +187,13 @@ class CandidateGenerator:
         # Backfill with popularity so that a request always gets n candidates if it can.
         fill = np.where(np.isfinite(fused), fused, -1e6 + pop / (pop.max() + 1))
         items = top_n(fill, n, np.flatnonzero(banned))
-        items = self._with_new_items(items, scores, banned, n)
+        whole = self._with_new_items(items, scores, banned, n)
+        if head is not None and 0 < head < n:
+            # Every item of the head's own list is in the whole one (its fused part comes
+            # first there, its new items rank at least as high in a smaller pool): n stay.
+            first = self._with_new_items(items[:head], scores, banned, head)
+            whole = np.concatenate([first, whole[~np.isin(whole, first)]])[:n]
+        items = whole
         return Candidates(
             items=items,
             scores=fill[items].astype(np.float32),

@@ -238,6 +238,11 @@ def test_new_items_others_engage_with_take_the_new_item_slots(svc, monkeypatch):
     assert after.item_ids.index(hit) == min(
         after.item_ids.index(x) for x in after.item_ids if x.startswith("new-")
     )
+    # It is in the head the re-ranker reorders (its own new-item slots), where the LM can
+    # judge it; a request that is not re-ranked keeps the slots at the list's end.
+    assert after.item_ids.index(hit) < s.rerank_k < len(after.item_ids)
+    plain = s.retrieve("1", reranked=False).item_ids
+    assert plain.index(hit) >= s.rerank_k and sorted(plain) == sorted(after.item_ids)
     store.delete_user("c")  # erased: its click no longer counts
     assert hit not in s.retrieve("1").item_ids
 

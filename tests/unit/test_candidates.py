@@ -218,3 +218,24 @@ def test_new_item_slots_take_the_most_engaged_new_items_first(parts):
     live[hist[0]] = 100  # an item of the user's own history is never offered again
     gen.live_counts = live
     assert hist[0] not in gen.generate(0, hist).items
+
+
+def test_a_reranked_head_ends_with_new_item_slots_of_its_own(parts):
+    """With `head` (what a re-ranker reorders) the head is the list of that length, new-item
+    slots included, and the rest of the same candidates follow: a new item can reach the
+    re-ranked list, and the request still gets its n distinct candidates."""
+    data, sources, pop, seg = parts
+    popularity = copy.deepcopy(pop)
+    unseen = np.argsort(popularity.counts)[:40]
+    popularity.counts = popularity.counts.copy()
+    popularity.counts[unseen] = 0
+    hist = data.history(0)
+    gen = CandidateGenerator(sources, popularity, seg, config=CandidateConfig(n=30))
+    whole = gen.generate(0, hist).items
+    short = gen.generate(0, hist, n=10).items
+    headed = gen.generate(0, hist, head=10).items
+    assert headed[:10].tolist() == short.tolist()
+    assert gen.unseen()[headed[9]]  # round(0.1 * 10) = 1 slot of its own
+    assert sorted(headed.tolist()) == sorted(whole.tolist()) and len(set(headed)) == 30
+    assert headed[10:].tolist() == [i for i in whole if i not in set(short)]
+    assert gen.generate(0, hist, head=30).items.tolist() == whole.tolist()
