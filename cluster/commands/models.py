@@ -29,6 +29,7 @@ from cluster.commands.common import (
     user_errors,
     validation_message,
 )
+from cluster.commands.eval_protocols import cold_protocol
 from cluster.commands.model_reports import (
     covisit_line,
     print_history,
@@ -95,13 +96,20 @@ def eval_(
     each --reranker, on the leave-one-out protocol; or the retrieval stack on the new-item
     and new-user protocols."""
     if protocol is not Protocol.leave_one_out:
-        if reranker:
+        if reranker and protocol is Protocol.new_users:
             raise LlmrecError(
-                f"--reranker with --protocol {protocol}: a re-ranker trained on every user and "
-                "item has seen the new ones; this protocol evaluates the retrieval stack"
+                "--reranker with --protocol new-users: a re-ranker trained on every user has "
+                "seen the new ones; this protocol evaluates the retrieval stack"
             )
-        _cold_protocol(
-            protocol, dataset, data, out, resamples, stack_spec, text_model, cutoff_quantile
+        cold_protocol(
+            str(protocol),
+            dataset,
+            data,
+            out,
+            resamples,
+            stack_spec_for(dataset, stack_spec, text_model),
+            cutoff_quantile,
+            _named_uris(reranker or []),
         )
         return
     if not retrievers and not reranker:
@@ -119,33 +127,6 @@ def eval_(
             _evaluate(ds, folder, retrievers, rerankers, resamples, stack_spec, text_model, one_fit)
         if storage.local_path(target) is None:
             console.print(f"uploaded the reports to {target}")
-
-
-def _cold_protocol(
-    protocol, dataset, data, out, resamples, stack_spec, text_model, quantile
-) -> None:
-
-    from training.evaluation import new_items, new_users
-
-    spec = stack_spec_for(dataset, stack_spec, text_model)
-    ds = load_leave_one_out(dataset, data)
-    start_threads()
-    start = time.perf_counter()
-    if protocol is Protocol.new_items:
-        report = new_items.fit_and_evaluate(ds, spec, quantile, resamples=resamples)
-        new_items.print_report(report, Console(width=200))
-    else:
-        report = new_users.fit_and_evaluate(ds, spec, resamples=resamples)
-        new_users.print_report(report, Console(width=200))
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    target = out or str(DEFAULT_ROOT / "eval" / dataset)
-    with storage.staged_output(target, merge=True) as folder:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{protocol}.json").write_text(json.dumps(report, indent=2))
-        (new_items if protocol is Protocol.new_items else new_users).plot(
-            report, folder / f"{protocol}.png"
-        )
-    console.print(f"wrote {protocol}.json and .png to {target} ({report['seconds']} s)")
 
 
 def _evaluate(
@@ -232,6 +213,16 @@ def train(
     ] = None,
     stack_spec: StackSpecFile = None,
     text_model: TextModel = None,
+    new_items_cutoff: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=0.99,
+            help="train on the interactions before the new-item protocol's cutoff (this "
+            "quantile of interaction times) only, for `llmrec eval --protocol new-items "
+            "--reranker`; such a re-ranker is not publishable",
+        ),
+    ] = None,
     *,
     settings: TrainSettings,
     model: RerankerConfig,
@@ -256,7 +247,10 @@ def train(
 
     # Model, tokenizer and template are checked before any example is built.
     check_config(cfg, FitData.from_dataset(ds).item_text[:1])
-    target = out or str(DEFAULT_ROOT / "rerankers" / dataset / cfg.mode)
+    # A re-ranker of the new-item view is named apart: it must not overwrite, or resume
+    # the run of, the one trained on every interaction.
+    label = cfg.mode if new_items_cutoff is None else f"{cfg.mode}-before-q{new_items_cutoff:g}"
+    target = out or str(DEFAULT_ROOT / "rerankers" / dataset / label)
     with contextlib.ExitStack() as stack:
         if settings.init_features_from:
             warm = stack.enter_context(storage.staged_input(settings.init_features_from))
@@ -269,21 +263,26 @@ def train(
             settings,
             local,
             runs or str(DEFAULT_ROOT / "train-runs"),
-            name or f"{dataset}-{cfg.mode}",
+            name or f"{dataset}-{label}",
             address,
             spec,
+            new_items_cutoff,
         )
     if storage.local_path(target) is None:
         console.print(f"uploaded the re-ranker to {target}")
 
 
-def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec) -> None:
+def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec, cutoff) -> None:
+    from training.evaluation.new_items_rerank import prepare_before_cutoff
     from training.reranker.examples import INSERT_DEPTH
     from training.reranker.prepared import prepare_examples
 
     start_threads()
     with console.status("building examples (retrieval stack on held-out items)"):
-        prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
+        if cutoff is None:
+            prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
+        else:
+            prepared = prepare_before_cutoff(ds, cfg, settings, cutoff, False, spec)
     lm = (
         ""
         if cfg.mode == "features"

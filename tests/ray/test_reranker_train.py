@@ -234,3 +234,31 @@ def test_dp_training_releases_its_last_epoch_with_the_budget_it_spent(
     leaky = dp.model_copy(update={"init_features_from": public.path})
     with pytest.raises(RerankerError, match="without differential privacy"):
         train_reranker(prepared, cfg, leaky, root / "x", root / "runs", "leaky")
+
+
+def test_a_reranker_trained_before_the_new_item_cutoff_reorders_the_new_item_cases(
+    ray_cluster, setup
+):
+    """`llmrec train --new-items-cutoff`'s examples never name a new item as the answer
+    (it would have seen them), the re-ranker records the view it was trained on, and the
+    new-item protocol ranks with it: its rows beside the system's, with their cost."""
+    from training.evaluation.new_items import fit_and_evaluate, new_item_cases
+    from training.evaluation.new_items_rerank import cutoff_version, prepare_before_cutoff
+    from training.retrieval import ALS, Transitions
+
+    root, ds, _, settings, cfg = setup
+    spec = {"transitions": (Transitions, {"window": 3}), "ALS": (ALS, {"factors": 8})}
+    features = cfg.model_copy(update={"mode": "features"})
+    prepared = prepare_before_cutoff(ds, features, settings, 0.5, progress=False, spec=spec)
+    assert prepared.dataset_version == cutoff_version(ds, 0.5) != ds.manifest.version
+    cases = new_item_cases(ds, 0.5)
+    answers = [r.candidates[r.label] for r in prepared.train + prepared.val if r.label >= 0]
+    assert len(answers) > 50 and not cases.new[answers].any() and cases.new.any()
+    res = train_reranker(prepared, features, settings, root / "cut", root / "runs", "cut")
+    report = fit_and_evaluate(
+        ds, spec, 0.5, resamples=100, progress=False, rerankers={"rr": str(res.path)}
+    )
+    row, system = report["models"]["system + rr"], report["models"]["system (fused candidates)"]
+    # It reorders the head of the same candidates: nothing enters or leaves the 50.
+    assert row["Recall@50"]["mean"] == system["Recall@50"]["mean"]
+    assert 0 <= row["new_share@10"] <= 1 and report["list_ms_per_case"]["system + rr"] > 0

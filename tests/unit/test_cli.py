@@ -260,11 +260,29 @@ def test_train_refuses_an_unknown_model_name(tmp_path, prepared):
 
 
 @pytest.mark.slow
-def test_eval_refuses_a_reranker_on_the_new_item_protocol(tmp_path, prepared):
-    proc = llmrec(
-        "eval", "--dataset", "ml", "--data", str(prepared), "--protocol", "new-items",
-        "--reranker", f"x={tmp_path}", "--out", str(tmp_path / "ev"),
+def test_eval_refuses_a_reranker_that_has_seen_the_new_items_or_users(tmp_path, prepared):
+    """A re-ranker trained on every interaction has seen the new items' answers: the
+    new-item protocol takes only one trained before its cutoff, and says how to train it;
+    the new-user protocol takes none."""
+    import json
+
+    from pipelines.artifact import load_dataset
+    from training.evaluation.new_items_rerank import cutoff_version
+    from training.reranker.model import FORMAT
+
+    rr = tmp_path / "rr"
+    rr.mkdir()
+    version = load_dataset(str(prepared)).manifest.version
+    meta = {"format": FORMAT, "dataset_version": version, "config": {"mode": "features"}}
+    (rr / "reranker.json").write_text(json.dumps(meta))
+    args = ("eval", "--dataset", "ml", "--data", str(prepared), "--reranker", f"x={rr}")
+    out = ("--out", str(tmp_path / "ev"))
+    proc = llmrec(*args, "--protocol", "new-items", "--cutoff-quantile", "0.3", *out)
+    assert_user_error(
+        proc, f"trained on {version}", cutoff_version(load_dataset(str(prepared)), 0.3),
+        "llmrec train --new-items-cutoff 0.3",
     )  # fmt: skip
+    proc = llmrec(*args, "--protocol", "new-users", *out)
     assert_user_error(proc, "has seen the new ones")
     assert not (tmp_path / "ev").exists()
 

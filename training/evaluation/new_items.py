@@ -17,6 +17,7 @@ Pure numpy: the eval command and the benchmark fit the models and call `evaluate
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -195,11 +196,14 @@ def fit_and_evaluate(
     text_models: tuple[str, ...] = (),
     resamples: int = 1000,
     progress: bool = True,
+    rerankers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fit the stack of `spec` (default `DEFAULT_SOURCES`: sources, then the fusion on a
     held-out fit) on the data up to the cutoff, and evaluate every source, the system's
     candidate list (fused, routed as serving routes) and the baselines. `text_models`: more
-    content rows, one per text encoder (same parameters as the spec's content source)."""
+    content rows, one per text encoder (same parameters as the spec's content source).
+    `rerankers`: name -> folder of re-rankers trained before the cutoff
+    (`training.evaluation.new_items_rerank`), each reordering the system's candidates."""
     from training.retrieval import Content
     from training.retrieval.embeddings import TextEncoder
     from training.stack import DEFAULT_SOURCES, holdout_fit, stack_from_data, text_encoder
@@ -229,9 +233,35 @@ def fit_and_evaluate(
         "system (fused candidates)": system(True),
         "system without live counts": system(False),
     }
-    report = evaluate(cases, rankers, lists, resamples)
+    if rerankers:
+        from training.evaluation.new_items_rerank import reranked_lists
+
+        for name, folder in rerankers.items():
+            for suffix, make in reranked_lists(stack, folder, data.item_text).items():
+                lists[f"system + {name}{suffix}"] = make
+    seconds: dict[str, float] = {}
+    report = evaluate(cases, rankers, _timed(lists, seconds), resamples)
     report["sources"] = list(stack.sources)
+    # What each list costs per case on this machine (one thread per request's work, as
+    # serving runs it): the LM's price beside its gain.
+    report["list_ms_per_case"] = {k: round(1000 * v / len(cases), 2) for k, v in seconds.items()}
     return report
+
+
+def _timed(lists: Mapping[str, Callable], seconds: dict[str, float]) -> dict[str, Callable]:
+    """`lists` whose calls add their wall time to `seconds[name]`."""
+
+    def wrap(name: str, make: Callable) -> Callable:
+        def top(*args: Any) -> np.ndarray:
+            start = time.perf_counter()
+            try:
+                return make(*args)
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+        return top
+
+    return {name: wrap(name, make) for name, make in lists.items()}
 
 
 def print_report(report: dict[str, Any], console) -> None:
@@ -241,14 +271,16 @@ def print_report(report: dict[str, Any], console) -> None:
         title=f"new-item protocol: {report['cases']} cases, {report['new_items']} of "
         f"{report['items']} items new (95% CIs; new@10: share of new items in the top 10)"
     )
-    for col in ("model", *METRICS, "new@10", "Recall@50 vs new-item popularity"):
+    for col in ("model", *METRICS, "new@10", "Recall@50 vs new-item popularity", "ms/case"):
         t.add_column(col, justify="left" if col == "model" else "right")
     paired = report["recall50_vs_new_popularity"]
+    ms = report.get("list_ms_per_case", {})
     for name, m in sorted(report["models"].items(), key=lambda kv: -kv[1]["Recall@50"]["mean"]):
         cells = [f"{m[k]['mean']:.4f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in METRICS]
         p = paired.get(name)
         diff = f"{p['mean_difference']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]" if p else "—"
-        t.add_row(name, *cells, f"{m['new_share@10']:.1%}", diff)
+        cost = f"{ms[name]:.1f}" if name in ms else "—"
+        t.add_row(name, *cells, f"{m['new_share@10']:.1%}", diff, cost)
     console.print(t)
 
 

@@ -74,15 +74,35 @@ def prepare_examples(
     """Training rows from a held-out stack, validation rows (every user) from the
     train-fitted stack, both of `spec` (default: `DEFAULT_SOURCES`). `PreparedData.capped`
     samples what an LM trains on."""
+    seq = ds.sequences
+    targets = seq.items[seq.splits == Split.VALIDATION]
     data = FitData.from_dataset(ds, Split.TRAIN)
+    return prepare_from(
+        data, targets, cfg, settings, embeddings, progress, spec, ds.manifest.version
+    )
+
+
+def prepare_from(
+    data: FitData,
+    targets: np.ndarray,
+    cfg: RerankerConfig,
+    settings: TrainSettings,
+    embeddings: np.ndarray | None = None,
+    progress: bool = True,
+    spec: StackSpec | None = None,
+    version: str = "",
+) -> PreparedData:
+    """`prepare_examples` on any training view: `data` the interactions examples are built
+    from, `targets` each user's validation item (-1: none, the user is not validated);
+    `version` names the data the re-ranker records (what `publish` checks)."""
     if embeddings is None:
         embeddings = text_encoder(spec).encode(data.item_text).astype(np.float32)
     fusion = holdout_fusion(data, 1, embeddings, progress, spec)
     inner, hidden = data.holdout_last(settings.holdout)
-    users = np.arange(ds.manifest.n_users)
+    users = np.flatnonzero(np.asarray(targets) >= 0)
     if settings.example_users is not None and len(users) > settings.example_users:
         rng = np.random.default_rng(settings.seed)
-        users = np.sort(rng.choice(len(users), settings.example_users, replace=False))
+        users = np.sort(rng.choice(users, settings.example_users, replace=False))
         chosen = np.zeros(len(hidden), dtype=bool)
         chosen[users] = True
         hidden = [h if chosen[u] else h[:0] for u, h in enumerate(hidden)]
@@ -104,8 +124,6 @@ def prepare_examples(
     )
 
     val_stack = stack_from_data(data, fusion, embeddings, "train", progress, spec)
-    seq = ds.sequences
-    targets = seq.items[seq.splits == Split.VALIDATION]
     gen = val_stack.generator()
 
     def row(u: int, history: np.ndarray, user: int | None) -> Row:
@@ -130,7 +148,7 @@ def prepare_examples(
         skipped,
         data.item_text,
         sources,
-        ds.manifest.version,
+        version,
         fusion.to_json(),
         routing,
         lengths,
