@@ -5,8 +5,12 @@ sequences, not random clicks), retrained warm (`llmrec retrain`) against a from-
 users, in one run.
 
     python benchmarks/bench_retrain.py --events 1000 10000
-    python benchmarks/bench_retrain.py --movielens ../shared/data/ml-1m --events 10000 \
-        --stack-spec SPEC --out benchmarks/results/retrain-ml-1m.json
+    python benchmarks/bench_retrain.py --movielens ../shared/data/ml-1m \
+        --events 1000 10000 100000 --stack-spec benchmarks/specs/ml-1m-retrain.json \
+        --out benchmarks/results/retrain-ml-1m.json
+
+(`ml-1m-retrain.json`: the default stack with SASRec cut to 8 epochs; ML-1M's default
+40-epoch fits take about 23 minutes each on 2 cores, and a row makes four from scratch.)
 
 The re-ranker is not trained here (both paths would add it; see docs/BENCHMARKS.md).
 """
