@@ -246,17 +246,22 @@ def test_a_reranker_trained_before_the_new_item_cutoff_reorders_the_new_item_cas
     from training.evaluation.new_items_rerank import cutoff_version, prepare_before_cutoff
     from training.retrieval import ALS, Transitions
 
-    root, ds, _, settings, cfg = setup
+    root, _, _, settings, cfg = setup
+    # Synthetic users start at random times: 20,000 interactions leave 72 items first seen
+    # after the 10% cutoff, 308 cases, and 1,427 interactions before it to train on.
+    src = load_source("synthetic", synthetic_interactions=20_000, seed=3, cache=root / "c20k")
+    write_dataset(run_local(src, PrepareConfig()), str(root / "ds20k"))
+    ds = load_dataset(str(root / "ds20k"))
     spec = {"transitions": (Transitions, {"window": 3}), "ALS": (ALS, {"factors": 8})}
     features = cfg.model_copy(update={"mode": "features"})
-    prepared = prepare_before_cutoff(ds, features, settings, 0.5, progress=False, spec=spec)
-    assert prepared.dataset_version == cutoff_version(ds, 0.5) != ds.manifest.version
-    cases = new_item_cases(ds, 0.5)
+    prepared = prepare_before_cutoff(ds, features, settings, 0.1, progress=False, spec=spec)
+    assert prepared.dataset_version == cutoff_version(ds, 0.1) != ds.manifest.version
+    cases = new_item_cases(ds, 0.1)
     answers = [r.candidates[r.label] for r in prepared.train + prepared.val if r.label >= 0]
-    assert len(answers) > 50 and not cases.new[answers].any() and cases.new.any()
+    assert len(answers) > 30 and not cases.new[answers].any() and cases.new.any()
     res = train_reranker(prepared, features, settings, root / "cut", root / "runs", "cut")
     report = fit_and_evaluate(
-        ds, spec, 0.5, resamples=100, progress=False, rerankers={"rr": str(res.path)}
+        ds, spec, 0.1, resamples=100, progress=False, rerankers={"rr": str(res.path)}
     )
     row, system = report["models"]["system + rr"], report["models"]["system (fused candidates)"]
     # It reorders the head of the same candidates: nothing enters or leaves the 50.
