@@ -187,11 +187,12 @@ class CandidateGenerator:
         # Backfill with popularity so that a request always gets n candidates if it can.
         fill = np.where(np.isfinite(fused), fused, -1e6 + pop / (pop.max() + 1))
         items = top_n(fill, n, np.flatnonzero(banned))
-        whole = self._with_new_items(items, scores, banned, n)
+        order = self._new_item_order(scores, banned) if self._new_slots(n) else None
+        whole = self._with_new_items(items, order, n)
         if head is not None and 0 < head < n:
             # Every item of the head's own list is in the whole one (its fused part comes
             # first there, its new items rank at least as high in a smaller pool): n stay.
-            first = self._with_new_items(items[:head], scores, banned, head)
+            first = self._with_new_items(items[:head], order, head)
             whole = np.concatenate([first, whole[~np.isin(whole, first)]])[:n]
         items = whole
         return Candidates(
@@ -203,30 +204,39 @@ class CandidateGenerator:
             ignored_history=ignored,
         )
 
-    def _with_new_items(
-        self, items: np.ndarray, scores: dict[str, np.ndarray], banned: np.ndarray, n: int
-    ) -> np.ndarray:
-        """`items` with its last slots (`new_item_share` of n) given to the items no fitted
-        interaction names: the other sources cannot rank an item they have not seen, so the
-        fusion alone would almost never retrieve one. Most live events first
-        (`live_counts`), then the content source's order."""
-        k = round(self.config.new_item_share * n)
+    def _new_slots(self, n: int) -> int:
+        """How many of a list of n are new-item slots (`new_item_share` of n)."""
+        return round(self.config.new_item_share * n)
+
+    def _new_item_order(
+        self, scores: dict[str, np.ndarray], banned: np.ndarray
+    ) -> np.ndarray | None:
+        """The items no fitted interaction names, in the order the new-item slots take them:
+        the other sources cannot rank an item they have not seen, so the fusion alone would
+        almost never retrieve one. Most live events first (`live_counts`), then the content
+        source's order; None when neither can order them."""
         text = next((s for s in scores if isinstance(self.sources[s], Content)), None)
-        if not k or (text is None and self.live_counts is None):
-            return items
+        if text is None and self.live_counts is None:
+            return None
         live = np.zeros(self.n_items)
         if self.live_counts is not None:
             live = pad_to(np.asarray(self.live_counts, np.float64), self.n_items, 0.0)
             live = live[: self.n_items]  # a view of the replica's counts: not written to
             live = np.where(live >= self.config.new_item_min_events, live, 0.0)
         similar = scores[text] if text is not None else np.full(self.n_items, -np.inf)
-        new = self.unseen() & ~banned & (np.isfinite(similar) | (live > 0))
-        head = items[: max(len(items) - k, 0)]
-        new[head] = False
-        if not new.any():
+        pool = np.flatnonzero(self.unseen() & ~banned & (np.isfinite(similar) | (live > 0)))
+        return pool[np.lexsort((-similar[pool], -live[pool]))]
+
+    def _with_new_items(self, items: np.ndarray, order: np.ndarray | None, n: int) -> np.ndarray:
+        """`items` with its last slots (`new_item_share` of n) given to the first items of
+        `order` (`_new_item_order`) that its head does not already hold."""
+        k = self._new_slots(n)
+        if not k or order is None:
             return items
-        pool = np.flatnonzero(new)
-        fresh = pool[np.lexsort((-similar[pool], -live[pool]))][:k]
+        head = items[: max(len(items) - k, 0)]
+        fresh = order[~np.isin(order, head)][:k]
+        if not len(fresh):
+            return items
         rest = items[len(head) :]
         rest = rest[~np.isin(rest, fresh)][: max(n - len(head) - len(fresh), 0)]
         return np.concatenate([head, fresh, rest]).astype(items.dtype)
