@@ -161,14 +161,21 @@ def test_a_new_item_is_reachable_at_once(parts):
     assert 0 < sum(shown) < 200
 
 
+def with_unseen(pop, n: int):
+    """A copy of the fitted popularity in which the `n` least popular items were never
+    interacted with (as items added since the fit), and those items."""
+    popularity = copy.deepcopy(pop)
+    unseen = np.argsort(popularity.counts)[:n]
+    popularity.counts = popularity.counts.copy()
+    popularity.counts[unseen] = 0
+    return popularity, unseen
+
+
 def test_warm_lists_keep_slots_for_new_items_chosen_by_content(parts):
     """The fusion learned on warm items ranks an item nobody has interacted with far down;
     the last `new_item_share` of the slots go to such items, the content source's best."""
     data, sources, pop, seg = parts
-    popularity = copy.deepcopy(pop)
-    unseen = np.argsort(popularity.counts)[:40]  # as if no fitted interaction named them
-    popularity.counts = popularity.counts.copy()
-    popularity.counts[unseen] = 0
+    popularity, unseen = with_unseen(pop, 40)
     hist = data.history(0)
     fresh = set(unseen) - set(hist)
     kept = CandidateGenerator(sources, popularity, seg, config=CandidateConfig(n=30))
@@ -190,10 +197,7 @@ def test_new_item_slots_take_the_most_engaged_new_items_first(parts):
     """Live counts of new items (events stored since the model's data) order the new-item
     slots; content similarity breaks ties and fills the slots no engaged item takes."""
     data, sources, pop, seg = parts
-    popularity = copy.deepcopy(pop)
-    unseen = np.argsort(popularity.counts)[:40]
-    popularity.counts = popularity.counts.copy()
-    popularity.counts[unseen] = 0
+    popularity, unseen = with_unseen(pop, 40)
     hist = data.history(0)
     config = CandidateConfig(n=30, new_item_min_events=1)
     gen = CandidateGenerator(sources, popularity, seg, config=config)
@@ -225,10 +229,7 @@ def test_a_reranked_head_ends_with_new_item_slots_of_its_own(parts):
     slots included, and the rest of the same candidates follow: a new item can reach the
     re-ranked list, and the request still gets its n distinct candidates."""
     data, sources, pop, seg = parts
-    popularity = copy.deepcopy(pop)
-    unseen = np.argsort(popularity.counts)[:40]
-    popularity.counts = popularity.counts.copy()
-    popularity.counts[unseen] = 0
+    popularity, _ = with_unseen(pop, 40)
     hist = data.history(0)
     gen = CandidateGenerator(sources, popularity, seg, config=CandidateConfig(n=30))
     whole = gen.generate(0, hist).items
