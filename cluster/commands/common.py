@@ -180,11 +180,12 @@ def prepare_dataset(
     return manifest
 
 
-def read_meta_or_fail(what: str, folder: str) -> None:
+def read_meta_or_fail(what: str, folder: str) -> dict:
+    """The re-ranker metadata in `folder`, or a user error naming `what`."""
     from training.reranker.model import read_meta
 
     try:
-        read_meta(folder)
+        return read_meta(folder)
     except LlmrecError as e:
         raise LlmrecError(f"{what}: {e}") from None
 

@@ -67,10 +67,8 @@ def check_before_cutoff(name: str, folder: str, ds, quantile: float) -> None:
     (`llmrec train --new-items-cutoff`): one trained on every interaction has seen the new
     items and their answers."""
     from training.evaluation.new_items_rerank import cutoff_version
-    from training.reranker.model import read_meta
 
-    read_meta_or_fail(f"--reranker {name}", folder)
-    trained_on = read_meta(folder).get("dataset_version")
+    trained_on = read_meta_or_fail(f"--reranker {name}", folder).get("dataset_version")
     wanted = cutoff_version(ds, quantile)
     if trained_on != wanted:
         raise LlmrecError(
