@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from cluster.commands.common import (
     DEFAULT_ROOT,
@@ -29,7 +28,7 @@ from cluster.commands.common import (
     user_errors,
     validation_message,
 )
-from cluster.commands.eval_protocols import cold_protocol
+from cluster.commands.eval_protocols import cold_protocol, leave_one_out
 from cluster.commands.model_reports import (
     covisit_line,
     print_history,
@@ -75,7 +74,8 @@ def eval_(
         typer.Option(
             help="leave-one-out: each user's last item; new-items: items first seen after a "
             "time cutoff, never trained on; new-users: users never trained on, after 0, 1, 3 "
-            "and 10 events (docs/RETRIEVAL.md)"
+            "and 10 events (docs/RETRIEVAL.md); on both, --reranker takes re-rankers trained "
+            "on the protocol's view (llmrec train --new-items-cutoff | --without-new-users)"
         ),
     ] = Protocol.leave_one_out,
     cutoff_quantile: Annotated[
@@ -96,11 +96,6 @@ def eval_(
     each --reranker, on the leave-one-out protocol; or the retrieval stack on the new-item
     and new-user protocols."""
     if protocol is not Protocol.leave_one_out:
-        if reranker and protocol is Protocol.new_users:
-            raise LlmrecError(
-                "--reranker with --protocol new-users: a re-ranker trained on every user has "
-                "seen the new ones; this protocol evaluates the retrieval stack"
-            )
         cold_protocol(
             str(protocol),
             dataset,
@@ -124,53 +119,11 @@ def eval_(
         ds = load_leave_one_out(dataset, data)
         target = out or str(DEFAULT_ROOT / "eval" / dataset)
         with storage.staged_output(target, merge=True) as folder:
-            _evaluate(ds, folder, retrievers, rerankers, resamples, stack_spec, text_model, one_fit)
+            leave_one_out(
+                ds, folder, retrievers, rerankers, resamples, stack_spec, text_model, one_fit
+            )
         if storage.local_path(target) is None:
             console.print(f"uploaded the reports to {target}")
-
-
-def _evaluate(
-    ds,
-    folder: Path,
-    retrievers: bool,
-    rerankers: dict[str, str],
-    resamples: int,
-    stack_spec: str | None,
-    text_model: str | None = None,
-    one_fit: bool = False,
-):
-
-    from training.evaluation.report import print_report, write
-    from training.stack import spec_from_eval, spec_to_json
-
-    spec = stack_spec_for(ds.manifest.name, stack_spec, text_model)
-    start_threads()
-    if retrievers:
-        from training.evaluation.harness import default_specs, evaluate
-
-        start = time.perf_counter()
-        # SASRec is one point, not a grid (a fit is the costliest): the stack's parameters.
-        sasrec = next((p for n, (_, p) in spec.items() if n == "SASRec"), None)
-        specs = default_specs(text_model=text_model, sasrec=sasrec)
-        report = evaluate(ds, specs, resamples=resamples, one_fit=one_fit)
-        report["seconds"] = round(time.perf_counter() - start, 1)
-        print_report(report, Console(width=200))
-        js, png = write(report, folder)
-        console.print(f"wrote {js} and {png} ({report['seconds']} s)")
-        # The stack validation chose: `--stack-spec` of fit, train and publish.
-        spec = spec_from_eval(report, spec)
-        chosen = folder / "stack-spec.json"
-        chosen.write_text(json.dumps({"sources": spec_to_json(spec)}, indent=2))
-        console.print(f"wrote {chosen}: pass it as --stack-spec to fit, train and publish")
-    if rerankers:
-        from training.reranker.evaluate import evaluate_rerankers
-
-        start = time.perf_counter()
-        report = evaluate_rerankers(ds, rerankers, resamples=resamples, spec=spec)
-        report["seconds"] = round(time.perf_counter() - start, 1)
-        print_report(report, Console(width=200))
-        js, png = write(report, folder, stem="rerank")
-        console.print(f"wrote {js} and {png} ({report['seconds']} s)")
 
 
 def _named_uris(specs: list[str]) -> dict[str, str]:
@@ -223,6 +176,13 @@ def train(
             "--reranker`; such a re-ranker is not publishable",
         ),
     ] = None,
+    without_new_users: Annotated[
+        bool,
+        typer.Option(
+            help="train without the new-user protocol's held-out users, for `llmrec eval "
+            "--protocol new-users --reranker`; such a re-ranker is not publishable",
+        ),
+    ] = False,
     *,
     settings: TrainSettings,
     model: RerankerConfig,
@@ -242,14 +202,22 @@ def train(
         settings = settings.model_copy(
             update={"epochs": max(settings.epochs, 10), "max_examples": None}
         )
+    if new_items_cutoff is not None and without_new_users:
+        raise LlmrecError(
+            "--new-items-cutoff and --without-new-users: one protocol's view at a time"
+        )
     ds = load_leave_one_out(dataset, data)
     from training.retrieval.data import FitData
 
     # Model, tokenizer and template are checked before any example is built.
     check_config(cfg, FitData.from_dataset(ds).item_text[:1])
-    # A re-ranker of the new-item view is named apart: it must not overwrite, or resume
-    # the run of, the one trained on every interaction.
-    label = cfg.mode if new_items_cutoff is None else f"{cfg.mode}-before-q{new_items_cutoff:g}"
+    # A re-ranker of a cold protocol's view is named apart: it must not overwrite, or
+    # resume the run of, the one trained on every interaction.
+    label = cfg.mode
+    if new_items_cutoff is not None:
+        label = f"{cfg.mode}-before-q{new_items_cutoff:g}"
+    elif without_new_users:
+        label = f"{cfg.mode}-without-new-users"
     target = out or str(DEFAULT_ROOT / "rerankers" / dataset / label)
     with contextlib.ExitStack() as stack:
         if settings.init_features_from:
@@ -267,22 +235,27 @@ def train(
             address,
             spec,
             new_items_cutoff,
+            without_new_users,
         )
     if storage.local_path(target) is None:
         console.print(f"uploaded the re-ranker to {target}")
 
 
-def _train(ds, cfg, settings, target: Path, runs, run_name, address, spec, cutoff) -> None:
-    from training.evaluation.new_items_rerank import prepare_before_cutoff
+def _train(
+    ds, cfg, settings, target: Path, runs, run_name, address, spec, cutoff, without_users
+) -> None:
+    from training.evaluation.cold_rerank import prepare_before_cutoff, prepare_without_new_users
     from training.reranker.examples import INSERT_DEPTH
     from training.reranker.prepared import prepare_examples
 
     start_threads()
     with console.status("building examples (retrieval stack on held-out items)"):
-        if cutoff is None:
-            prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
-        else:
+        if cutoff is not None:
             prepared = prepare_before_cutoff(ds, cfg, settings, cutoff, False, spec)
+        elif without_users:
+            prepared = prepare_without_new_users(ds, cfg, settings, progress=False, spec=spec)
+        else:
+            prepared = prepare_examples(ds, cfg, settings, progress=False, spec=spec)
     lm = (
         ""
         if cfg.mode == "features"

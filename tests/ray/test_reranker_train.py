@@ -242,8 +242,8 @@ def test_a_reranker_trained_before_the_new_item_cutoff_reorders_the_new_item_cas
     """`llmrec train --new-items-cutoff`'s examples never name a new item as the answer
     (it would have seen them), the re-ranker records the view it was trained on, and the
     new-item protocol ranks with it: its rows beside the system's, with their cost."""
+    from training.evaluation.cold_rerank import cutoff_version, prepare_before_cutoff
     from training.evaluation.new_items import fit_and_evaluate, new_item_cases
-    from training.evaluation.new_items_rerank import cutoff_version, prepare_before_cutoff
     from training.retrieval import ALS, Transitions
 
     root, _, _, settings, cfg = setup
@@ -267,3 +267,35 @@ def test_a_reranker_trained_before_the_new_item_cutoff_reorders_the_new_item_cas
     # It reorders the head of the same candidates: nothing enters or leaves the 50.
     assert row["Recall@50"]["mean"] == system["Recall@50"]["mean"]
     assert 0 <= row["new_share@10"] <= 1 and report["list_ms_per_case"]["system + rr"] > 0
+
+
+def test_a_reranker_trained_without_the_new_users_reorders_their_sign_ups(ray_cluster, setup):
+    """`llmrec train --without-new-users` never sees a held-out user (no example, validation
+    or routing row is theirs), records the view it was trained on, and the new-user protocol
+    ranks with it: its rows and its feature layer's beside the system's, paired, with cost."""
+    from training.evaluation.cold_rerank import prepare_without_new_users, without_users_version
+    from training.evaluation.new_users import fit_and_evaluate, new_user_cases
+    from training.retrieval import ALS, Transitions
+
+    root, ds, _, settings, cfg = setup
+    spec = {"transitions": (Transitions, {"window": 3}), "ALS": (ALS, {"factors": 8})}
+    prepared = prepare_without_new_users(ds, cfg, settings, progress=False, spec=spec)
+    assert prepared.dataset_version == without_users_version(ds) != ds.manifest.version
+    held = set(new_user_cases(ds).users.tolist())
+    rows = prepared.train + prepared.val + prepared.routing
+    seen = {r.user for r in rows if r.user is not None}
+    assert held and len(seen) > 20 and seen.isdisjoint(held)
+    one = settings.model_copy(update={"epochs": 1})
+    res = train_reranker(prepared, cfg, one, root / "nu", root / "runs", "without-new-users")
+    report = fit_and_evaluate(
+        ds, spec, resamples=100, progress=False, rerankers={"rr": str(res.path)}
+    )
+    recall = {(r["list"], r["events"], r["attributes"]): r["Recall@50"] for r in report["rows"]}
+    alone = "system + rr (feature layer alone)"
+    for (name, events, stated), m in recall.items():
+        if name in ("system + rr", alone):  # the head reordered: the same 50 candidates
+            system = recall[("system (50 candidates)", events, stated)]
+            assert m["mean"] == system["mean"]
+    assert {"system + rr", alone} <= {name for name, _, _ in recall}
+    assert ("system + rr", alone) in {(p["a"], p["b"]) for p in report["paired_ndcg10"]}
+    assert report["list_ms_per_case"]["system + rr"] > 0

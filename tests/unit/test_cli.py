@@ -261,13 +261,12 @@ def test_train_refuses_an_unknown_model_name(tmp_path, prepared):
 
 @pytest.mark.slow
 def test_eval_refuses_a_reranker_that_has_seen_the_new_items_or_users(tmp_path, prepared):
-    """A re-ranker trained on every interaction has seen the new items' answers: the
-    new-item protocol takes only one trained before its cutoff, and says how to train it;
-    the new-user protocol takes none."""
+    """A re-ranker trained on every interaction has seen the new items' answers and the new
+    users: each cold protocol takes only one trained on its view, and says how to train it."""
     import json
 
     from pipelines.artifact import load_dataset
-    from training.evaluation.new_items_rerank import cutoff_version
+    from training.evaluation.cold_rerank import cutoff_version, without_users_version
     from training.reranker.model import FORMAT
 
     rr = tmp_path / "rr"
@@ -283,8 +282,17 @@ def test_eval_refuses_a_reranker_that_has_seen_the_new_items_or_users(tmp_path, 
         "llmrec train --new-items-cutoff 0.3",
     )  # fmt: skip
     proc = llmrec(*args, "--protocol", "new-users", *out)
-    assert_user_error(proc, "has seen the new ones")
+    assert_user_error(
+        proc, without_users_version(load_dataset(str(prepared))), "llmrec train --without-new-users"
+    )
     assert not (tmp_path / "ev").exists()
+
+
+def test_train_takes_one_cold_view_at_a_time(tmp_path, prepared):
+    args = ("train", "--dataset", "ml", "--data", str(prepared), "--out", str(tmp_path / "rr"))
+    proc = llmrec(*args, "--new-items-cutoff", "0.2", "--without-new-users")
+    assert_user_error(proc, "one protocol's view at a time")
+    assert not (tmp_path / "rr").exists()
 
 
 def test_train_refuses_k_beyond_the_alphabet(tmp_path, prepared):

@@ -203,7 +203,7 @@ def fit_and_evaluate(
     candidate list (fused, routed as serving routes) and the baselines. `text_models`: more
     content rows, one per text encoder (same parameters as the spec's content source).
     `rerankers`: name -> folder of re-rankers trained before the cutoff
-    (`training.evaluation.new_items_rerank`), each reordering the system's candidates."""
+    (`training.evaluation.cold_rerank`), each reordering the system's candidates."""
     from training.retrieval import Content
     from training.retrieval.embeddings import TextEncoder
     from training.stack import DEFAULT_SOURCES, holdout_fit, stack_from_data, text_encoder
@@ -234,13 +234,13 @@ def fit_and_evaluate(
         "system without live counts": system(False),
     }
     if rerankers:
-        from training.evaluation.new_items_rerank import reranked_lists
+        from training.evaluation.cold_rerank import reranked_lists
 
         for name, folder in rerankers.items():
             for suffix, make in reranked_lists(stack, folder, data.item_text).items():
                 lists[f"system + {name}{suffix}"] = make
     seconds: dict[str, float] = {}
-    report = evaluate(cases, rankers, _timed(lists, seconds), resamples)
+    report = evaluate(cases, rankers, timed_lists(lists, seconds), resamples)
     report["sources"] = list(stack.sources)
     # What each list costs per case on this machine (one thread per request's work, as
     # serving runs it): the LM's price beside its gain.
@@ -248,7 +248,7 @@ def fit_and_evaluate(
     return report
 
 
-def _timed(lists: Mapping[str, Callable], seconds: dict[str, float]) -> dict[str, Callable]:
+def timed_lists(lists: Mapping[str, Callable], seconds: dict[str, float]) -> dict[str, Callable]:
     """`lists` whose calls add their wall time to `seconds[name]`."""
 
     def wrap(name: str, make: Callable) -> Callable:

@@ -151,10 +151,15 @@ def fit_and_evaluate(
     resamples: int = 1000,
     progress: bool = True,
     variants: dict[str, Any] | None = None,
+    rerankers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fit the stack of `spec` (default `DEFAULT_SOURCES`) without the held-out users and
     evaluate the system's 50 candidates and overall popularity on them. `variants`: more
-    lists of the same fitted stack under other `CandidateConfig`s, by name."""
+    lists of the same fitted stack under other `CandidateConfig`s, by name. `rerankers`:
+    name -> folder of re-rankers trained without the held-out users
+    (`training.evaluation.cold_rerank`), each reordering the system's candidates, compared
+    with them and (a hybrid) with its feature layer alone."""
+    from training.evaluation.new_items import timed_lists
     from training.retrieval.base import top_n
     from training.stack import DEFAULT_SOURCES, holdout_fit, stack_from_data, text_encoder
 
@@ -178,7 +183,22 @@ def fit_and_evaluate(
     for name, config in (variants or {}).items():
         lists[f"system ({name})"] = system(stack.generator(config))
         pairs += [(f"system ({name})", "most popular"), (f"system ({name})", next(iter(lists)))]
-    return evaluate(cases, lists, resamples, tuple(pairs))
+    if rerankers:
+        from training.evaluation.cold_rerank import reranked_user_lists
+
+        for name, folder in rerankers.items():
+            made = reranked_user_lists(stack, folder, data.item_text)
+            for suffix, make in made.items():
+                lists[f"system + {name}{suffix}"] = make
+                pairs.append((f"system + {name}{suffix}", "system (50 candidates)"))
+            if len(made) > 1:
+                pairs.append((f"system + {name}", f"system + {name} (feature layer alone)"))
+    seconds: dict[str, float] = {}
+    report = evaluate(cases, timed_lists(lists, seconds), resamples, tuple(pairs))
+    # What each list costs per request on this machine, the LM's price beside its gain.
+    calls = 2 * len(cases.users) * len(cases.lengths)
+    report["list_ms_per_case"] = {k: round(1000 * v / calls, 2) for k, v in seconds.items()}
+    return report
 
 
 def print_report(report: dict[str, Any], console) -> None:
@@ -188,12 +208,24 @@ def print_report(report: dict[str, Any], console) -> None:
         title=f"new-user protocol: {report['held_out_users']} users never trained on, replayed "
         f"as sign-ups (95% CIs)"
     )
-    for col in ("events", "attributes", "list", *METRICS):
+    for col in ("events", "attributes", "list", *METRICS, "ms/request"):
         t.add_column(col, justify="left" if col == "list" else "right")
+    ms = report.get("list_ms_per_case", {})
     for r in report["rows"]:
         cells = [f"{r[k]['mean']:.4f} [{r[k]['low']:.3f}, {r[k]['high']:.3f}]" for k in METRICS]
-        t.add_row(str(r["events"]), "stated" if r["attributes"] else "none", r["list"], *cells)
+        cost = f"{ms[r['list']]:.1f}" if r["list"] in ms else "—"
+        stated = "stated" if r["attributes"] else "none"
+        t.add_row(str(r["events"]), stated, r["list"], *cells, cost)
     console.print(t)
+    if report["paired_ndcg10"]:
+        p = Table(title="paired NDCG@10, a − b (the same users and lengths; 95% CIs)")
+        for col in ("events", "attributes", "a", "b", "a − b", "p (a not better)"):
+            p.add_column(col, justify="left" if col in ("a", "b") else "right")
+        for r in report["paired_ndcg10"]:
+            diff = f"{r['mean_difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]"
+            stated = "stated" if r["attributes"] else "none"
+            p.add_row(str(r["events"]), stated, r["a"], r["b"], diff, f"{r['p_value']:.3f}")
+        console.print(p)
 
 
 def plot(report: dict[str, Any], path) -> None:
