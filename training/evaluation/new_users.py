@@ -178,11 +178,12 @@ def fit_and_evaluate(
     def system(g):
         return lambda h, seg: g.generate(None, h, n=50, segment=seg).items
 
-    lists = {"system (50 candidates)": system(gen), "most popular": popular}
+    base = "system (50 candidates)"  # what variants and re-rankers are paired against
+    lists = {base: system(gen), "most popular": popular}
     pairs = []
     for name, config in (variants or {}).items():
         lists[f"system ({name})"] = system(stack.generator(config))
-        pairs += [(f"system ({name})", "most popular"), (f"system ({name})", next(iter(lists)))]
+        pairs += [(f"system ({name})", "most popular"), (f"system ({name})", base)]
     if rerankers:
         from training.evaluation.cold_rerank import reranked_user_lists
 
@@ -190,7 +191,7 @@ def fit_and_evaluate(
             made = reranked_user_lists(stack, folder, data.item_text)
             for suffix, make in made.items():
                 lists[f"system + {name}{suffix}"] = make
-                pairs.append((f"system + {name}{suffix}", "system (50 candidates)"))
+                pairs.append((f"system + {name}{suffix}", base))
             if len(made) > 1:
                 pairs.append((f"system + {name}", f"system + {name} (feature layer alone)"))
     seconds: dict[str, float] = {}
