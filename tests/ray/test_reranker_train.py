@@ -15,7 +15,7 @@ from training.reranker.evaluate import rerank_ranks
 from training.reranker.model import RerankerConfig, load_reranker
 from training.reranker.prepared import prepare_examples
 from training.reranker.prompt import PromptTemplate
-from training.reranker.routing import RoutingTable
+from training.reranker.routing import SPARSE_LENGTHS, RoutingTable
 from training.reranker.train import TrainSettings, train_reranker
 
 pytestmark = pytest.mark.ray
@@ -45,13 +45,17 @@ def test_examples_come_from_at_most_example_users_users(setup):
         ds, cfg, settings.model_copy(update={"example_users": 25}), progress=False
     )
     # Half of a hybrid's validation users (at most `routing_users`) are kept back from early
-    # stopping to measure the routing table, each twice (whole history, replayed short).
-    assert len({r.user for r in few.train}) <= 25 and few.val_total + len(few.routing) // 2 == 25
+    # stopping to measure the routing table, each with the whole history and replayed at
+    # each sparse length.
+    per_user = 1 + len(SPARSE_LENGTHS)
+    assert len({r.user for r in few.train}) <= 25
+    assert few.val_total + len(few.routing) // per_user == 25
     assert {r.user for r in few.train} <= {r.user for r in prepared.train}
     routed = {r.user for r in prepared.routing if r.user is not None}
     assert prepared.val_total + len(routed) == ds.manifest.n_users > 25  # every user here
     assert len(routed) == ds.manifest.n_users // 2 and routed.isdisjoint(prepared.val_ids)
-    assert len(prepared.routing) == len(prepared.routing_lengths) == 2 * len(routed)
+    assert len(prepared.routing) == len(prepared.routing_lengths) == per_user * len(routed)
+    assert set(SPARSE_LENGTHS) <= set(prepared.routing_lengths)
     assert min(prepared.routing_lengths) >= 1 and max(prepared.routing_lengths) > 4
     features = prepare_examples(
         ds, cfg.model_copy(update={"mode": "features"}), settings, progress=False
@@ -299,3 +303,13 @@ def test_a_reranker_trained_without_the_new_users_reorders_their_sign_ups(ray_cl
     assert {"system + rr", alone} <= {name for name, _, _ in recall}
     assert ("system + rr", alone) in {(p["a"], p["b"]) for p in report["paired_ndcg10"]}
     assert report["list_ms_per_case"]["system + rr"] > 0
+    # As serving follows the routing table: a cold start keeps the system's order, every
+    # other length the order of the stage its slice names.
+    routed, table = "system + rr (as routed)", RoutingTable.load(res.path)
+    assert (routed, alone) in {(p["a"], p["b"]) for p in report["paired_ndcg10"]}
+    ndcg = {(r["list"], r["events"], r["attributes"]): r["NDCG@10"] for r in report["rows"]}
+    by_route = {"lm": "system + rr", "features": alone, "retrieval": "system (50 candidates)"}
+    for events in report["lengths"]:
+        want = by_route[table.route(events)] if events else "system (50 candidates)"
+        for stated in (False, True):
+            assert ndcg[(routed, events, stated)]["mean"] == ndcg[(want, events, stated)]["mean"]

@@ -88,6 +88,9 @@ def _prepare_view(
     return prepare_from(data, targets, cfg, settings, None, progress, spec, name)
 
 
+LAYER, ROUTED = " (feature layer alone)", " (as routed)"
+
+
 def _scorers(folder: str | Path, item_texts: list[str]):
     """(template, {name suffix: score(row)}) of the re-ranker in `folder`: the full model,
     and a hybrid's feature layer alone."""
@@ -98,12 +101,29 @@ def _scorers(folder: str | Path, item_texts: list[str]):
     out = {"": lambda row: reranker.score_rows([row])[0]}
     if reranker.meta["config"].get("mode") == "hybrid":
         layer = FeatureLayer.load(folder)
-        out[" (feature layer alone)"] = lambda row: layer.score(row.features)
+        out[LAYER] = lambda row: layer.score(row.features)
     return reranker.template, out
 
 
-def _reordered(c: Candidates, user, history, template, score: Callable, stack) -> np.ndarray:
-    """`c`'s items with the head reordered by `score`, as serving's re-rank stage does."""
+def _routes(folder: str | Path, scorers: dict[str, Callable]) -> Callable | None:
+    """`pick(path, history length)`: the scorer serving uses for a request when it follows
+    the hybrid's routing table (None: the candidates' order; a cold start is never
+    re-ranked); None without a table."""
+    from training.reranker.routing import RoutingTable
+
+    table = RoutingTable.load(folder)
+    if table is None or LAYER not in scorers:
+        return None
+    by_route = {"lm": scorers[""], "features": scorers[LAYER], "retrieval": None}
+    return lambda path, n: None if path == "cold_start" else by_route[table.route(n)]
+
+
+def _reordered(c: Candidates, user, history, template, pick: Callable, stack) -> np.ndarray:
+    """`c`'s items with the head reordered by the scorer `pick(path, history length)` names,
+    as serving's re-rank stage does; no scorer keeps the candidates' order."""
+    score = pick(c.path, len(history))
+    if score is None:
+        return c.items
     k = min(template.candidates, len(c.items))
     head = subset(c, np.arange(k))
     feats = candidate_features(head, stack.source_names, stack.log_popularity)
@@ -116,19 +136,20 @@ def reranked_lists(
     stack, folder: str | Path, item_texts: list[str]
 ) -> dict[str, Callable[[int, np.ndarray, np.ndarray], np.ndarray]]:
     """List makers of the new-item protocol (`new_items.evaluate`'s `top(user, history,
-    live_counts)`) for the re-ranker in `folder` over `stack`'s candidates."""
+    live_counts)`) for the re-ranker in `folder` over `stack`'s candidates, with the routed
+    list as in `reranked_user_lists`."""
     template, scorers = _scorers(folder, item_texts)
     gen = stack.generator()
 
-    def maker(score: Callable) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray]:
+    def maker(pick: Callable):
         def top(user: int, history: np.ndarray, counts: np.ndarray) -> np.ndarray:
             gen.live_counts = counts
             c = gen.generate(user, history, n=CANDIDATES, head=template.candidates)
-            return _reordered(c, user, history, template, score, stack)
+            return _reordered(c, user, history, template, pick, stack)
 
         return top
 
-    return {suffix: maker(score) for suffix, score in scorers.items()}
+    return _makers(folder, scorers, maker)
 
 
 def reranked_user_lists(
@@ -136,15 +157,33 @@ def reranked_user_lists(
 ) -> dict[str, Callable[[np.ndarray, dict[str, int] | None], np.ndarray]]:
     """List makers of the new-user protocol (`new_users.evaluate`'s `top(history, segment)`)
     for the re-ranker in `folder` over `stack`'s candidates. A sign-up has no user index
-    (no CF vector), as in serving."""
+    (no CF vector), as in serving. A hybrid with a routing table adds the list serving gives
+    when it follows the table (" (as routed)"): a cold start is not re-ranked, a sparse or
+    warm request goes to the stage its history length's slice names."""
     template, scorers = _scorers(folder, item_texts)
     gen = stack.generator()
 
-    def maker(score: Callable) -> Callable[[np.ndarray, dict[str, int] | None], np.ndarray]:
+    def maker(pick: Callable):
         def top(history: np.ndarray, segment: dict[str, int] | None) -> np.ndarray:
             c = gen.generate(None, history, n=CANDIDATES, segment=segment, head=template.candidates)
-            return _reordered(c, None, history, template, score, stack)
+            return _reordered(c, None, history, template, pick, stack)
 
         return top
 
-    return {suffix: maker(score) for suffix, score in scorers.items()}
+    return _makers(folder, scorers, maker)
+
+
+def _makers(folder: str | Path, scorers: dict[str, Callable], maker: Callable) -> dict:
+    """{suffix: list maker}: one per scorer, each ranking every request (cold starts too,
+    which serving does not re-rank: what the re-ranker would do there), and the routed one
+    when the re-ranker has a routing table. `maker(pick)` builds a list maker from
+    `pick(path, history length) -> scorer or None` (None: the candidates' own order)."""
+
+    def always(score: Callable) -> Callable:
+        return lambda path, n: score
+
+    out = {suffix: maker(always(score)) for suffix, score in scorers.items()}
+    routes = _routes(folder, scorers)
+    if routes is not None:
+        out[ROUTED] = maker(routes)
+    return out

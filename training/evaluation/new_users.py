@@ -185,15 +185,18 @@ def fit_and_evaluate(
         lists[f"system ({name})"] = system(stack.generator(config))
         pairs += [(f"system ({name})", "most popular"), (f"system ({name})", base)]
     if rerankers:
-        from training.evaluation.cold_rerank import reranked_user_lists
+        from training.evaluation.cold_rerank import LAYER, ROUTED, reranked_user_lists
 
         for name, folder in rerankers.items():
             made = reranked_user_lists(stack, folder, data.item_text)
             for suffix, make in made.items():
                 lists[f"system + {name}{suffix}"] = make
                 pairs.append((f"system + {name}{suffix}", base))
-            if len(made) > 1:
-                pairs.append((f"system + {name}", f"system + {name} (feature layer alone)"))
+            layer, routed = f"system + {name}{LAYER}", f"system + {name}{ROUTED}"
+            if layer in lists:
+                pairs.append((f"system + {name}", layer))
+            if routed in lists:
+                pairs.append((routed, layer))
     seconds: dict[str, float] = {}
     report = evaluate(cases, timed_lists(lists, seconds), resamples, tuple(pairs))
     # What each list costs per request on this machine, the LM's price beside its gain.

@@ -99,7 +99,7 @@ def measure_routing(
     """The routing table (`training.reranker.routing`) of the trained hybrid in `folder`:
     each row ranked three ways (fused order, the feature layer alone, the full model), NDCG@10
     by history-length slice. Rows whose target retrieval missed count 0 in every order."""
-    from training.reranker.routing import FeatureLayer, routing_table
+    from training.reranker.routing import SPARSE_LENGTHS, FeatureLayer, routing_table
 
     full, lm_s = rerank_ranks(folder, rows, item_texts, miss)
     alone, layer_s = layer_ranks(FeatureLayer.load(folder), rows, miss)
@@ -110,7 +110,8 @@ def measure_routing(
         np.asarray(lengths),
         ndcg,
         f"{users} validation users kept out of early stopping, each with their whole "
-        "history and replayed as a new user with 1-4 of their latest items",
+        f"history and replayed as a new user with each of {', '.join(map(str, SPARSE_LENGTHS))}"
+        " of their latest items",
         resamples=resamples,
     )
     import torch

@@ -13,6 +13,7 @@ from pipelines.artifact import Dataset
 from pipelines.schema import Split
 from training.reranker.examples import Row, ranking_row, training_rows
 from training.reranker.model import RerankerConfig
+from training.reranker.routing import SPARSE_LENGTHS
 from training.reranker.settings import TrainSettings
 from training.retrieval import FitData
 from training.stack import StackSpec, holdout_fusion, stack_from_data, text_encoder
@@ -134,13 +135,17 @@ def prepare_from(
     routed = routing_users(users, cfg, settings)
     val = [row(int(u), data.history(int(u)), int(u)) for u in users if int(u) not in routed]
     routing, lengths = [], []
-    for i, u in enumerate(sorted(routed)):
+    for u in sorted(routed):
         full = data.history(u)
-        # Each user twice: with their whole history (the warm path), and replayed as a
-        # new user with 1-4 of their latest items (the sparse path; no user vector).
-        short = full[-(1 + i % 4) :]
-        routing += [row(u, full, u), row(u, short, None)]
-        lengths += [len(full), len(short)]
+        # Each user with their whole history (the warm path), and replayed as a new user
+        # with each sparse length of their latest items (no user vector), so every slice of
+        # the sparse path is measured on the same users.
+        routing.append(row(u, full, u))
+        lengths.append(len(full))
+        for n in SPARSE_LENGTHS:
+            short = full[-n:]
+            routing.append(row(u, short, None))
+            lengths.append(len(short))
     return PreparedData(
         rows,
         [r for r in val if r.label >= 0],

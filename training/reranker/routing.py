@@ -27,9 +27,14 @@ from training.evaluation.bootstrap import paired_bootstrap
 
 Route = Literal["lm", "features", "retrieval"]
 ROUTING_FILE = "routing.json"
-#: lower bounds of the history-length slices (the last one is open). 1-4 is the sparse
-#: path (`CandidateConfig.sparse_below`); the rest splits warm users by how much they did.
-EDGES = (1, 5, 20, 50, 100)
+#: the history lengths of the sparse path (`CandidateConfig.sparse_below`), each its own
+#: slice: what a sign-up's first events are worth to the LM changes from one to the next
+#: (the new-user protocol measures it per event count), and the routing measurement replays
+#: every kept-back user at each of them.
+SPARSE_LENGTHS = (1, 2, 3, 4)
+#: lower bounds of the history-length slices (the last one is open): one per sparse length,
+#: then warm users split by how much they did.
+EDGES = (*SPARSE_LENGTHS, 5, 20, 50, 100)
 ORDERS = ("fused", "features", "lm")
 
 
@@ -61,7 +66,9 @@ class RoutingSlice(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.low}+" if self.high is None else f"{self.low}-{self.high - 1}"
+        if self.high is None:
+            return f"{self.low}+"
+        return str(self.low) if self.high == self.low + 1 else f"{self.low}-{self.high - 1}"
 
 
 class RoutingTable(BaseModel):
