@@ -153,16 +153,7 @@ class CandidateGenerator:
             if path == "warm"
             else [s for s in self.config.sparse_sources if s in self.sources]
         )
-        # Banned items are masked once, here; a source not yet grown for the newest items
-        # cannot score them either (-inf).
-        scores = {
-            s: np.where(
-                banned,
-                -np.inf,
-                pad_to(self.sources[s].score(user, hist), self.n_items)[: self.n_items],
-            )
-            for s in names
-        }
+        scores = self._scores(names, user, hist, banned)
         # One call for every source: per-source numpy calls cost more than the arithmetic.
         stacked = source_ranks(np.stack([scores[s] for s in names]), None, self.config.depth)
         ranks = dict(zip(names, stacked, strict=True))
@@ -203,6 +194,20 @@ class CandidateGenerator:
             source_scores={s: scores[s][items] for s in names},
             ignored_history=ignored,
         )
+
+    def _scores(
+        self, names: list[str], user: int | None, hist: np.ndarray, banned: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Each source's scores over the whole catalogue. Banned items are masked once,
+        here; a source not yet grown for the newest items cannot score them either (-inf)."""
+        return {
+            s: np.where(
+                banned,
+                -np.inf,
+                pad_to(self.sources[s].score(user, hist), self.n_items)[: self.n_items],
+            )
+            for s in names
+        }
 
     def _new_slots(self, n: int) -> int:
         """How many of a list of n are new-item slots (`new_item_share` of n)."""

@@ -70,6 +70,11 @@ def test_source_ranks_and_rrf():
     assert r[1, 1] == 0 and sorted(r[1]) == [0, 0, 1, 2, 3]
     assert source_ranks(s, None, depth=9).tolist() == [[3, 1, 4, 0, 2], [1, 2, 3, 4, 5]]
     assert source_ranks(s[0], None, depth=2).tolist() == [0, 1, 0, 0, 2]
+    # float32 scores are ranked in their own width (faster), as their float64 copies are.
+    rng = np.random.default_rng(0)
+    wide = rng.standard_normal((3, 5000)).astype(np.float32)
+    wide[:, ::7] = -np.inf
+    assert (source_ranks(wide, None, 100) == source_ranks(wide.astype(np.float64), None, 100)).all()
 
 
 def test_learned_fusion_learns_which_source_to_trust(tmp_path):
