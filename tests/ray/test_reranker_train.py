@@ -47,14 +47,18 @@ def test_examples_come_from_at_most_example_users_users(setup):
     # Half of a hybrid's validation users (at most `routing_users`) are kept back from early
     # stopping to measure the routing table, each with the whole history and replayed at
     # each sparse length.
-    per_user = 1 + len(SPARSE_LENGTHS)
     assert len({r.user for r in few.train}) <= 25
-    assert few.val_total + len(few.routing) // per_user == 25
+    assert few.val_total + len({r.user for r in few.routing if r.user is not None}) == 25
     assert {r.user for r in few.train} <= {r.user for r in prepared.train}
     routed = {r.user for r in prepared.routing if r.user is not None}
     assert prepared.val_total + len(routed) == ds.manifest.n_users > 25  # every user here
     assert len(routed) == ds.manifest.n_users // 2 and routed.isdisjoint(prepared.val_ids)
-    assert len(prepared.routing) == len(prepared.routing_lengths) == per_user * len(routed)
+    # Each kept-back user's whole history, then a replay at each sparse length it reaches.
+    pairs = zip(prepared.routing, prepared.routing_lengths, strict=True)
+    whole = [n for r, n in pairs if r.user is not None]
+    assert len(whole) == len(routed)
+    replays = sum(1 + sum(k <= n for k in SPARSE_LENGTHS) for n in whole)
+    assert len(prepared.routing) == len(prepared.routing_lengths) == replays
     assert set(SPARSE_LENGTHS) <= set(prepared.routing_lengths)
     assert min(prepared.routing_lengths) >= 1 and max(prepared.routing_lengths) > 4
     features = prepare_examples(

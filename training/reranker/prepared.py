@@ -139,10 +139,11 @@ def prepare_from(
         full = data.history(u)
         # Each user with their whole history (the warm path), and replayed as a new user
         # with each sparse length of their latest items (no user vector), so every slice of
-        # the sparse path is measured on the same users.
+        # the sparse path is measured on the same users; a length past the history would
+        # only repeat its last replay.
         routing.append(row(u, full, u))
         lengths.append(len(full))
-        for n in SPARSE_LENGTHS:
+        for n in (n for n in SPARSE_LENGTHS if n <= len(full)):
             short = full[-n:]
             routing.append(row(u, short, None))
             lengths.append(len(short))
