@@ -159,7 +159,8 @@ def train(
         ),
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="run name; the same name resumes [default: <name>-<mode>]")
+        str | None,
+        typer.Option(help="run name; the same name resumes [default: <name>-<mode>-<config hash>]"),
     ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address [default: $RAY_ADDRESS or local]")
@@ -231,7 +232,7 @@ def train(
             settings,
             local,
             runs or str(DEFAULT_ROOT / "train-runs"),
-            name or f"{dataset}-{label}",
+            name or f"{dataset}-{label}-{cfg.weights_digest()}",
             address,
             spec,
             new_items_cutoff,

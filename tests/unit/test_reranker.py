@@ -290,3 +290,19 @@ def test_an_lm_trains_on_a_seeded_sample_and_validates_on_sampled_users():
     assert [r.user for r in prepared.capped(s).train] == [r.user for r in lm.train]
     assert len(prepared.train) == 300 and prepared.val_total == 100  # untouched
     assert prepared.capped(TrainSettings(max_examples=None, val_users=None)) == prepared
+
+
+def test_the_default_run_name_tells_incompatible_configs_apart():
+    """`llmrec train`'s default run name carries `weights_digest`: another base model, LoRA
+    rank or template is another run (resuming it would load weights that do not fit); the
+    thread count changes no weight, so the same run resumes."""
+    base = RerankerConfig(base_model="minilm")
+    same = base.model_copy(update={"threads": 4})
+    assert base.weights_digest() == same.weights_digest()
+    others = [
+        base.model_copy(update={"base_model": "smollm2-135m"}),
+        base.model_copy(update={"lora_r": 16}),
+        base.model_copy(update={"mode": "features"}),
+        base.model_copy(update={"template": TEMPLATE}),
+    ]
+    assert len({base.weights_digest(), *(c.weights_digest() for c in others)}) == 5

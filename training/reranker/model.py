@@ -80,6 +80,12 @@ class RerankerConfig(BaseModel):
     feature_hidden: int = Field(32, ge=1, le=1024)
     threads: int | None = Field(None, ge=1, description="torch threads per process")
 
+    def weights_digest(self) -> str:
+        """A hash of what the trained weights depend on (every field but `threads`): the
+        default run name carries it, so a run of another model or template is a new run,
+        never a resume of an incompatible checkpoint."""
+        return hashlib.sha256(self.model_dump_json(exclude={"threads"}).encode()).hexdigest()[:8]
+
     def base_path(self) -> str:
         """A local folder: a named model (smollm2-135m) is fetched and a base model at a URI
         (s3://, gs://) copied, once per machine (training/base_models.py)."""
