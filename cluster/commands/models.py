@@ -190,6 +190,7 @@ def train(
     template: PromptTemplate,
 ) -> None:
     """LoRA fine-tuning of the listwise LLM re-ranker with Ray Train (resumes by run name)."""
+    from training.reranker.runs import check_resumable
     from training.reranker.train import check_config
 
     try:
@@ -220,6 +221,9 @@ def train(
     elif without_new_users:
         label = f"{cfg.mode}-without-new-users"
     target = out or str(DEFAULT_ROOT / "rerankers" / dataset / label)
+    runs = runs or str(DEFAULT_ROOT / "train-runs")
+    name = name or f"{dataset}-{label}-{cfg.weights_digest()}"
+    check_resumable(runs, name, cfg)  # before minutes of building examples
     with contextlib.ExitStack() as stack:
         if settings.init_features_from:
             warm = stack.enter_context(storage.staged_input(settings.init_features_from))
@@ -231,8 +235,8 @@ def train(
             cfg,
             settings,
             local,
-            runs or str(DEFAULT_ROOT / "train-runs"),
-            name or f"{dataset}-{label}-{cfg.weights_digest()}",
+            runs,
+            name,
             address,
             spec,
             new_items_cutoff,

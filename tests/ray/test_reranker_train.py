@@ -92,6 +92,13 @@ def test_a_rerun_with_the_same_name_resumes(ray_cluster, setup):
     # Epoch 0 came from the first run's checkpoint, not from training it again.
     assert epochs[0] == 0 and second.history[0] == first.history[0]
     assert max(epochs) <= 1
+    from training.reranker.train import RerankerError
+
+    # Another LoRA shape under the same name is refused on the driver, not in a worker.
+    other = cfg.model_copy(update={"lora_r": cfg.lora_r * 2})
+    with pytest.raises(RerankerError, match="differs in lora_r"):
+        train_reranker(prepared, other, two, root / "r3", root / "runs", "resume")
+    assert not (root / "r3").exists()
 
 
 def test_two_workers_give_the_same_shapes_as_one(ray_cluster, setup):

@@ -288,6 +288,22 @@ def test_eval_refuses_a_reranker_that_has_seen_the_new_items_or_users(tmp_path, 
     assert not (tmp_path / "ev").exists()
 
 
+def test_train_refuses_to_resume_a_run_of_another_configuration(tmp_path, prepared):
+    """An explicit --name whose checkpoint holds other weights is a user error at once,
+    before any example is built (it used to fail inside a Ray Train worker)."""
+    import json
+
+    ckpt = tmp_path / "runs" / "mine" / "TorchTrainer_0" / "checkpoint_000000"
+    ckpt.mkdir(parents=True)
+    (ckpt / "reranker.json").write_text(json.dumps({"config": {"mode": "hybrid"}}))
+    args = ("train", "--dataset", "ml", "--data", str(prepared), "--out", str(tmp_path / "rr"))
+    proc = llmrec(
+        *args, "--storage", str(tmp_path / "runs"), "--name", "mine", "--mode", "features"
+    )
+    assert_user_error(proc, "run 'mine'", "differs in mode", "pass another --name")
+    assert not (tmp_path / "rr").exists()
+
+
 def test_train_takes_one_cold_view_at_a_time(tmp_path, prepared):
     args = ("train", "--dataset", "ml", "--data", str(prepared), "--out", str(tmp_path / "rr"))
     proc = llmrec(*args, "--new-items-cutoff", "0.2", "--without-new-users")

@@ -306,3 +306,23 @@ def test_the_default_run_name_tells_incompatible_configs_apart():
         base.model_copy(update={"template": TEMPLATE}),
     ]
     assert len({base.weights_digest(), *(c.weights_digest() for c in others)}) == 5
+
+
+def test_a_run_is_resumed_only_by_the_configuration_that_wrote_it(tmp_path):
+    """`check_resumable` reads the run's newest checkpoint: the same configuration (threads
+    aside) resumes; another base model or feature set is a clear error before training."""
+    from training.reranker.runs import check_resumable
+
+    cfg = RerankerConfig(base_model="minilm", threads=2)
+    meta = {"config": cfg.model_dump(mode="json"), "features": ["a", "b"]}
+    check_resumable(tmp_path, "run", cfg, meta)  # no run yet
+    ckpt = tmp_path / "run" / "trial" / "checkpoint_000000"
+    ckpt.mkdir(parents=True)
+    (ckpt / "reranker.json").write_text(json.dumps(meta))
+    check_resumable(tmp_path, "run", cfg.model_copy(update={"threads": 8}), meta)
+    smol = cfg.model_copy(update={"base_model": "smollm2-135m"})
+    with pytest.raises(RerankerError, match="differs in base_model"):
+        check_resumable(tmp_path, "run", smol, meta)
+    with pytest.raises(RerankerError, match="differs in features"):
+        check_resumable(tmp_path, "run", cfg, meta | {"features": ["a"]})
+    check_resumable("s3://bucket/runs", "run", smol, meta)  # not looked into

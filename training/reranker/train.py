@@ -44,6 +44,7 @@ from training.reranker.private_training import (
     poisson_batches,
 )
 from training.reranker.prompt import index_token_ids
+from training.reranker.runs import check_resumable
 from training.reranker.settings import TrainSettings
 
 VAL_METRIC = "val_ndcg10"
@@ -315,6 +316,7 @@ def train_reranker(
         # What the trained parameters spent (None: trained without differential privacy).
         "privacy": _privacy(plan, cfg, settings),
     }
+    check_resumable(storage, name, cfg, meta)
     ray.data.DataContext.get_current().enable_progress_bars = False
     train_ds = ray.data.from_items([r.to_dict() for r in prepared.train])
     if settings.workers > 1:
