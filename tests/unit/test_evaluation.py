@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from training.evaluation.metrics import (
     ranked_top,
     target_rank,
 )
-from training.retrieval.fusion import LearnedFusion, fuse, source_ranks
+from training.retrieval.fusion import LearnedFusion, _row_stats, fuse, source_ranks
 
 
 def test_metrics_from_ranks():
@@ -53,6 +55,27 @@ def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
     assert not null.significant() or abs(null.mean_difference) < 0.01
     with pytest.raises(ValueError):
         paired_bootstrap(b[:3], b)
+
+
+def test_the_fusion_standardises_each_row_over_its_finite_scores():
+    """`_row_stats` on any stack of rows (sources x users x items in training) equals the
+    plain masked mean and std; an all -inf row gets 0 and ~1e-9, never a NaN."""
+    rng = np.random.default_rng(0)
+    sc = (rng.normal(size=(3, 4, 500)) * 5 + 100).astype(np.float32)
+    sc[rng.random(sc.shape) < 0.3] = -np.inf
+    sc[1, 2] = -np.inf
+    mean, std = _row_stats(sc)
+    masked = np.where(np.isfinite(sc), sc, np.nan).astype(np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want_mean, want_std = np.nanmean(masked, -1), np.nanstd(masked, -1)
+    ok = np.isfinite(want_mean)
+    assert mean.shape == std.shape == (3, 4, 1)
+    np.testing.assert_allclose(mean[..., 0][ok], want_mean[ok], rtol=1e-12)
+    np.testing.assert_allclose(std[..., 0][ok], want_std[ok] + 1e-9, rtol=1e-9)
+    assert mean[1, 2, 0] == 0.0 and 0 < std[1, 2, 0] < 1e-8
+    m1, s1 = _row_stats(sc[0, 0])
+    assert m1.shape == (1,) and np.isclose(s1[0], std[0, 0, 0])
 
 
 def test_source_ranks_and_rrf():
