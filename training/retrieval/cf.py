@@ -12,7 +12,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever, csr_from_state, csr_state, pad_to, sparse_scores
+from training.retrieval.base import Retriever, SparseRows, csr_from_state, csr_state, pad_to
 from training.retrieval.data import FitData
 
 
@@ -181,7 +181,7 @@ class BPR(_Factors):
         return np.linalg.solve(lhs, x.T @ target).astype(np.float32)
 
 
-class ItemKNN(Retriever):
+class ItemKNN(SparseRows, Retriever):
     """Item-kNN: the user's items vote with their `neighbours` most similar items
     (`similarity`: cosine or BM25-weighted)."""
 
@@ -209,9 +209,9 @@ class ItemKNN(Retriever):
         self._fitted(data)
         return self
 
-    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+    def rows(self, history: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         h = history[history < self.similarity.shape[0]]
-        return sparse_scores(self.similarity, h, np.ones(len(h), np.float32), self.n_items)
+        return self.similarity, h, np.ones(len(h), np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
         return csr_state(self.similarity)

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import norm
 
-from training.retrieval.base import Retriever, csr_from_state, csr_state, sparse_scores
+from training.retrieval.base import Retriever, SparseRows, csr_from_state, csr_state
 from training.retrieval.data import FitData
 from training.retrieval.private_counts import analytic_gaussian_sigma, distinct_per_user
 
@@ -89,7 +89,7 @@ def pair_counts(users: np.ndarray, items: np.ndarray, n_items: int) -> sp.csr_ma
     return total
 
 
-class PrivateCoVisits(Retriever):
+class PrivateCoVisits(SparseRows, Retriever):
     """Items watched by the same users, from the differentially private pair release
     (module docstring). `epsilon: null` releases the bounded counts without noise or
     threshold (for measuring what the noise costs)."""
@@ -121,10 +121,10 @@ class PrivateCoVisits(Retriever):
         self._fitted(data)
         return self
 
-    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+    def rows(self, history: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         h = np.asarray(history, dtype=np.int64)
         h = h[h < self.matrix.shape[0]]
-        return sparse_scores(self.matrix, h, np.ones(len(h), np.float32), self.n_items)
+        return self.matrix, h, np.ones(len(h), np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
         return csr_state(self.matrix)

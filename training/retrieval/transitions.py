@@ -7,11 +7,11 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from training.retrieval.base import Retriever, csr_from_state, csr_state, sparse_scores
+from training.retrieval.base import Retriever, SparseRows, csr_from_state, csr_state
 from training.retrieval.data import FitData
 
 
-class Transitions(Retriever):
+class Transitions(SparseRows, Retriever):
     """Item-to-item scores from forward co-occurrence within `window` steps of each user's
     chronological sequence (weight 1/distance), damped by the target's popularity. With
     `both_ways`, co-occurrence counts in both directions: items rated in one sitting have an
@@ -57,12 +57,12 @@ class Transitions(Retriever):
         self._fitted(data)
         return self
 
-    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+    def rows(self, history: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         m = self.matrix
         recent = history[::-1][: self.params["recent"]]
         keep = recent < m.shape[0]
         weights = self.params["recency_decay"] ** np.arange(len(recent), dtype=np.float32)
-        return sparse_scores(m, recent[keep], weights[keep], self.n_items)
+        return m, recent[keep], weights[keep]
 
     def state(self) -> dict[str, np.ndarray]:
         return csr_state(self.matrix)
