@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import json
 import os
 import platform
@@ -83,11 +84,14 @@ def main() -> None:
     with threadpool_limits(1):
         for u in warm_up:  # first calls load lazily
             svc.retrieve(u, shown=args.shown)
-        ms = []
+        ms, answers = [], hashlib.sha256()
         for u in picks:
             t = time.perf_counter()
-            svc.retrieve(u, shown=args.shown)
+            r = svc.retrieve(u, shown=args.shown)
             ms.append((time.perf_counter() - t) * 1000)
+            # What was answered, so that two code versions can be shown to answer alike.
+            answers.update(np.asarray(r.items, np.int64).tobytes())
+            answers.update(json.dumps(r.explanations, sort_keys=True, default=str).encode())
         prof = cProfile.Profile()
         prof.enable()
         for u in profiled:
@@ -106,6 +110,7 @@ def main() -> None:
         parts.append({"part": label.strip(), "ms_per_request": per_request, "share": ct / whole})
     ms = np.asarray(ms)
     timing = {
+        "answers_sha256": answers.hexdigest()[:16],
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()),
@@ -113,7 +118,7 @@ def main() -> None:
     title = (
         f"RetrievalService.retrieve, {len(picks)} uniform users of {len(users):,}, "
         f"{svc.catalog.n_items:,} items, 1 thread: p50 {timing['p50_ms']:.1f} ms, "
-        f"p99 {timing['p99_ms']:.1f} ms (load {load_s:.1f} s)"
+        f"p99 {timing['p99_ms']:.1f} ms (load {load_s:.1f} s; answers {timing['answers_sha256']})"
     )
     table = Table(title=title)
     for c in ("part (profiled)", "ms per request", "share"):
