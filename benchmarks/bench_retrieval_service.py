@@ -43,6 +43,8 @@ PARTS = (
     ("  sources' scores over the catalogue", "training/candidates.py", "_scores"),
     ("  ranks of each source's top items", "training/retrieval/fusion.py", "source_ranks"),
     ("  learned fusion over their union", "training/retrieval/fusion.py", "score"),
+    ("    its standardisation of every score", "training/retrieval/fusion.py", "_row_stats"),
+    ("  order of the new-item slots", "training/candidates.py", "_new_item_order"),
     ("  final top n", "training/retrieval/base.py", "top_n"),
     ("re-ranker features of the head", "training/reranker/features.py", "candidate_features"),
     ("explanations of the shown items", "serving/recommender.py", "explain"),
