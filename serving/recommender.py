@@ -298,12 +298,17 @@ class RetrievalService:
     def route(
         self, path: str, history_len: int, features: np.ndarray
     ) -> tuple[str, str | None, np.ndarray | None]:
-        """(stage, why, feature-layer scores) of the routing table for this request."""
-        s = self.routing.slice_for(history_len) if self.routing is not None else None
-        if s is None or s.route == "lm" or path == "cold_start":
+        """(stage, why, feature-layer scores) of the routing table for this request; "lm"
+        with no reason where the table does not decide (no table, the LM's own slice, or a
+        cold start, which the re-rank stage never takes)."""
+        from training.reranker.routing import request_stage
+
+        stage = request_stage(self.routing, path, history_len)
+        if stage is None or stage == "lm":
             return "lm", None, None
-        scores = self.feature_layer.score(features) if s.route == "features" else None
-        return s.route, f"routing table, history {s.label}: {s.reason}", scores
+        s = self.routing.slice_for(history_len)
+        scores = self.feature_layer.score(features) if stage == "features" else None
+        return stage, f"routing table, history {s.label}: {s.reason}", scores
 
     def similar(self, item_id: str, k: int) -> list[dict[str, Any]] | None:
         """Items like `item_id` (`similar_ranking` of `RetrievalStack.similar_models`: SASRec,

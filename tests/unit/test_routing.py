@@ -11,6 +11,7 @@ from training.reranker.routing import (
     RoutingTable,
     decide,
     describe,
+    request_stage,
     routing_table,
 )
 
@@ -52,6 +53,18 @@ def test_slices_by_history_length_route_where_the_measurements_say():
     assert table.route(0) == "lm"  # shorter than every slice: as without a table
     assert table.slices[0].ndcg10["lm"] == pytest.approx(lm[:200].mean())
     assert describe(table)[1]["route"] == "features"
+
+
+def test_serving_and_the_cold_protocols_route_a_request_by_one_rule():
+    v = np.linspace(0, 1, 60)
+    lengths = np.repeat([1, 30], 30)
+    lm = v + np.where(lengths == 1, 0.2, 0.0)  # the LM pays for one-event histories only
+    table = routing_table(lengths, {"fused": v, "features": v, "lm": lm}, "test", edges=(1, 2))
+    assert request_stage(table, "sparse", 1) == "lm"
+    assert request_stage(table, "warm", 30) == "features"
+    assert request_stage(table, "cold_start", 0) is None  # never re-ranked, table or not
+    assert request_stage(None, "cold_start", 0) is None
+    assert request_stage(None, "warm", 30) == "lm"  # no table: every request to the LM
 
 
 def test_an_empty_slice_takes_the_cheaper_stage():

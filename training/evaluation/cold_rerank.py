@@ -109,13 +109,13 @@ def _routes(folder: str | Path, scorers: dict[str, Callable]) -> Callable | None
     """`pick(path, history length)`: the scorer serving uses for a request when it follows
     the hybrid's routing table (None: the candidates' order; a cold start is never
     re-ranked); None without a table."""
-    from training.reranker.routing import RoutingTable
+    from training.reranker.routing import RoutingTable, request_stage
 
     table = RoutingTable.load(folder)
     if table is None or LAYER not in scorers:
         return None
-    by_route = {"lm": scorers[""], "features": scorers[LAYER], "retrieval": None}
-    return lambda path, n: None if path == "cold_start" else by_route[table.route(n)]
+    by_route = {"lm": scorers[""], "features": scorers[LAYER]}  # retrieval, cold start: None
+    return lambda path, n: by_route.get(request_stage(table, path, n))
 
 
 def _reordered(c: Candidates, user, history, template, pick: Callable, stack) -> np.ndarray:

@@ -107,6 +107,16 @@ class RoutingTable(BaseModel):
         return cls.model_validate_json((Path(folder) / ROUTING_FILE).read_text())
 
 
+def request_stage(table: RoutingTable | None, path: str, history_len: int) -> Route | None:
+    """The stage that orders a request's head when serving follows `table`: None for a
+    cold start (its list is the cold-start one, never re-ranked); otherwise the table's
+    slice, and the LM without a table. Serving (`RetrievalService.route`) and the cold
+    protocols' routed list (`training.evaluation.cold_rerank`) both apply this one rule."""
+    if path == "cold_start":
+        return None
+    return table.route(history_len) if table is not None else "lm"
+
+
 def _gain(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> Gain | None:
     if len(a) < 2:
         return None
