@@ -65,7 +65,8 @@ def _row_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = s0.sum(axis=-1, keepdims=True) / count
     # Two passes over one buffer, the squares summed by einsum: a request standardises every
     # source over the whole catalogue, and the temporaries of (s0 - mean) ** 2 cost more
-    # than the arithmetic (2.4 against 1.0 ms for 8 sources x 49,364 items).
+    # than the arithmetic (3.3-3.6 against 1.5-1.6 ms a request for 8 sources x 49,364
+    # items, benchmarks/bench_retrieval_service.py).
     s0 -= mean
     s0[~finite] = 0.0
     var = np.einsum("...i,...i->...", s0, s0)[..., None] / count
