@@ -70,15 +70,22 @@ def csr_row_sum(
 ) -> np.ndarray:
     """sum_k weights[k] * row(rows[k]) of a CSR matrix, densely: one gather and one bincount
     (scipy's row indexing costs more than the arithmetic at these sizes)."""
+    flat, w = _row_entries(indptr, data, rows, weights)
+    if not len(flat):
+        return np.zeros(n_cols, dtype=np.float32)
+    return np.bincount(indices[flat], weights=w, minlength=n_cols).astype(np.float32)
+
+
+def _row_entries(
+    indptr: np.ndarray, data: np.ndarray, rows: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in a CSR matrix's arrays of every entry of `rows`, row after row, and each
+    entry's weighted value (float64)."""
     rows = np.asarray(rows, dtype=np.int64)
     starts = indptr[rows]
     lengths = indptr[rows + 1] - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(n_cols, dtype=np.float32)
-    flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-    w = np.repeat(np.asarray(weights, dtype=np.float64), lengths) * data[flat]
-    return np.bincount(indices[flat], weights=w, minlength=n_cols).astype(np.float32)
+    flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    return flat, np.repeat(np.asarray(weights, dtype=np.float64), lengths) * data[flat]
 
 
 def sparse_scores(m, rows: np.ndarray, weights: np.ndarray, n_items: int) -> np.ndarray:
@@ -92,20 +99,14 @@ def sparse_scores_at(m, rows: np.ndarray, weights: np.ndarray, items: np.ndarray
     """`sparse_scores` at `items` only, from the chosen rows' entries alone: the cost follows
     the rows' lengths, not the catalogue (an explanation scores a handful of candidates for
     several histories). The same sums, in the same order, as the dense version."""
-    items = np.asarray(items, dtype=np.int64)
-    uniq, back = np.unique(items, return_inverse=True)
-    rows = np.asarray(rows, dtype=np.int64)
-    starts = m.indptr[rows]
-    lengths = m.indptr[rows + 1] - starts
-    total = int(lengths.sum())
+    uniq, back = np.unique(np.asarray(items, dtype=np.int64), return_inverse=True)
+    flat, w = _row_entries(m.indptr, m.data, rows, weights)
     sums = np.zeros(len(uniq))
-    if total and len(uniq):
-        flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+    if len(flat) and len(uniq):
         cols = m.indices[flat]
         at = np.minimum(np.searchsorted(uniq, cols), len(uniq) - 1)
         hit = uniq[at] == cols
-        w = np.repeat(np.asarray(weights, dtype=np.float64), lengths)[hit] * m.data[flat[hit]]
-        sums = np.bincount(at[hit], weights=w, minlength=len(uniq))
+        sums = np.bincount(at[hit], weights=w[hit], minlength=len(uniq))
     out = sums.astype(np.float32)[back]
     out[out <= 0] = -np.inf
     return out
