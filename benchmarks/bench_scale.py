@@ -211,6 +211,9 @@ def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
             row["serve"] = serve_stage(work, env, args.duration, args.port)
         else:
             row[stage] = run_stage(commands[stage], env, work / f"{stage}.log")
+        if stage == "fit":  # where the fit's time went, as the stack recorded it
+            meta = json.loads((work / "stack" / "stack.json").read_text())
+            row["fit"]["steps_s"] = meta.get("fit_seconds", {})
         console.print(f"  {row[stage]}")
         if stage == "prepare" or args.reuse:
             manifest = json.loads((work / "data" / "manifest.json").read_text())

@@ -25,6 +25,7 @@ from pipelines import storage
 from pipelines.artifact import Dataset
 from pipelines.errors import ArtifactError
 from pipelines.schema import Split
+from training.fit_steps import FitSteps
 from training.reranker.model import read_meta
 from training.retrieval.fusion import LearnedFusion
 from training.stack import RetrievalStack, StackSpec, fit_stack, source_spec
@@ -68,11 +69,16 @@ def aggregate_budget(stack_meta: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def fit_retrievers(
-    ds: Dataset, out: str | Path, progress: bool = True, spec: StackSpec | None = None
+    ds: Dataset,
+    out: str | Path,
+    progress: bool = True,
+    spec: StackSpec | None = None,
+    steps: FitSteps | None = None,
 ) -> RetrievalStack:
     """The "fit retrievers" stage: the stack of `spec` (default: `DEFAULT_SOURCES`) fitted
-    on every interaction, written to `out` (a folder or URI) for `publish_version(stack=...)`."""
-    stack, _ = fit_stack(ds, Split.TEST, progress=progress, spec=spec)
+    on every interaction, written to `out` (a folder or URI) for `publish_version(stack=...)`.
+    `steps`: told as each step of the fit starts and ends."""
+    stack, _ = fit_stack(ds, Split.TEST, progress=progress, spec=spec, steps=steps)
     with storage.staged_output(out) as folder:
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,7 @@ those targets is free of leakage."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from pipelines.artifact import Dataset
 from pipelines.errors import ArtifactError
 from pipelines.schema import Split
 from training.candidates import CandidateConfig, CandidateGenerator
+from training.fit_steps import FitSteps, step
 from training.retrieval import (
     Content,
     FitData,
@@ -124,6 +125,8 @@ class RetrievalStack:
     #: the private "also watched" pairs (`covisit_params`: by default only in a stack
     #: without SASRec)
     covisits: PrivateCoVisits | None = None
+    #: wall seconds per step of the fit that made it (`FitSteps`; empty: not recorded)
+    fit_seconds: dict[str, float] = field(default_factory=dict)
 
     def generator(self, config: CandidateConfig | None = None) -> CandidateGenerator:
         return CandidateGenerator(
@@ -187,6 +190,8 @@ class RetrievalStack:
             "segment_release": self.segment.fit_info if self.segment is not None else None,
             # ... and the "also watched" pairs' (`/items/{id}/similar`).
             "covisit_release": self.covisits.fit_info if self.covisits is not None else None,
+            # Where the fit's time went (`llmrec fit` prints it too).
+            "fit_seconds": self.fit_seconds,
         }
         (folder / "stack.json").write_text(json.dumps(meta, indent=2))
 
@@ -212,7 +217,16 @@ class RetrievalStack:
         covisits = Retriever.load(co, version) if co.exists() else None
         fusion = LearnedFusion.from_json(meta["fusion"]) if meta["fusion"] else None
         assert isinstance(pop, MostPopular)
-        return cls(sources, pop, seg, fusion, meta["dataset_version"], meta["through"], covisits)
+        return cls(
+            sources,
+            pop,
+            seg,
+            fusion,
+            meta["dataset_version"],
+            meta["through"],
+            covisits,
+            meta.get("fit_seconds", {}),
+        )
 
 
 def _fit_sources(
@@ -221,6 +235,8 @@ def _fit_sources(
     progress: bool,
     spec: StackSpec | None = None,
     warm: WarmStart | None = None,
+    steps: FitSteps | None = None,
+    prefix: str = "",
 ) -> dict[str, Retriever]:
     out: dict[str, Retriever] = {}
     for name, (klass, params) in tqdm(
@@ -230,12 +246,13 @@ def _fit_sources(
     ):
         model = klass(**params)
         previous = warm.sources.get(name) if warm is not None else None
-        if isinstance(model, Content) and embeddings is not None:
-            out[name] = model.with_embeddings(embeddings, data)
-        elif previous is not None and type(previous) is klass:
-            out[name] = model.warm_fit(data, previous, warm.item_map, warm.share)
-        else:
-            out[name] = model.fit(data)
+        with step(steps, prefix + name):
+            if isinstance(model, Content) and embeddings is not None:
+                out[name] = model.with_embeddings(embeddings, data)
+            elif previous is not None and type(previous) is klass:
+                out[name] = model.warm_fit(data, previous, warm.item_map, warm.share)
+            else:
+                out[name] = model.fit(data)
     return out
 
 
@@ -284,6 +301,7 @@ def fit_stack(
     progress: bool = True,
     spec: StackSpec | None = None,
     warm: WarmStart | None = None,
+    steps: FitSteps | None = None,
 ) -> tuple[RetrievalStack, np.ndarray]:
     """Fit every source of `spec` (default: `DEFAULT_SOURCES`) on the data up to `through`
     (from a previous fit where `warm` gives one).
@@ -292,16 +310,23 @@ def fit_stack(
     `holdout` items hidden, and the fusion learns to find the first hidden item. Warm, that
     held-out fit starts from `warm`, and the stack's own fit from the held-out fit's sources
     (`NEXT_SHARE`). Returns the stack and the item embeddings (reuse them: they depend on
-    item text only).
+    item text only). `steps`: records each step's seconds (also saved with the stack).
     """
-    data = FitData.from_dataset(ds, through)
+    steps = steps if steps is not None else FitSteps()
+    with step(steps, "interactions"):
+        data = FitData.from_dataset(ds, through)
     if embeddings is None:
-        embeddings = (encoder or text_encoder(spec)).encode(data.item_text).astype(np.float32)
+        with step(steps, "item text embeddings"):
+            encoder = encoder or text_encoder(spec)
+            embeddings = encoder.encode(data.item_text).astype(np.float32)
     if fusion is None:
-        fusion, held = holdout_fit(data, holdout, embeddings, progress, spec, warm)
+        fusion, held = holdout_fit(data, holdout, embeddings, progress, spec, warm, steps)
         if warm is not None:
             warm = WarmStart(held, np.arange(data.n_items), NEXT_SHARE)
-    stack = stack_from_data(data, fusion, embeddings, through.label, progress, spec, warm)
+    stack = stack_from_data(
+        data, fusion, embeddings, through.label, progress, spec, warm, steps=steps
+    )
+    stack.fit_seconds = dict(steps.seconds)
     return stack, embeddings
 
 
@@ -313,16 +338,22 @@ def stack_from_data(
     progress: bool = True,
     spec: StackSpec | None = None,
     warm: WarmStart | None = None,
+    steps: FitSteps | None = None,
 ) -> RetrievalStack:
     covisits = covisit_params(spec)
+    sources = _fit_sources(data, embeddings, progress, spec, warm, steps)
+    with step(steps, "popularity, segments, co-visits"):
+        popularity = MostPopular().fit(data)
+        segment = SegmentPopular(**segment_params(spec)).fit(data) if data.user_segments else None
+        pairs = None if covisits is None else PrivateCoVisits(**covisits).fit(data)
     return RetrievalStack(
-        sources=_fit_sources(data, embeddings, progress, spec, warm),
-        popularity=MostPopular().fit(data),
-        segment=SegmentPopular(**segment_params(spec)).fit(data) if data.user_segments else None,
+        sources=sources,
+        popularity=popularity,
+        segment=segment,
         fusion=fusion,
         dataset_version=data.dataset_version,
         through=through,
-        covisits=None if covisits is None else PrivateCoVisits(**covisits).fit(data),
+        covisits=pairs,
     )
 
 
@@ -344,11 +375,15 @@ def holdout_fit(
     progress: bool = True,
     spec: StackSpec | None = None,
     warm: WarmStart | None = None,
+    steps: FitSteps | None = None,
 ) -> tuple[LearnedFusion, dict[str, Retriever]]:
     """`holdout_fusion`, with the sources it fitted (a warm start for the next fit of the
     same items) and, with `warm`, sources started from a previous fit."""
-    inner, hidden = data.holdout_last(holdout)
-    users = np.flatnonzero([len(h) > 0 for h in hidden])
-    targets = np.array([hidden[u][0] for u in users], dtype=np.int64)
-    sources = _fit_sources(inner, embeddings, progress, spec, warm)
-    return fit_fusion(sources, inner, targets, users), sources
+    with step(steps, "held-out interactions"):
+        inner, hidden = data.holdout_last(holdout)
+        users = np.flatnonzero([len(h) > 0 for h in hidden])
+        targets = np.array([hidden[u][0] for u in users], dtype=np.int64)
+    sources = _fit_sources(inner, embeddings, progress, spec, warm, steps, prefix="held-out ")
+    with step(steps, "fusion"):
+        fusion = fit_fusion(sources, inner, targets, users)
+    return fusion, sources

@@ -1,14 +1,29 @@
 """What the model commands print about a trained re-ranker and a fitted stack: the
-training history, the routing table, and what differential privacy spent (`train`, `fit`,
-`publish`)."""
+training history, the routing table, a fit's steps as they end, and what differential
+privacy spent (`train`, `fit`, `publish`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rich.status import Status
 from rich.table import Table
 
 from cluster.commands.common import console
+from training.fit_steps import FitSteps
+
+
+def fit_progress(status: Status) -> FitSteps:
+    """A stack fit's steps shown as they run: the spinner names the step in progress, and
+    each step prints its seconds as it ends (in a log file too, where no spinner shows)."""
+
+    def started(label: str) -> None:
+        status.update(f"fitting the retrieval stack: {label}")
+
+    def ended(label: str, seconds: float) -> None:
+        console.print(f"  {label}: {seconds:.1f} s")
+
+    return FitSteps(on_start=started, on_end=ended)
 
 
 def print_routing(folder: str | Path) -> None:

@@ -31,6 +31,7 @@ from cluster.commands.common import (
 from cluster.commands.eval_protocols import cold_protocol, leave_one_out
 from cluster.commands.model_reports import (
     covisit_line,
+    fit_progress,
     print_history,
     print_routing,
     privacy_line,
@@ -318,8 +319,9 @@ def fit(
     target = out or str(DEFAULT_ROOT / "stacks" / dataset)
     start = time.perf_counter()
     start_threads()
-    with console.status("fitting the retrieval stack on all interactions"):
-        stack = fit_retrievers(ds, target, progress=False, spec=spec)
+    with console.status("fitting the retrieval stack on all interactions") as status:
+        steps = fit_progress(status)
+        stack = fit_retrievers(ds, target, progress=False, spec=spec, steps=steps)
     console.print(
         f"fitted {', '.join(stack.sources)} on dataset {ds.manifest.version} -> {target} "
         f"({time.perf_counter() - start:.0f} s)"

@@ -373,6 +373,21 @@ def test_fit_takes_the_stack_llmrec_eval_chose_for_the_dataset(tmp_path, prepare
     assert fitted["transitions"][1]["window"] == 1 and fitted["ALS"][1]["factors"] == 8
     # No SASRec in that stack: similar items get the private "also watched" release.
     assert fitted[COVISIT_ENTRY][0] is PrivateCoVisits
+    # Each step of the fit is printed as it ends and saved with the stack, in order.
+    steps = json.loads((out / "stack.json").read_text())["fit_seconds"]
+    assert list(steps) == [
+        "interactions",
+        "item text embeddings",
+        "held-out interactions",
+        "held-out transitions",
+        "held-out ALS",
+        "fusion",
+        "transitions",
+        "ALS",
+        "popularity, segments, co-visits",
+    ]
+    assert all(s >= 0 for s in steps.values())
+    assert "  held-out ALS: " in proc.stdout and "  fusion: " in proc.stdout
 
 
 def test_keys_create_prints_the_key_once_and_list_never_shows_it(tmp_path):
