@@ -94,14 +94,18 @@ class LiveSettings(BaseModel):
         "key file wins); with N Api replicas a key may make N times this",
     )
     key_burst: float = Field(400.0, ge=1, le=1e7, description="requests a key may save up")
-    cache: bool = Field(True, description="nearline: serve re-ranked lists computed after events")
+    cache: bool = Field(
+        True,
+        description="nearline: serve lists computed after events and by the precompute "
+        "(re-ranked where the version has a re-ranker, else in retrieval order)",
+    )
     warm: bool = Field(
         True,
-        description="precompute: once a model version is loaded, re-rank and cache the lists "
-        "of the users the dataset knows (up to warm_users), most recently active first, while "
-        "no request is in flight, so that a returning user is answered from the cache "
-        "without the re-ranker (the lists of users with events are replaced by the nearline "
-        "step as before)",
+        description="precompute: once a model version is loaded, compute (re-rank, where the "
+        "version has a re-ranker) and cache the lists of the users the dataset knows (up to "
+        "warm_users), most recently active first, while no request is in flight, so that a "
+        "returning user is answered from the cache without retrieval or the re-ranker (the "
+        "lists of users with events are replaced by the nearline step as before)",
     )
     warm_users: int | None = Field(
         2_000,

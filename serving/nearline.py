@@ -1,7 +1,7 @@
 """Nearline work of an Api replica, scheduled on its event loop beside the requests: after
-an event, the user's next list is re-ranked and cached; after a model version is loaded,
-the lists of the most recently active known users (up to `warm_users`) are precomputed
-while no request is in flight. Without Ray: it
+an event, the user's next list is computed (re-ranked, where the version has a re-ranker)
+and cached; after a model version is loaded, the lists of the most recently active known
+users (up to `warm_users`) are precomputed while no request is in flight. Without Ray: it
 drives a `RequestPath`."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 from serving.api_models import K_MAX
 from serving.request_path import RequestPath
-from serving.responses import RANKED
 
 log = logging.getLogger("ray.serve")
 
@@ -27,10 +26,10 @@ class Nearline:
         self.warm: dict[str, Any] = {"model": None, "users": 0, "done": 0, "seconds": None}
 
     def after_events(self, users: set[str]) -> None:
-        """Each user's next list, re-ranked now (only re-ranked lists are cached: without
-        the re-ranker a precomputed list would never be served)."""
+        """Each user's next list, computed now and cached (`RequestPath.caches`: with the
+        re-ranker turned off, a version that has one caches nothing)."""
         p, s = self.path, self.path.settings
-        if not (s.cache and s.rerank):
+        if not p.caches(s):
             return
         loop = asyncio.get_running_loop()
         for user in users:
@@ -42,7 +41,7 @@ class Nearline:
             )
 
     async def precompute(self, user_id: str, fresh: asyncio.Future) -> None:
-        """The user's next list, re-ranked now and cached under the version it saw; a newer
+        """The user's next list, computed now and cached under the version it saw; a newer
         event makes it unservable. `fresh` gets its retrieval as soon as it exists (what a
         request answers from while the re-rank runs)."""
         p = self.path
@@ -59,7 +58,7 @@ class Nearline:
                 deadline=False,
                 on_retrieved=lambda r: fresh.done() or fresh.set_result(r),
             )
-            if out["stage"] in RANKED and not out["fallback"]:
+            if p.normal_answer(out):
                 # Awaited: a request that joined this computation reads the cache next.
                 await asyncio.to_thread(p.store.cache_put, user_id, out["user_version"], out)
                 result = "cached"
@@ -78,7 +77,7 @@ class Nearline:
 
     def enabled(self) -> bool:
         s = self.path.settings
-        return s.warm and s.cache and s.rerank and self.path.model.reranker is not None
+        return s.warm and self.path.caches(s)
 
     def ensure_warming(self) -> None:
         """On the event loop: the precompute of the served version's lists, once per

@@ -162,6 +162,22 @@ class RequestPath:
 
     # -- answers -----------------------------------------------------------------------------
 
+    def caches(self, s: LiveSettings) -> bool:
+        """Whether lists are cached (and precomputed) under settings `s`: with the cache
+        on, and the re-ranker on where the version has one (off, its lists are not
+        served). A version without a re-ranker caches its retrieval lists."""
+        return s.cache and self.model is not None and (s.rerank or self.model.reranker is None)
+
+    def normal_answer(self, out: dict[str, Any]) -> bool:
+        """Whether `out` is the version's normal answer, the one worth caching: re-ranked
+        (by the LM or the feature layer), or in retrieval order where the version has no
+        re-ranker to rank it; never a fallback."""
+        if out["fallback"]:
+            return False
+        return out["stage"] in RANKED or (
+            out["stage"] == "retrieval" and self.model.reranker is None
+        )
+
     def cached(self, user_id: str, k: int) -> dict[str, Any] | None:
         try:
             _, hit = self.store.current_cache(user_id)
@@ -220,16 +236,14 @@ class RequestPath:
             plain = not exclude and category is None
             # Cached lists were ranked with the base settings: a variant that changes them
             # computes its own, and turning the re-ranker off stops serving its lists.
-            cacheable = (
-                plain and s.cache and s.rerank and not (variant is not None and variant.settings)
-            )
+            cacheable = plain and self.caches(s) and not (variant is not None and variant.settings)
             if cacheable:
                 out, hit = await self._from_cache(user_id, k, request_id, start, s)
                 if out is not None:
                     self.metrics.observe(out, time.perf_counter() - start, hit, deadline_s)
                     return self.shown(out, exp, variant)
             out = await self.compute(user_id, k, exclude, category, start, request_id, s)
-            if cacheable and out["stage"] in RANKED and not out["fallback"]:
+            if cacheable and self.normal_answer(out):
                 # Off the event loop: a write waits for the database's write lock, and the
                 # requests behind this one would wait with it.
                 put = partial(self.store.cache_put, user_id, out["user_version"], dict(out))

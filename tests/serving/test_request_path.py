@@ -168,6 +168,63 @@ def test_cold_start_users_and_routed_short_histories_fill_the_contract(make):
     assert routed["routed"] == "short_history" and routed["stage"] == "retrieval"
 
 
+def test_a_version_without_a_reranker_caches_and_precomputes_its_retrieval_lists(
+    make, published, tmp_path
+):
+    """Retrieval order is such a version's normal answer: cached after a request, after an
+    event and by the precompute (what lets a deployment that never trained a re-ranker,
+    such as one at a million users, answer its active users from the cache)."""
+    import json
+
+    from serving.nearline import Nearline
+    from training.publish import VERSION_FILE
+
+    _, models = published
+    root = tmp_path / "bare-models"
+    shutil.copytree(models, root)
+    folder = root / current_version(root)
+    info = json.loads((folder / VERSION_FILE).read_text())
+    (folder / VERSION_FILE).write_text(json.dumps({**info, "reranker": None}))
+    shutil.rmtree(folder / "reranker")
+
+    class NoReranker(Backends):
+        def score(self, request):  # what a Reranker replica answers for such a version
+            self.calls["score"] += 1
+            return self._task(asyncio.sleep(0, np.zeros(0, np.float32)))
+
+    path, _ = make(NoReranker(), model_root=str(root), warm_users=3, warm_quiet_ms=0)
+    assert path.model.reranker is None
+    first = answer(path, "10")
+    assert first["stage"] == "retrieval" and first["fallback"] is None and not first["cached"]
+    again = answer(path, "10")
+    assert again["cached"] and [x["item_id"] for x in again["items"]] == [
+        x["item_id"] for x in first["items"]
+    ]
+
+    async def warm_then_event():
+        nearline = Nearline(path)
+        nearline.ensure_warming()
+        await nearline._warm_task
+        path.store.append([Event("10", path.catalog.item_ids[5], "click", 2e9)])
+        nearline.after_events({"10"})
+        await asyncio.gather(*path._tasks)
+        return nearline.warm
+
+    warm = asyncio.run(warm_then_event())
+    assert warm["users"] == 3 and warm["done"] == 3 and warm["seconds"] is not None
+    for user in path.catalog.users_by_activity()[:3]:
+        assert path.cached(user, 10) is not None
+    # The event's list was computed and cached at the user's new version.
+    after = answer(path, "10")
+    assert after["cached"] and path.catalog.item_ids[5] not in {
+        x["item_id"] for x in after["items"]
+    }
+    # A fallback is never cached, and a version with a re-ranker turned off caches nothing.
+    assert not path.normal_answer({**first, "fallback": "retrieval_overload"})
+    with_reranker, _ = make(rerank=False)
+    assert not with_reranker.caches(with_reranker.settings)
+
+
 @pytest.fixture
 def routed(published, tmp_path):
     """The published models with a routing table in the CURRENT version's re-ranker:
