@@ -186,8 +186,9 @@ class SelfAttentive(Retriever):
             steps = n_epochs * -(-len(windows) // p["batch_size"])
             schedule = _warm_schedule(opt, p["warm_schedule"], steps) if init is not None else None
             network.train()
-            bar = tqdm(range(n_epochs), desc="sasrec", leave=False)
-            for epoch in bar:
+            # Batches, not epochs: one epoch at a million users runs for half an hour.
+            bar = tqdm(total=steps, desc="sasrec", leave=False, unit="batch", mininterval=5)
+            for epoch in range(n_epochs):
                 order = torch.randperm(len(windows))
                 for start in range(0, len(windows), p["batch_size"]):
                     batch = windows[order[start : start + p["batch_size"]]]
@@ -203,11 +204,13 @@ class SelfAttentive(Retriever):
                     opt.step()
                     if schedule is not None:
                         schedule.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                    bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
                 if on_epoch is not None:
                     self._take_weights(network, data)
                     on_epoch(epoch + 1, self)
                     network.train()
+            bar.close()
         self._take_weights(network, data)
         return self
 
