@@ -5,7 +5,8 @@ the user's history masked, as `llmrec eval` does. Validation chooses; test is re
     python benchmarks/bench_sasrec.py
     python benchmarks/bench_sasrec.py --settings 'b32-ep40={"batch_size": 32, "epochs": 40}'
 
-Prints a table and writes benchmarks/results/sasrec.json.
+Each setting after the first is compared with it on test, user by user (paired bootstrap).
+Prints a table and writes benchmarks/results/sasrec.json (`--out` for another file).
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ def main() -> None:
 
     from pipelines.artifact import load_dataset
     from pipelines.schema import Split
+    from training.evaluation.bootstrap import paired_bootstrap
     from training.evaluation.harness import Phase
     from training.evaluation.metrics import metrics_from_ranks
     from training.retrieval import SelfAttentive
 
     ds = load_dataset(args.data)
     phases = [Phase.build(ds, Split.VALIDATION), Phase.build(ds, Split.TEST)]
-    rows = []
+    rows, first_test = [], None
     for name, params in settings.items():
         row: dict = {"setting": name, "params": SelfAttentive(**params).params}
         start = time.perf_counter()
@@ -64,21 +66,35 @@ def main() -> None:
             model = SelfAttentive(**params).fit(phase.fit)
             m = metrics_from_ranks(phase.ranks(phase.score_matrix(model)))
             row[phase.name] = {k: float(np.mean(m[k])) for k in ("NDCG@10", "Recall@50")}
+        row["fit_info"] = model.fit_info
+        # Test NDCG@10 against the first setting's, user by user.
+        if first_test is None:
+            first_test = m["NDCG@10"]
+        else:
+            d = paired_bootstrap(m["NDCG@10"], first_test)
+            row["test_vs_first"] = {
+                "diff": d.mean_difference,
+                "low": d.low,
+                "high": d.high,
+                "p": d.p_value,
+            }
         row["seconds_per_fit"] = round((time.perf_counter() - start) / len(phases), 1)
         rows.append(row)
         print(f"{name}: {row['validation']} {row['test']}", flush=True)
 
     t = Table(title="SASRec on ML-100k, full ranking (validation chooses)")
-    for c in ("setting", "val N@10", "val R@50", "test N@10", "test R@50", "s / fit"):
+    cols = ("setting", "val N@10", "val R@50", "test N@10", "test R@50", "vs first [95% CI]")
+    for c in (*cols, "s / fit"):
         t.add_column(c, justify="left" if c == "setting" else "right")
     for r in rows:
-        v, te = r["validation"], r["test"]
+        v, te, d = r["validation"], r["test"], r.get("test_vs_first")
         t.add_row(
             r["setting"],
             f"{v['NDCG@10']:.4f}",
             f"{v['Recall@50']:.3f}",
             f"{te['NDCG@10']:.4f}",
             f"{te['Recall@50']:.3f}",
+            f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" if d else "-",
             f"{r['seconds_per_fit']:.0f}",
         )
     Console(width=140).print(t)

@@ -234,13 +234,30 @@ def test_sasrec_with_a_sampled_softmax_learns_the_next_item_too(data):
     walks = _cyclic_walks(data, n_items=60)
     p = {"dim": 16, "max_len": 10, "epochs": 40, "batch_size": 16, "seed": 1}
     model = SelfAttentive(**p, loss="sampled", negatives=8).fit(walks)
-    assert model.fit_info == {"loss": "sampled", "items": 60, "negatives": 8}
-    hits = [
-        model.recommend(None, [(last - 2) % 60, (last - 1) % 60, last], n=1).items[0]
-        == (last + 1) % 60
-        for last in range(60)
-    ]
-    assert np.mean(hits) > 0.8  # chance is 1/57
+    info = {"loss": "sampled", "items": 60, "negatives": 8, "item_updates": "sparse"}
+    assert model.fit_info == info
+
+    def hits(m):
+        return np.mean(
+            [
+                m.recommend(None, [(last - 2) % 60, (last - 1) % 60, last], n=1).items[0]
+                == (last + 1) % 60
+                for last in range(60)
+            ]
+        )
+
+    assert hits(model) > 0.8  # chance is 1/57
+    # Every item row updated each batch (a dense Adam step over the table) learns it too.
+    dense = SelfAttentive(**p, loss="sampled", negatives=8, item_updates="dense").fit(walks)
+    assert dense.fit_info["item_updates"] == "dense" and hits(dense) > 0.8
+    # A warm fit's schedule decays both optimizers' rates (the table's and the rest's).
+    warm = SelfAttentive(**p, loss="sampled", negatives=8)
+    warm = warm.warm_fit(walks, model, np.arange(60), share=0.05)
+    assert warm.fit_info["warm_epochs"] == 2 and hits(warm) > 0.8
+    with pytest.raises(RetrievalError, match="needs the sampled loss"):
+        SelfAttentive(**p, loss="full", item_updates="sparse").fit(walks)
+    with pytest.raises(RetrievalError, match="item_updates must be"):
+        SelfAttentive(item_updates="lazy").sparse_updates(True)
 
 
 def test_sasrec_starts_warm_from_a_previous_fit_with_items_renumbered(data):

@@ -24,10 +24,10 @@ class _Network(nn.Module):
     """Item + position embeddings, pre-norm causal transformer blocks; the output at a
     position scores the next item against the (shared) item embeddings. Id 0 is padding."""
 
-    def __init__(self, n_items: int, p: dict[str, Any]):
+    def __init__(self, n_items: int, p: dict[str, Any], sparse_items: bool = False):
         super().__init__()
         d = p["dim"]
-        self.items = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.items = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_items)
         self.positions = nn.Embedding(p["max_len"], d)
         nn.init.normal_(self.items.weight, std=d**-0.5)
         nn.init.normal_(self.positions.weight, std=d**-0.5)
@@ -79,6 +79,20 @@ def _sampled_loss(
     return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
 
 
+def _optimizers(network: _Network, lr: float, sparse: bool) -> list[torch.optim.Optimizer]:
+    """Adam over every weight; with `sparse`, the item table's rows are updated only where a
+    batch touched them (`SparseAdam`, the "lazy" Adam of large embedding tables): a dense
+    Adam step reads and writes the whole table every batch, so an epoch's cost would grow
+    with users x items (at 200k items that step is most of a batch's time)."""
+    if not sparse:
+        return [torch.optim.Adam(network.parameters(), lr=lr)]
+    rest = [w for name, w in network.named_parameters() if name != "items.weight"]
+    return [
+        torch.optim.SparseAdam([network.items.weight], lr=lr),
+        torch.optim.Adam(rest, lr=lr),
+    ]
+
+
 def _load_warm(network: _Network, arrays: dict[str, np.ndarray], item_map: np.ndarray) -> None:
     """A previous fit's weights into `network`; item rows follow `item_map` (row 0 is
     padding, item i is row i + 1), new items keep their fresh initialisation."""
@@ -122,6 +136,10 @@ class SelfAttentive(Retriever):
             "loss": "auto",
             "negatives": 1024,
             "full_softmax_items": 20_000,
+            # "auto": the sampled loss updates only the item rows a batch touched
+            # (`_optimizers`), the full softmax every row (its gradient reaches them all);
+            # "dense" or "sparse" to choose.
+            "item_updates": "auto",
             # A warm fit's learning rate: "cosine" from `warm_learning_rate` (None: the
             # full fit's) down to zero, so the short fine-tune ends settled rather than
             # mid-step, or "constant". After 10,000 new events on ML-100k, a retrain's fit
@@ -140,6 +158,20 @@ class SelfAttentive(Retriever):
         if loss == "auto":
             return "full" if n_items <= self.params["full_softmax_items"] else "sampled"
         return loss
+
+    def sparse_updates(self, sampled: bool) -> bool:
+        """Whether a fit updates only the item rows each batch touched (`item_updates`)."""
+        kind = self.params["item_updates"]
+        if kind not in ("auto", "dense", "sparse"):
+            raise RetrievalError(
+                f"sasrec: item_updates must be auto, dense or sparse, not {kind!r}"
+            )
+        if kind == "sparse" and not sampled:
+            raise RetrievalError(
+                "sasrec: item_updates sparse needs the sampled loss (the full softmax's "
+                "gradient reaches every item): set loss to sampled, or item_updates to auto"
+            )
+        return kind == "sparse" or (kind == "auto" and sampled)
 
     def warm_fit(
         self, data: FitData, previous: Retriever, item_map: np.ndarray, share: float
@@ -169,22 +201,29 @@ class SelfAttentive(Retriever):
         if not len(windows):
             raise RetrievalError("sasrec: no user has two interactions or more to learn from")
         sampled = self.loss_kind(data.n_items) == "sampled"
+        sparse = self.sparse_updates(sampled)
         self.fit_info = {"loss": "sampled" if sampled else "full", "items": data.n_items}
         if sampled:
             self.fit_info["negatives"] = p["negatives"]
+        self.fit_info["item_updates"] = "sparse" if sparse else "dense"
         with torch.random.fork_rng():
             torch.manual_seed(p["seed"])
-            network = _Network(data.n_items, p)
+            network = _Network(data.n_items, p, sparse_items=sparse)
             if init is not None:
                 _load_warm(network, *init)
                 self.fit_info["warm_epochs"] = epochs
             lr = p["learning_rate"]
             if init is not None and p["warm_learning_rate"] is not None:
                 lr = p["warm_learning_rate"]
-            opt = torch.optim.Adam(network.parameters(), lr=lr)
+            opts = _optimizers(network, lr, sparse)
             n_epochs = epochs or p["epochs"]
             steps = n_epochs * -(-len(windows) // p["batch_size"])
-            schedule = _warm_schedule(opt, p["warm_schedule"], steps) if init is not None else None
+            warm = (
+                [_warm_schedule(o, p["warm_schedule"], steps) for o in opts]
+                if init is not None
+                else []
+            )
+            schedules = [x for x in warm if x is not None]
             network.train()
             # Batches, not epochs: one epoch at a million users runs for half an hour.
             bar = tqdm(total=steps, desc="sasrec", leave=False, unit="batch", mininterval=5)
@@ -199,10 +238,12 @@ class SelfAttentive(Retriever):
                         loss = _sampled_loss(network, hidden, y[keep], data.n_items, p["negatives"])
                     else:
                         loss = nn.functional.cross_entropy(network.logits(hidden), y[keep] - 1)
-                    opt.zero_grad()
+                    for o in opts:
+                        o.zero_grad()
                     loss.backward()
-                    opt.step()
-                    if schedule is not None:
+                    for o in opts:
+                        o.step()
+                    for schedule in schedules:
                         schedule.step()
                     bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
