@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from training.retrieval.sequential import SelfAttentive, _Network, _optimizers, _sampled_loss
+from training.retrieval.sequential import SelfAttentive, _Network, _optimizers, train_batch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,22 +38,11 @@ def ms_per_batch(n_items: int, sparse: bool, steps: int, warmup: int = 3) -> flo
     net = _Network(n_items, p, sparse_items=sparse)
     opts = _optimizers(net, p["learning_rate"], sparse)
     batch = torch.randint(1, n_items + 1, (p["batch_size"], p["max_len"] + 1))
-    x, y = batch[:, :-1], batch[:, 1:]
-
-    def step() -> None:
-        hidden = net(x)[y > 0]
-        loss = _sampled_loss(net, hidden, y[y > 0], n_items, p["negatives"])
-        for o in opts:
-            o.zero_grad()
-        loss.backward()
-        for o in opts:
-            o.step()
-
     for _ in range(warmup):
-        step()
+        train_batch(net, opts, batch, n_items, p["negatives"])
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        train_batch(net, opts, batch, n_items, p["negatives"])
     return (time.perf_counter() - start) / steps * 1000
 
 

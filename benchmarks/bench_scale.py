@@ -147,16 +147,17 @@ def serve_stage(work: Path, env: dict[str, str], duration: float, port: int) -> 
         users = [str(u) for u in ds.users["user_id"].to_pylist()]
         items = [str(i) for i in ds.items["item_id"].to_pylist()[:1000]]
         deadline = profile_deadline_ms()
-        rows = bs.closed_loop(bs.http_call(base, users, items), 8, duration, seed=8)
-        s = bs.summarize(rows, duration, deadline)
-        out["load_c8"] = {
-            k: s[k]
-            for k in (
-                "requests", "throughput_rps", "recommend_p50_ms", "recommend_p99_ms",
-                "cache_p50_ms", "cache_p99_ms", "server_p99_ms", "past_deadline",
-                "error_rate", "stage_mix",
-            )
-        }  # fmt: skip
+
+        def load_c8(who: list[str], seconds: float, seed: int, keys: tuple[str, ...]) -> dict:
+            rows = bs.closed_loop(bs.http_call(base, who, items), 8, seconds, seed=seed)
+            summary = bs.summarize(rows, seconds, deadline)
+            return {k: summary[k] for k in keys}
+
+        out["load_c8"] = load_c8(users, duration, 8, (
+            "requests", "throughput_rps", "recommend_p50_ms", "recommend_p99_ms",
+            "cache_p50_ms", "cache_p99_ms", "server_p99_ms", "past_deadline",
+            "error_rate", "stage_mix",
+        ))  # fmt: skip
         # The cache path on its own: the users the precompute covered (the most recently
         # active first, as the replica orders them), a few seconds at the same concurrency.
         n = out["precomputed_users"] or 0
@@ -164,15 +165,10 @@ def serve_stage(work: Path, env: dict[str, str], duration: float, port: int) -> 
             from serving.catalog import Catalog
 
             warmed = Catalog(ds).users_by_activity()[:n]
-            rows = bs.closed_loop(bs.http_call(base, warmed, items), 8, CACHE_S, seed=9)
-            s = bs.summarize(rows, CACHE_S, deadline)
-            out["precomputed_c8"] = {
-                k: s[k]
-                for k in (
-                    "requests", "throughput_rps", "recommend_p99_ms", "cache_p50_ms",
-                    "cache_p99_ms", "past_deadline", "stage_mix",
-                )
-            }  # fmt: skip
+            out["precomputed_c8"] = load_c8(warmed, CACHE_S, 9, (
+                "requests", "throughput_rps", "recommend_p99_ms", "cache_p50_ms",
+                "cache_p99_ms", "past_deadline", "stage_mix",
+            ))  # fmt: skip
         out["seconds"] = round(time.perf_counter() - start, 1)
     finally:
         proc.terminate()

@@ -93,6 +93,30 @@ def _optimizers(network: _Network, lr: float, sparse: bool) -> list[torch.optim.
     ]
 
 
+def train_batch(
+    network: _Network,
+    opts: list[torch.optim.Optimizer],
+    batch: torch.Tensor,
+    n_items: int,
+    negatives: int | None,
+) -> torch.Tensor:
+    """One optimiser step on a batch of windows (shifted ids, 0 padding): next-item
+    cross-entropy over the catalogue, or against `negatives` sampled items. The loss."""
+    x, y = batch[:, :-1], batch[:, 1:]
+    keep = y > 0
+    hidden = network(x)[keep]
+    if negatives is not None:
+        loss = _sampled_loss(network, hidden, y[keep], n_items, negatives)
+    else:
+        loss = nn.functional.cross_entropy(network.logits(hidden), y[keep] - 1)
+    for o in opts:
+        o.zero_grad()
+    loss.backward()
+    for o in opts:
+        o.step()
+    return loss
+
+
 def _load_warm(network: _Network, arrays: dict[str, np.ndarray], item_map: np.ndarray) -> None:
     """A previous fit's weights into `network`; item rows follow `item_map` (row 0 is
     padding, item i is row i + 1), new items keep their fresh initialisation."""
@@ -231,18 +255,8 @@ class SelfAttentive(Retriever):
                 order = torch.randperm(len(windows))
                 for start in range(0, len(windows), p["batch_size"]):
                     batch = windows[order[start : start + p["batch_size"]]]
-                    x, y = batch[:, :-1], batch[:, 1:]
-                    keep = y > 0
-                    hidden = network(x)[keep]
-                    if sampled:
-                        loss = _sampled_loss(network, hidden, y[keep], data.n_items, p["negatives"])
-                    else:
-                        loss = nn.functional.cross_entropy(network.logits(hidden), y[keep] - 1)
-                    for o in opts:
-                        o.zero_grad()
-                    loss.backward()
-                    for o in opts:
-                        o.step()
+                    negatives = p["negatives"] if sampled else None
+                    loss = train_batch(network, opts, batch, data.n_items, negatives)
                     for schedule in schedules:
                         schedule.step()
                     bar.update(1)
