@@ -3,6 +3,8 @@ returns are the ones the model computes."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,20 @@ def test_an_unwritable_cache_still_encodes(model_path, tmp_path):
     enc = TextEncoder(model_path, cache=blocked)
     assert enc.encode(["one", "two"]).shape[0] == 2
     assert TextEncoder(model_path, cache=False).encode([]).shape[0] == 0
+
+
+def test_the_same_model_installed_elsewhere_reads_the_same_cache(model_path, tmp_path):
+    """A new virtualenv (or machine) puts the same model in another folder: the cache is
+    keyed by the model's files, so a refit there encodes nothing again; other weights miss."""
+    TextEncoder(model_path, cache=tmp_path / "cache").encode(["one", "two"])
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(model_path, moved)
+    again = TextEncoder(str(moved), cache=tmp_path / "cache")
+    again.encode(["one", "two"])
+    assert again.encoded == 0
+
+    config = moved / "config.json"
+    config.write_text(config.read_text().replace("}", ', "changed": 1}', 1))
+    changed = TextEncoder(str(moved), cache=tmp_path / "cache")
+    changed.encode(["one"])
+    assert changed.encoded == 1

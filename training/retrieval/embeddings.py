@@ -28,10 +28,10 @@ class TextEncoder:
     `smollm2-135m`; training/base_models.py).
 
     With `cache` (True: `$LLMREC_CACHE_DIR/embeddings`, or a folder), every text's vector
-    is kept under the hash of (model, token limit, text), so only new or changed texts are
-    encoded again; a text's vector does not depend on what else is in its batch beyond
-    float rounding. The fits use it; serving (a few new items at a time) does not, so that
-    replicas write nothing to disk."""
+    is kept under the hash of (the model's files, token limit, text), so only new or
+    changed texts are encoded again; a text's vector does not depend on what else is in its
+    batch beyond float rounding. The fits use it; serving (a few new items at a time) does
+    not, so that replicas write nothing to disk."""
 
     def __init__(
         self,
@@ -112,7 +112,7 @@ class EmbeddingCache:
             root = cache_dir() / "embeddings"
         else:
             root = Path(cache)
-        salt = f"{os.path.abspath(model_path)}|{max_tokens}"
+        salt = f"{model_fingerprint(model_path)}|{max_tokens}"
         return cls(root / hashlib.sha256(salt.encode()).hexdigest()[:16], salt)
 
     def key(self, text: str) -> str:
@@ -157,6 +157,30 @@ class EmbeddingCache:
                 self.folder,
                 e,
             )
+
+
+def model_fingerprint(model_path: str) -> str:
+    """A hash of the model's files (names and contents), or of `model_path` itself when it
+    is not a local file or folder: the same model gives the same cache wherever it is
+    installed (a new virtualenv or machine), and changed weights give another."""
+    path = Path(model_path)
+    if not path.exists():
+        return model_path
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    # Sizes and mtimes key the memo: a folder hashed once per process, again if it changes.
+    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _fingerprint(str(path), stats)
+
+
+@lru_cache(maxsize=8)
+def _fingerprint(root: str, stats: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stats:
+        h.update(os.path.relpath(name, root).encode() + b"\0")
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
 
 
 @lru_cache(maxsize=2)
