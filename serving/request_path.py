@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -25,20 +24,15 @@ from serving.admission import LoopLag, WorkerQueue, deadline_margin, settled_wit
 from serving.config import LiveSettings
 from serving.events import StoreUnavailable, shared_store
 from serving.experiments import Experiment, Impression, Variant, assign
+from serving.local_retrieval import LocalRetrieval
 from serving.metrics import Metrics
-from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
-from serving.replicas import Loaded, load_versions, pick
+from serving.recommender import RetrievalService, Retrieved
 from serving.responses import RANKED, fallback_answer, popularity_answer, respond
-from serving.stage_outcomes import Backends, Lagging, Overloaded, best_effort, fallback_reason
+from serving.stage_outcomes import Backends, Lagging, best_effort, fallback_reason
 from training.publish import ModelVersion, load_version
 from training.reranker.routing import RoutingTable
 
 log = logging.getLogger("ray.serve")
-
-
-def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
-    time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
-    return fn()
 
 
 class RequestPath:
@@ -58,12 +52,7 @@ class RequestPath:
         # before its re-rank starts (what a request right after an event answers from).
         self.pending: dict[str, asyncio.Task] = {}
         self.fresh: dict[str, asyncio.Future] = {}
-        # With retrieval_in_api: this replica's own retrieval services, run one at a time
-        # off the event loop (a service, like a Retrieval replica, is not shared by threads).
-        self.local: Loaded = {}
-        self.local_current: RetrievalService | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrec-retrieval")
-        self.queue = WorkerQueue()  # what the pool has to do, for admission
+        self.local = LocalRetrieval()  # with retrieval_in_api: retrieval in this process
         self.rerank_queue = WorkerQueue()  # calls the re-ranker has not answered
         self.lag = LoopLag()
 
@@ -83,16 +72,10 @@ class RequestPath:
             # The answer of last resort, computed here without a hop when even the
             # cold-start deployment cannot answer within the deadline.
             self.popularity = fallback_popularity(model.path / "stack", self.segment)
-        local: Loaded = {}
-        if settings.retrieval_in_api:
-            local, _ = load_versions(settings, self.local, load_retrieval, refresh_retrieval)
-        reloaded = reloaded or local != self.local
-        self.local = local
-        self.local_current = local[settings.version][1] if local else None
+        reloaded = self.local.take(settings) or reloaded
         self.settings, self.store, self.model = settings, store, model
         routing = RoutingTable.load(model.reranker) if settings.routing else None
         self.metrics.show_routing(routing)
-        self.queue.restart_timing()
         self.rerank_queue.restart_timing()
         return reloaded
 
@@ -103,6 +86,11 @@ class RequestPath:
         return task
 
     # -- local work --------------------------------------------------------------------------
+
+    @property
+    def local_current(self) -> RetrievalService | None:
+        """The retrieval service of the served version in this process (None: remote)."""
+        return self.local.current
 
     def retrieve(
         self,
@@ -119,37 +107,16 @@ class RequestPath:
         may reorder the head): in this process (one hop fewer) or through the Retrieval
         deployment, as `retrieval_in_api` says. Locally, a retrieval the queue would finish
         after `budget_s` is refused at once (`Overloaded`)."""
-        if self.local_current is None:
+        if self.local.current is None:
             return self.backends.retrieve(user_id, exclude, category, version, n, k, reranked)
-        if budget_s is not None and not self.queue.admits(budget_s):
-            raise Overloaded  # counted by its fallback reason, never logged: no message
-        svc = pick(self.local, self.local_current, version)
-        run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)
-        if self.settings.drills.retrieval_delay_ms:
-            run = partial(_delayed, run, self.settings.drills.retrieval_delay_ms / 1000)
-        return self.run_local(run, timed=True)
-
-    def run_local(self, fn: Callable[[], Any], timed: bool) -> asyncio.Future:
-        """`fn` on the retrieval thread, counted in the queue that admission reads;
-        `timed`: its time feeds the service-time estimate."""
-        queue = self.queue
-
-        def job() -> Any:
-            t = time.perf_counter()
-            try:
-                return fn()
-            finally:
-                queue.finished(time.perf_counter() - t if timed else None)
-
-        queue.submitted()
-        done = self._pool.submit(job)
-        # Cancelled before it ran (its request gave up): it leaves the queue unrun.
-        done.add_done_callback(lambda f: queue.finished(None) if f.cancelled() else None)
-        return asyncio.wrap_future(done)
+        delay = self.settings.drills.retrieval_delay_ms
+        return self.local.retrieve(
+            user_id, exclude, category, version, n, k, reranked, budget_s, delay
+        )
 
     async def similar(self, item_id: str, k: int) -> list[dict] | None:
-        if self.local_current is not None:
-            return await self.run_local(partial(self.local_current.similar, item_id, k), False)
+        if self.local.current is not None:
+            return await self.local.run(partial(self.local.current.similar, item_id, k), False)
         return await self.backends.similar(item_id, k)
 
     def margin_s(self, s: LiveSettings) -> tuple[float, bool]:
@@ -358,7 +325,10 @@ class RequestPath:
         by_table = s.routing and s.rerank and not routed and r.route != "lm"
         if by_table and r.route_scores is not None and len(r.route_scores):
             scores, rr_version = r.route_scores, f"{r.model_version}/features"
-        wants = r.path != "cold_start" and s.rerank and len(r.items) > 1
+        # A served version without a re-ranker answers in retrieval order, with no hop to
+        # the Reranker (a variant's version may have one: that is for the Reranker to say).
+        no_reranker = version is None and self.model is not None and self.model.reranker is None
+        wants = r.path != "cold_start" and s.rerank and len(r.items) > 1 and not no_reranker
         wants = wants and not routed and not by_table
         # Shed load before it queues: past the limit, or behind more re-ranks than the
         # time left allows, retrieval answers now, on time.

@@ -171,9 +171,10 @@ def test_cold_start_users_and_routed_short_histories_fill_the_contract(make):
 def test_a_version_without_a_reranker_caches_and_precomputes_its_retrieval_lists(
     make, published, tmp_path
 ):
-    """Retrieval order is such a version's normal answer: cached after a request, after an
-    event and by the precompute (what lets a deployment that never trained a re-ranker,
-    such as one at a million users, answer its active users from the cache)."""
+    """Retrieval order is such a version's normal answer, given without a hop to the
+    Reranker: cached after a request, after an event and by the precompute (what lets a
+    deployment that never trained a re-ranker, such as one at a million users, answer its
+    active users from the cache)."""
     import json
 
     from serving.nearline import Nearline
@@ -192,7 +193,7 @@ def test_a_version_without_a_reranker_caches_and_precomputes_its_retrieval_lists
             self.calls["score"] += 1
             return self._task(asyncio.sleep(0, np.zeros(0, np.float32)))
 
-    path, _ = make(NoReranker(), model_root=str(root), warm_users=3, warm_quiet_ms=0)
+    path, b = make(NoReranker(), model_root=str(root), warm_users=3, warm_quiet_ms=0)
     assert path.model.reranker is None
     first = answer(path, "10")
     assert first["stage"] == "retrieval" and first["fallback"] is None and not first["cached"]
@@ -219,6 +220,8 @@ def test_a_version_without_a_reranker_caches_and_precomputes_its_retrieval_lists
     assert after["cached"] and path.catalog.item_ids[5] not in {
         x["item_id"] for x in after["items"]
     }
+    # No request, precompute or event of such a version waited on a hop to the Reranker.
+    assert b.calls["score"] == 0
     # A fallback is never cached, and a version with a re-ranker turned off caches nothing.
     assert not path.normal_answer({**first, "fallback": "retrieval_overload"})
     with_reranker, _ = make(rerank=False)
