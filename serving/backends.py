@@ -18,7 +18,7 @@ from serving.events import Event, StoredItem, shared_store
 from serving.recommender import RetrievalService, Retrieved, load_retrieval, refresh_retrieval
 from serving.replicas import Replica, VersionedReplica
 from serving.rerank_service import RerankService
-from serving.responses import popularity_answer
+from serving.responses import PopularOrder, popularity_answer
 from training.publish import ModelVersion
 from training.threads import set_threads
 
@@ -184,7 +184,7 @@ class ColdStartDeployment(VersionedReplica):
         from serving.catalog import Catalog
         from training.stack import fallback_popularity
 
-        pop = fallback_popularity(mv.path / "stack")
+        pop = PopularOrder(fallback_popularity(mv.path / "stack"))
         return mv.version, pop, Catalog(load_dataset(mv.dataset_uri))
 
     def fallback(self, user_id: str, k: int, exclude: list[str]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from serving.experiments import Experiment, Impression, Variant, assign
 from serving.local_retrieval import LocalRetrieval
 from serving.metrics import Metrics
 from serving.recommender import RetrievalService, Retrieved
-from serving.responses import RANKED, fallback_answer, popularity_answer, respond
+from serving.responses import RANKED, PopularOrder, fallback_answer, popularity_answer, respond
 from serving.stage_outcomes import Backends, Lagging, best_effort, fallback_reason
 from training.publish import ModelVersion, load_version
 from training.reranker.routing import RoutingTable
@@ -71,7 +71,7 @@ class RequestPath:
             self.segment = load_segment(model.path / "stack")
             # The answer of last resort, computed here without a hop when even the
             # cold-start deployment cannot answer within the deadline.
-            self.popularity = fallback_popularity(model.path / "stack", self.segment)
+            self.popularity = PopularOrder(fallback_popularity(model.path / "stack", self.segment))
         reloaded = self.local.take(settings) or reloaded
         self.settings, self.store, self.model = settings, store, model
         routing = RoutingTable.load(model.reranker) if settings.routing else None
