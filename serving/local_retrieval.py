@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 from serving.admission import WorkerQueue
@@ -16,11 +15,6 @@ from serving.config import LiveSettings
 from serving.recommender import RetrievalService, load_retrieval, refresh_retrieval
 from serving.replicas import Loaded, load_versions, pick
 from serving.stage_outcomes import Overloaded
-
-
-def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
-    time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
-    return fn()
 
 
 class LocalRetrieval:
@@ -43,28 +37,15 @@ class LocalRetrieval:
         self.queue.restart_timing()
         return changed
 
-    def retrieve(
-        self,
-        user_id: str,
-        exclude: list[str],
-        category: str | None,
-        version: str | None,
-        n: int | None,
-        k: int,
-        reranked: bool,
-        budget_s: float | None,
-        delay_ms: float = 0.0,
-    ) -> asyncio.Future:
-        """A retrieval on the thread; refused at once (`Overloaded`) when the queue would
-        finish it after `budget_s`. `delay_ms`: the drill that makes retrieval slow."""
+    def service(self, version: str | None) -> RetrievalService:
+        """The loaded service of `version` (None: the one served)."""
         assert self.current is not None, "retrieval_in_api is off: nothing loaded here"
+        return pick(self.loaded, self.current, version)
+
+    def admit(self, budget_s: float | None) -> None:
+        """Refuse at once (`Overloaded`) work the queue would finish after `budget_s`."""
         if budget_s is not None and not self.queue.admits(budget_s):
             raise Overloaded  # counted by its fallback reason, never logged: no message
-        svc = pick(self.loaded, self.current, version)
-        run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)
-        if delay_ms:
-            run = partial(_delayed, run, delay_ms / 1000)
-        return self.run(run, timed=True)
 
     def run(self, fn: Callable[[], Any], timed: bool) -> asyncio.Future:
         """`fn` on the retrieval thread, counted in the queue that admission reads;

@@ -35,6 +35,11 @@ from training.reranker.routing import RoutingTable
 log = logging.getLogger("ray.serve")
 
 
+def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
+    time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
+    return fn()
+
+
 class RequestPath:
     """One Api replica's request path: the model version it serves, its own retrieval
     services (with `retrieval_in_api`), and the queues admission reads."""
@@ -109,10 +114,12 @@ class RequestPath:
         after `budget_s` is refused at once (`Overloaded`)."""
         if self.local.current is None:
             return self.backends.retrieve(user_id, exclude, category, version, n, k, reranked)
-        delay = self.settings.drills.retrieval_delay_ms
-        return self.local.retrieve(
-            user_id, exclude, category, version, n, k, reranked, budget_s, delay
-        )
+        self.local.admit(budget_s)
+        svc = self.local.service(version)
+        run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)
+        if self.settings.drills.retrieval_delay_ms:
+            run = partial(_delayed, run, self.settings.drills.retrieval_delay_ms / 1000)
+        return self.local.run(run, timed=True)
 
     async def similar(self, item_id: str, k: int) -> list[dict] | None:
         if self.local.current is not None:
@@ -129,11 +136,16 @@ class RequestPath:
 
     # -- answers -----------------------------------------------------------------------------
 
+    def has_reranker(self, version: str | None = None) -> bool:
+        """Whether `version` (None: the one this replica serves) has a re-ranker to ask;
+        another version's is for the Reranker deployment to say."""
+        return version is not None or self.model is None or self.model.reranker is not None
+
     def caches(self, s: LiveSettings) -> bool:
         """Whether lists are cached (and precomputed) under settings `s`: with the cache
         on, and the re-ranker on where the version has one (off, its lists are not
         served). A version without a re-ranker caches its retrieval lists."""
-        return s.cache and self.model is not None and (s.rerank or self.model.reranker is None)
+        return s.cache and self.model is not None and (s.rerank or not self.has_reranker())
 
     def normal_answer(self, out: dict[str, Any]) -> bool:
         """Whether `out` is the version's normal answer, the one worth caching: re-ranked
@@ -141,9 +153,7 @@ class RequestPath:
         re-ranker to rank it; never a fallback."""
         if out["fallback"]:
             return False
-        return out["stage"] in RANKED or (
-            out["stage"] == "retrieval" and self.model.reranker is None
-        )
+        return out["stage"] in RANKED or (out["stage"] == "retrieval" and not self.has_reranker())
 
     def cached(self, user_id: str, k: int) -> dict[str, Any] | None:
         try:
@@ -325,10 +335,9 @@ class RequestPath:
         by_table = s.routing and s.rerank and not routed and r.route != "lm"
         if by_table and r.route_scores is not None and len(r.route_scores):
             scores, rr_version = r.route_scores, f"{r.model_version}/features"
-        # A served version without a re-ranker answers in retrieval order, with no hop to
-        # the Reranker (a variant's version may have one: that is for the Reranker to say).
-        no_reranker = version is None and self.model is not None and self.model.reranker is None
-        wants = r.path != "cold_start" and s.rerank and len(r.items) > 1 and not no_reranker
+        # A version without a re-ranker answers in retrieval order, with no hop to ask.
+        wants = r.path != "cold_start" and s.rerank and len(r.items) > 1
+        wants = wants and self.has_reranker(version)
         wants = wants and not routed and not by_table
         # Shed load before it queues: past the limit, or behind more re-ranks than the
         # time left allows, retrieval answers now, on time.
