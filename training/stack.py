@@ -279,12 +279,16 @@ def fit_fusion(
     xs, ys = [], []
     for lo in range(0, len(users), chunk):
         part = users[lo : lo + chunk]
-        excluded = matrix[part].toarray() > 0
+        histories = [data.history(int(u)) for u in part]
+        seen = matrix[part]  # the history is not recommendable: -inf at its entries
+        rows = np.repeat(np.arange(len(part)), np.diff(seen.indptr))[seen.data > 0]
+        cols = seen.indices[seen.data > 0]
         scores, ranks = {}, {}
         for name in names:
-            s = np.stack([sources[name].score(int(u), data.history(int(u))) for u in part])
-            scores[name] = np.where(excluded, -np.inf, s)
-            ranks[name] = source_ranks(scores[name], None, FUSION_DEPTH)
+            s = sources[name].score_rows(part, histories)
+            s[rows, cols] = -np.inf
+            scores[name] = s
+            ranks[name] = source_ranks(s, None, FUSION_DEPTH)
         x, y = fusion.training_rows(ranks, scores, log_pop, targets[lo : lo + chunk])
         xs.append(x)
         ys.append(y)

@@ -207,6 +207,17 @@ class Retriever(ABC):
         `user` may be None or unknown: history-based models then use `history` alone.
         """
 
+    def score_rows(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """`score` of several users at once: one float32 row per user, over `n_items`.
+
+        What a fit scores a chunk of users with (the fusion's training rows). Models whose
+        score is a product with an item matrix override it with one matrix product; the
+        rows equal `score`'s up to float32 rounding."""
+        out = np.empty((len(users), self.n_items), dtype=np.float32)
+        for i, (user, history) in enumerate(zip(users, histories, strict=True)):
+            out[i] = pad_to(self.score(int(user), history), self.n_items)
+        return out
+
     def score_items(self, user: int | None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
         """`score(user, history)` at `items` only (-inf for items beyond the model). Models
         whose full score is a dense pass over the catalogue compute just these rows: what

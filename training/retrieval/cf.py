@@ -45,6 +45,20 @@ class _Factors(Retriever):
         out[np.isnan(out)] = -np.inf  # items added without interactions yet
         return pad_to(out, self.n_items)
 
+    def score_rows(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """Known users' rows in one product with the item factors (a fusion chunk of 100
+        users at 200,000 items: one pass over the item factors instead of 100)."""
+        users = np.asarray(users, dtype=np.int64)
+        known = (users >= 0) & (users < len(self.user_factors))
+        if not known.all():
+            return super().score_rows(users, histories)
+        out = self.user_factors[users] @ self.item_factors.T
+        out[np.isnan(out)] = -np.inf  # items added without interactions yet
+        if out.shape[1] < self.n_items:
+            pad = np.full((len(users), self.n_items - out.shape[1]), -np.inf, np.float32)
+            out = np.hstack([out, pad])
+        return out
+
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

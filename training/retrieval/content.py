@@ -56,6 +56,16 @@ class Content(Retriever):
             return np.full(self.n_items, -np.inf, dtype=np.float32)
         return (self.embeddings @ profile).astype(np.float32)
 
+    def score_rows(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """Every user's profile, then one product with the item embeddings."""
+        profiles = [self._profile(h) for h in histories]
+        have = np.array([p is not None for p in profiles], dtype=bool)
+        out = np.full((len(profiles), self.n_items), -np.inf, dtype=np.float32)
+        if have.any():
+            stacked = np.stack([p for p in profiles if p is not None]).astype(np.float32)
+            out[have, : len(self.embeddings)] = stacked @ self.embeddings.T
+        return out
+
     def score_items(self, user: int | None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
         out = np.full(len(items), -np.inf, dtype=np.float32)

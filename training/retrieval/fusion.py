@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 
 from training.retrieval.base import top_n
 
@@ -16,17 +17,20 @@ def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) ->
     are never ranked; ties go to the lower item id (of items tied at the depth cut-off, which
     ones make the cut is deterministic but not by id).
     """
-    s = np.atleast_2d(scores)
-    # float32 scores stay float32: numpy partitions them faster (a retrieval's ranking
-    # took 3.3 instead of 5.8 ms at 49,364 items, benchmarks/bench_retrieval_service.py),
-    # and the order of their values is the same in either width.
-    s = s.astype(np.float32 if s.dtype == np.float32 else np.float64, copy=True)
+    s = np.ascontiguousarray(np.atleast_2d(scores))
+    if excluded is not None or not s.flags.writeable:  # torch wants a writable array
+        s = s.copy()
     if excluded is not None:
         s[np.atleast_2d(excluded)] = -np.inf
+    nan = np.isnan(s)
+    if nan.any():  # never ranked, and never in the way of a ranked item
+        s = np.where(nan, -np.inf, s)
     n_rows, n_items = s.shape
     d = min(depth, n_items)
+    # torch's top-k: one pass per row, 5-30x numpy's argpartition on a fusion chunk (100
+    # rows x 200,000 items: 18 against 110-540 ms, the most on a popularity source's ties).
     cand = (
-        np.argpartition(-s, d - 1, axis=1)[:, :d]
+        torch.topk(torch.from_numpy(s), d, dim=1, sorted=False).indices.numpy()
         if d < n_items
         else np.tile(np.arange(n_items), (n_rows, 1))
     )
@@ -36,7 +40,9 @@ def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) ->
     vals = np.take_along_axis(vals, order, axis=1)
     place = np.where(np.isfinite(vals), np.arange(1, d + 1, dtype=np.int32), 0)
     ranks = np.zeros((n_rows, n_items), dtype=np.int32)
-    np.put_along_axis(ranks, cand, place.astype(np.int32), axis=1)
+    # flat indices: put_along_axis's index arrays cost more than the writes
+    flat = (cand + (np.arange(n_rows) * n_items)[:, None]).ravel()
+    ranks.ravel()[flat] = place.astype(np.int32).ravel()
     return ranks[0] if np.ndim(scores) == 1 else ranks
 
 
@@ -57,19 +63,31 @@ def fuse(
     return out
 
 
+#: up to this many scores (sources x rows x items), `design` standardises every source in one
+#: stacked array (a request at a small catalogue: per-source numpy calls cost more than
+#: the arithmetic); beyond it one source at a time (no copy of all the scores).
+STACKED_CELLS = 1_000_000
+
+
 def _row_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of each row's finite scores (keepdims; 0 and 1 for an empty row).
+    """Mean and std of each row's finite scores (keepdims; 0 and 1e-9 for an empty row).
 
     Summed in float64 from the scores as they are: no float64 copy of the scores is made
-    (a fusion chunk at 200,000 items is 8 sources x 100 users x 200,000 scores; the copy and
-    its temporaries took half the statistics' time, 1.1 against 0.7 s a chunk, and 2.9
-    against 0.9 ms a request at 49,364 items for float64 scores)."""
+    (a fusion chunk at 200,000 items is 100 users x 200,000 scores a source). A source that
+    scores every item takes no masked pass; otherwise the unscored entries are zeroed by
+    selects and a product, not by masked reductions or masked stores (the mask of a
+    transitions source is irregular: 0.11 instead of 0.16-0.19 s a chunk)."""
     finite = np.isfinite(scores)
-    count = np.maximum(finite.sum(axis=-1, keepdims=True), 1)
-    total = np.add.reduce(scores, axis=-1, dtype=np.float64, where=finite, keepdims=True)
-    mean = total / count
-    centred = scores - mean.astype(scores.dtype)
-    centred[~finite] = 0.0
+    if finite.all():
+        count = scores.shape[-1]
+        mean = scores.sum(axis=-1, dtype=np.float64, keepdims=True) / count
+        centred = scores - mean.astype(scores.dtype)
+    else:
+        count = np.maximum(np.count_nonzero(finite, axis=-1)[..., None], 1)
+        centred = np.where(finite, scores, scores.dtype.type(0))
+        mean = centred.sum(axis=-1, dtype=np.float64, keepdims=True) / count
+        centred -= mean.astype(centred.dtype)
+        centred *= finite
     var = np.einsum("...i,...i->...", centred, centred, dtype=np.float64)[..., None] / count
     return mean, np.sqrt(var) + 1e-9
 
@@ -114,13 +132,15 @@ class LearnedFusion:
         """
         idx = np.nonzero(cand)
         row = (*idx[:-1], np.zeros_like(idx[-1]))  # the row statistic of each entry
-        # All sources at once (source axis first): a request is ~10 small arrays, where
-        # per-source numpy calls cost more than the arithmetic.
-        every = (slice(None), *idx)
-        r = np.stack([ranks[n] for n in self.sources])[every].astype(np.float64)
-        sc = np.stack([scores[n] for n in self.sources])
-        mean, std = _row_stats(sc)
-        sv = sc[every].astype(np.float64)
+        # Source axis first: each feature of every source is computed in one call.
+        r = np.stack([ranks[n][idx] for n in self.sources]).astype(np.float64)
+        sv = np.stack([scores[n][idx] for n in self.sources]).astype(np.float64)
+        first = scores[self.sources[0]]
+        if first.size * len(self.sources) <= STACKED_CELLS:
+            mean, std = _row_stats(np.stack([scores[n] for n in self.sources]))
+        else:  # a fusion chunk or a large catalogue: no stacked copy, each source's fast path
+            stats = [_row_stats(scores[n]) for n in self.sources]
+            mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])
         finite = np.isfinite(sv)
         ranked = r > 0
         z = (np.where(finite, sv, 0.0) - mean[(slice(None), *row)]) / std[(slice(None), *row)]
@@ -164,22 +184,25 @@ class LearnedFusion:
         """Feature rows and labels of some users' candidates: computed a chunk of users at a
         time and concatenated, they train the same fusion as one call over all the users."""
         cand = self.candidates(ranks)
-        labels = np.zeros(cand.shape)
-        labels[np.arange(len(targets)), targets] = 1.0
-        return self.design(ranks, scores, log_popularity, cand), labels[cand]
+        target = np.zeros(cand.shape, dtype=bool)
+        target[np.arange(len(targets)), targets] = True
+        return self.design(ranks, scores, log_popularity, cand), target[cand].astype(np.float64)
 
     def fit_rows(self, x: np.ndarray, y: np.ndarray) -> LearnedFusion:
         """Fit on feature rows and labels from `training_rows`."""
         self.mean, self.std = x.mean(0), x.std(0) + 1e-9
-        x = (x - self.mean) / self.std
+        # The standardised rows in float32: each step is two passes over them, memory-bound
+        # at millions of rows (4M rows x 26: 0.27 s a step in float64, 0.20 in float32);
+        # the weights and the loss's sums stay float64.
+        x = ((x - self.mean) / self.std).astype(np.float32)
         pos = max(y.sum(), 1.0)
         sample_w = np.where(y == 1, (len(y) - pos) / pos, 1.0)
         sample_w /= sample_w.mean()
         w, b = np.zeros(x.shape[1]), 0.0
         for _ in range(self.iterations):
-            p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
+            p = 1.0 / (1.0 + np.exp(-(x @ w.astype(np.float32) + b)))
             g = (p - y) * sample_w
-            w -= self.learning_rate * (x.T @ g / len(y) + self.l2 * w)
+            w -= self.learning_rate * (x.T @ g.astype(np.float32) / len(y) + self.l2 * w)
             b -= self.learning_rate * g.mean()
         self.weights, self.bias = w, float(b)
         return self

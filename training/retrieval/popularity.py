@@ -6,7 +6,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from training.retrieval.base import Retriever
+from training.retrieval.base import Retriever, pad_to
 from training.retrieval.data import FitData, segment_code
 
 
@@ -30,6 +30,9 @@ class MostPopular(Retriever):
 
     def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
         return np.log1p(self.counts)
+
+    def score_rows(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        return np.tile(pad_to(self.score(None, np.zeros(0)), self.n_items), (len(users), 1))
 
     def partial_fit_items(self, n_items: int, texts: list[str] | None = None) -> None:
         if n_items > len(self.counts):
