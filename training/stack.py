@@ -281,8 +281,9 @@ def fit_fusion(
         part = users[lo : lo + chunk]
         histories = [data.history(int(u)) for u in part]
         seen = matrix[part]  # the history is not recommendable: -inf at its entries
-        rows = np.repeat(np.arange(len(part)), np.diff(seen.indptr))[seen.data > 0]
-        cols = seen.indices[seen.data > 0]
+        held = seen.data > 0
+        rows = np.repeat(np.arange(len(part)), np.diff(seen.indptr))[held]
+        cols = seen.indices[held]
         scores, ranks = {}, {}
         for name in names:
             s = sources[name].score_rows(part, histories)
