@@ -26,6 +26,7 @@ from pipelines.artifact import Dataset
 from pipelines.errors import ArtifactError
 from pipelines.schema import Split
 from training.fit_steps import FitSteps
+from training.full_fit import FullFit
 from training.reranker.model import read_meta
 from training.retrieval.fusion import LearnedFusion
 from training.stack import RetrievalStack, StackSpec, fit_stack, source_spec
@@ -74,11 +75,15 @@ def fit_retrievers(
     progress: bool = True,
     spec: StackSpec | None = None,
     steps: FitSteps | None = None,
+    full_fit: FullFit | str = FullFit.auto,
 ) -> RetrievalStack:
     """The "fit retrievers" stage: the stack of `spec` (default: `DEFAULT_SOURCES`) fitted
     on every interaction, written to `out` (a folder or URI) for `publish_version(stack=...)`.
-    `steps`: told as each step of the fit starts and ends."""
-    stack, _ = fit_stack(ds, Split.TEST, progress=progress, spec=spec, steps=steps)
+    `steps`: told as each step of the fit starts and ends; `full_fit`: how its second pass
+    starts (`FullFit`)."""
+    stack, _ = fit_stack(
+        ds, Split.TEST, progress=progress, spec=spec, steps=steps, full_fit=full_fit
+    )
     with storage.staged_output(out) as folder:
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,6 +104,7 @@ def publish_version(
     point: bool = True,
     extra: dict | None = None,
     fusion_from_reranker: bool = False,
+    full_fit: FullFit | str = FullFit.auto,
 ) -> ModelVersion:
     """Bundle the retrieval stack (fitted here, or the `fit_retrievers` output `stack`) with
     the re-ranker as a new version under `root` (a folder or URI), then point CURRENT at it
@@ -106,6 +112,7 @@ def publish_version(
     recorded in version.json. `fusion_from_reranker`: the stack fitted here takes the
     fusion the re-ranker was trained with instead of learning its own on held-out items,
     which saves one fit of every source (what it costs in quality: docs/BENCHMARKS.md).
+    `full_fit`: how the second pass of a fit here starts (`FullFit`).
 
     Everything is checked before anything is written: a failed publish leaves the root as
     it was."""
@@ -141,7 +148,9 @@ def publish_version(
                 RetrievalStack.load(st, ds.manifest.version)  # refuses another dataset's
                 shutil.copytree(st, tmp / "stack")
         else:
-            fit, _ = fit_stack(ds, Split.TEST, fusion, progress=progress, spec=spec)
+            fit, _ = fit_stack(
+                ds, Split.TEST, fusion, progress=progress, spec=spec, full_fit=full_fit
+            )
             fit.save(tmp / "stack")
         stack_meta = json.loads((tmp / "stack" / "stack.json").read_text())
         info = {

@@ -50,6 +50,14 @@ from training.stack_spec import (  # noqa: F401  (re-exported: the stack's publi
     spec_to_json,
     with_text_model,
 )
+from training.warm_start import (  # noqa: F401  (re-exported: the stack's public names)
+    NEXT_SHARE,
+    FullFit,
+    WarmStart,
+    full_fit_is_warm,
+    item_map,
+    warm_from_holdout,
+)
 
 STACK_FORMAT = 1
 FUSION_DEPTH = 100
@@ -88,30 +96,6 @@ def text_encoder(spec: StackSpec | None = None) -> TextEncoder:
         if issubclass(klass, Content):
             return TextEncoder(params.get("model_path"), cache=True)
     return TextEncoder(cache=True)
-
-
-#: A warm fit with a few interactions per user more than the fit it starts from (after a
-#: held-out fit, or a retrain's published fit after its gate's): this share of a full fit
-#: (SASRec: 2 of 40 epochs).
-NEXT_SHARE = 0.05
-
-
-@dataclass
-class WarmStart:
-    """Fit sources from a previous fit of theirs: `sources` by name, `item_map[i]` item i's
-    index in their data (-1: new), `share` of a full fit to spend (`Retriever.warm_fit`)."""
-
-    sources: dict[str, Retriever]
-    item_map: np.ndarray
-    share: float
-
-
-def item_map(previous: Dataset, current: Dataset) -> np.ndarray:
-    """Each item of `current` as its index in `previous` (-1: new), by raw item id."""
-    from pipelines.schema import ITEM_ID
-
-    index = {item: i for i, item in enumerate(previous.items[ITEM_ID].to_pylist())}
-    return np.array([index.get(i, -1) for i in current.items[ITEM_ID].to_pylist()], np.int64)
 
 
 @dataclass
@@ -250,7 +234,7 @@ def _fit_sources(
             if isinstance(model, Content) and embeddings is not None:
                 out[name] = model.with_embeddings(embeddings, data)
             elif previous is not None and type(previous) is klass:
-                out[name] = model.warm_fit(data, previous, warm.item_map, warm.share)
+                out[name] = model.warm_fit(data, previous, warm.item_map, warm.share, warm.user_map)
             else:
                 out[name] = model.fit(data)
     return out
@@ -307,6 +291,7 @@ def fit_stack(
     spec: StackSpec | None = None,
     warm: WarmStart | None = None,
     steps: FitSteps | None = None,
+    full_fit: FullFit | str = FullFit.auto,
 ) -> tuple[RetrievalStack, np.ndarray]:
     """Fit every source of `spec` (default: `DEFAULT_SOURCES`) on the data up to `through`
     (from a previous fit where `warm` gives one).
@@ -314,8 +299,9 @@ def fit_stack(
     Without a `fusion`, one is trained first: the sources are fitted with each user's last
     `holdout` items hidden, and the fusion learns to find the first hidden item. Warm, that
     held-out fit starts from `warm`, and the stack's own fit from the held-out fit's sources
-    (`NEXT_SHARE`). Returns the stack and the item embeddings (reuse them: they depend on
-    item text only). `steps`: records each step's seconds (also saved with the stack).
+    (`NEXT_SHARE`). Cold, the stack's own fit starts as `full_fit` says. Returns the stack
+    and the item embeddings (reuse them: they depend on item text only). `steps`: records
+    each step's seconds (also saved with the stack).
     """
     steps = steps if steps is not None else FitSteps()
     with step(steps, "interactions"):
@@ -328,6 +314,8 @@ def fit_stack(
         fusion, held = holdout_fit(data, holdout, embeddings, progress, spec, warm, steps)
         if warm is not None:
             warm = WarmStart(held, np.arange(data.n_items), NEXT_SHARE)
+        else:
+            warm = warm_from_holdout(held, data, full_fit)
     stack = stack_from_data(
         data, fusion, embeddings, through.label, progress, spec, warm, steps=steps
     )
@@ -344,9 +332,13 @@ def stack_from_data(
     spec: StackSpec | None = None,
     warm: WarmStart | None = None,
     steps: FitSteps | None = None,
+    sources: dict[str, Retriever] | None = None,
 ) -> RetrievalStack:
+    """The stack of `spec` on `data`: its sources fitted here (from `warm` where given), or
+    `sources` fitted on this very data already (a held-out fit's, reused)."""
     covisits = covisit_params(spec)
-    sources = _fit_sources(data, embeddings, progress, spec, warm, steps)
+    if sources is None:
+        sources = _fit_sources(data, embeddings, progress, spec, warm, steps)
     with step(steps, "popularity, segments, co-visits"):
         popularity = MostPopular().fit(data)
         segment = SegmentPopular(**segment_params(spec)).fit(data) if data.user_segments else None

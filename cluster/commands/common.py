@@ -17,6 +17,7 @@ from rich.console import Console
 
 from pipelines.errors import LlmrecError
 from pipelines.prepare import PrepareConfig
+from training.full_fit import WARM_FULL_FIT_INTERACTIONS, FullFit
 
 app = typer.Typer(
     help="llmrec: a real-time recommender on Ray that uses language models where they pay off.\n\n"
@@ -106,6 +107,17 @@ StackSpecFile = Annotated[
         help="the sources and their parameters: `llmrec eval`'s stack-spec.json (or its "
         "eval.json) [default: artifacts/eval/<name>/stack-spec.json when `llmrec eval` wrote "
         "one, else the stack chosen on ML-100k validation]",
+    ),
+]
+
+#: How a fit's second pass (every source on all interactions) starts (`FullFit`).
+FullFitMode = Annotated[
+    FullFit,
+    typer.Option(
+        "--full-fit",
+        help="the fit's second pass (every source on all interactions, after the held-out "
+        "fit the fusion learns from): from scratch, warm from the held-out fit (5% of a "
+        f"fit), or auto (warm from {WARM_FULL_FIT_INTERACTIONS:,} interactions)",
     ),
 ]
 

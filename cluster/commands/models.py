@@ -17,6 +17,7 @@ from cluster.commands.common import (
     DEFAULT_ROOT,
     DatasetName,
     DatasetUri,
+    FullFitMode,
     StackSpecFile,
     TextModel,
     app,
@@ -40,6 +41,7 @@ from cluster.commands.model_reports import (
 from cluster.settings_options import settings_options
 from pipelines import storage
 from pipelines.errors import LlmrecError
+from training.full_fit import FullFit
 from training.reranker.model import RerankerConfig
 from training.reranker.prompt import PromptTemplate
 from training.reranker.settings import TrainSettings
@@ -309,6 +311,7 @@ def fit(
     ] = None,
     stack_spec: StackSpecFile = None,
     text_model: TextModel = None,
+    full_fit: FullFitMode = FullFit.auto,
 ) -> None:
     """Fit the retrievers (CF, transitions, content, popularity, the learned fusion) on every
     interaction; `llmrec publish --stack` bundles the result into a model version."""
@@ -321,7 +324,9 @@ def fit(
     start_threads()
     with console.status("fitting the retrieval stack on all interactions") as status:
         steps = fit_progress(status)
-        stack = fit_retrievers(ds, target, progress=False, spec=spec, steps=steps)
+        stack = fit_retrievers(
+            ds, target, progress=False, spec=spec, steps=steps, full_fit=full_fit
+        )
     console.print(
         f"fitted {', '.join(stack.sources)} on dataset {ds.manifest.version} -> {target} "
         f"({time.perf_counter() - start:.0f} s)"
@@ -362,14 +367,16 @@ def publish(
             "one the --reranker was trained with (reranker: one fit of every source less)"
         ),
     ] = Fusion.refit,
+    full_fit: FullFitMode = FullFit.auto,
 ) -> None:
     """Publish the retrieval stack with the re-ranker as a new model version; CURRENT points
     at it, so a Serve application on `version: latest` swaps to it without downtime."""
     from training.publish import publish_version
 
-    if stack and (stack_spec or text_model):
+    if stack and (stack_spec or text_model or full_fit is not FullFit.auto):
         raise LlmrecError(
-            "--stack is fitted already: --stack-spec and --text-model apply to a fit here only"
+            "--stack is fitted already: --stack-spec, --text-model and --full-fit apply to a "
+            "fit here only"
         )
     # A fitted stack (--stack) brings its own spec.
     spec = None if stack else stack_spec_for(dataset, stack_spec, text_model)
@@ -387,6 +394,7 @@ def publish(
             stack=stack,
             spec=spec,
             fusion_from_reranker=fusion is Fusion.reranker,
+            full_fit=full_fit,
         )
     console.print(
         f"published {mv.version} -> {mv.uri} (re-ranker: {'yes' if mv.reranker else 'none'})"

@@ -425,3 +425,67 @@ def test_score_rows_is_score_of_each_user(fitted, data):
         assert np.array_equal(np.isfinite(row), np.isfinite(want))
         finite = np.isfinite(want)  # equal up to float32 rounding (a product of many users)
         np.testing.assert_allclose(row[finite], want[finite], rtol=1e-5, atol=1e-6)
+
+
+def test_a_warm_fit_shorter_than_an_epoch_trains_its_share_of_the_batches():
+    from training.retrieval.sequential import _schedule
+
+    p = {"warm_min_batches": 2000}
+    assert _schedule(40 * 0.05, 600, True, p) == (2, 1200)  # whole epochs: as before
+    assert _schedule(0.4, 600, True, p) == (1, 600)  # an epoch under the minimum: all of it
+    assert _schedule(0.05, 31_000, True, p) == (1, 2000)  # 1,550 batches: the minimum
+    assert _schedule(0.2, 31_000, True, p) == (1, 6200)
+    assert _schedule(0.05, 31_000, False, p) == (1, 31_000)  # a cold fit: whole epochs
+
+
+def test_sasrec_warm_fit_of_a_share_of_an_epoch_stops_after_those_batches(data):
+    p = {"dim": 16, "max_len": 5, "epochs": 1, "batch_size": 4, "seed": 1}
+    walks = _cyclic_walks(data)  # 40 users x 30 items, windows of 6: 240 windows, 60 batches
+    previous = SelfAttentive(**p).fit(walks)
+    warm = SelfAttentive(**p, warm_min_batches=10).warm_fit(walks, previous, np.arange(30), 0.25)
+    assert warm.fit_info["warm_epochs"] == 1 and warm.fit_info["warm_batches"] == 15
+    # It trained (from the previous weights): they moved, and not as far as a cold fit's.
+    moved = np.abs(warm.arrays["items.weight"] - previous.arrays["items.weight"]).mean()
+    assert moved > 0
+
+
+@pytest.mark.parametrize("kind", ["als", "bpr"])
+def test_factor_models_start_warm_only_where_the_users_are_mapped(kind, data):
+    inner, _ = data.holdout_last(1)
+    klass, params = {"als": ALS, "bpr": BPR}[kind], {"factors": 8, "iterations": 20}
+    previous = klass(**params).fit(inner)
+    users, items = np.arange(data.n_users), np.arange(data.n_items)
+    warm = klass(**params).warm_fit(data, previous, items, 0.05, users)
+    assert warm.fit_info == {"warm_iterations": 1}
+    assert warm.user_factors.shape == previous.user_factors.shape
+
+    def agreement(a, b):  # mean cosine of the item factors of items both fitted
+        x, y = a.item_factors, b.item_factors
+        return np.mean(
+            (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1) + 1e-9)
+        )
+
+    # One iteration from the held-out factors stays near them; from scratch it would not.
+    one = klass(**{**params, "iterations": 1}).fit(data)
+    assert agreement(warm, previous) > 0.9 > agreement(one, previous)
+    # Without a user map (a retrain's new dataset), a refit from scratch.
+    refit = klass(**params).warm_fit(data, previous, items, 0.05)
+    assert refit.fit_info is None
+    if kind == "bpr":
+        assert np.all(warm.user_factors[:, -1] == 1.0)  # the bias's constant kept
+
+
+def test_a_warm_start_takes_known_finite_rows_and_starts_the_rest_fresh():
+    from training.retrieval.cf import _start_rows
+
+    previous = np.arange(12, dtype=np.float32).reshape(4, 3)
+    previous[2] = np.nan  # an item grown in serving, never folded in
+
+    def fresh(rng, rows, width):
+        return np.full((rows, width), -1.0, np.float32)
+
+    out = _start_rows(previous, np.array([3, -1, 2, 0, 9]), 6, np.random.default_rng(0), fresh)
+    assert out.shape == (6, 3)
+    np.testing.assert_array_equal(out[0], previous[3])
+    np.testing.assert_array_equal(out[3], previous[0])
+    assert (out[[1, 2, 4, 5]] == -1).all()  # new, NaN, out of range, past the map

@@ -16,7 +16,14 @@ from training.reranker.model import RerankerConfig
 from training.reranker.routing import SPARSE_LENGTHS
 from training.reranker.settings import TrainSettings
 from training.retrieval import FitData
-from training.stack import StackSpec, holdout_fusion, stack_from_data, text_encoder
+from training.stack import (
+    FullFit,
+    StackSpec,
+    holdout_fit,
+    stack_from_data,
+    text_encoder,
+    warm_from_holdout,
+)
 
 
 @dataclass
@@ -98,7 +105,7 @@ def prepare_from(
     `version` names the data the re-ranker records (what `publish` checks)."""
     if embeddings is None:
         embeddings = text_encoder(spec).encode(data.item_text).astype(np.float32)
-    fusion = holdout_fusion(data, 1, embeddings, progress, spec)
+    fusion, held = holdout_fit(data, 1, embeddings, progress, spec)
     inner, hidden = data.holdout_last(settings.holdout)
     users = np.flatnonzero(np.asarray(targets) >= 0)
     if settings.example_users is not None and len(users) > settings.example_users:
@@ -107,7 +114,11 @@ def prepare_from(
         chosen = np.zeros(len(hidden), dtype=bool)
         chosen[users] = True
         hidden = [h if chosen[u] else h[:0] for u, h in enumerate(hidden)]
-    ex_stack = stack_from_data(inner, fusion, embeddings, "train-holdout", progress, spec)
+    # With one item held out, the examples' stack is the fusion's held-out fit itself.
+    reuse = held if settings.holdout == 1 else None
+    ex_stack = stack_from_data(
+        inner, fusion, embeddings, "train-holdout", progress, spec, sources=reuse
+    )
     k, hist = cfg.template.candidates, cfg.template.history_items
     sources = ex_stack.source_names
     visible = [inner.history(u) for u in range(inner.n_users)]
@@ -124,7 +135,8 @@ def prepare_from(
         insert=settings.insert_target,
     )
 
-    val_stack = stack_from_data(data, fusion, embeddings, "train", progress, spec)
+    warm = warm_from_holdout(held, data, FullFit.auto)
+    val_stack = stack_from_data(data, fusion, embeddings, "train", progress, spec, warm)
     gen = val_stack.generator()
 
     def row(u: int, history: np.ndarray, user: int | None) -> Row:

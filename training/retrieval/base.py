@@ -180,11 +180,17 @@ class Retriever(ABC):
         """Learn from `data`; returns self."""
 
     def warm_fit(
-        self, data: FitData, previous: Retriever, item_map: np.ndarray, share: float
+        self,
+        data: FitData,
+        previous: Retriever,
+        item_map: np.ndarray,
+        share: float,
+        user_map: np.ndarray | None = None,
     ) -> Self:
         """Learn from `data` starting from `previous` (the same kind, fitted on older data),
         spending about `share` of a full fit where the model can start warm. `item_map[i]`
-        is item i's index in `previous` (-1: new). Models that fit in seconds refit."""
+        is item i's index in `previous` (-1: new); `user_map[u]` user u's (None: unknown,
+        so models with per-user state refit). Models that fit in seconds refit."""
         return self.fit(data)
 
     def _fitted(self, data: FitData) -> None:

@@ -7,6 +7,7 @@ needs neither the training code path nor a GPU.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Self
 
 import numpy as np
@@ -26,13 +27,58 @@ def _quiet_threads() -> None:
 class _Factors(Retriever):
     """Shared by ALS and BPR: user and item factors; score = user . item."""
 
-    def _fit_factors(self, model, data: FitData) -> Self:
-        """Fit an `implicit` factor model and keep only its factors as float32 arrays."""
+    def _fit_factors(
+        self, model, data: FitData, init: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Self:
+        """Fit an `implicit` factor model and keep only its factors as float32 arrays.
+        `init`: (user, item) factors to start from (implicit trains on from factors set
+        before its fit)."""
+        if init is not None:
+            model.user_factors, model.item_factors = init
         model.fit(data.matrix.to_scipy(), show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
         self._fitted(data)
         return self
+
+    def _model(self, iterations: int):
+        """The `implicit` model of these parameters, running `iterations`."""
+        raise NotImplementedError
+
+    def fit(self, data: FitData) -> Self:
+        _quiet_threads()  # before the constructor: ALS's checks the BLAS thread count
+        return self._fit_factors(self._model(self.params["iterations"]), data)
+
+    def warm_fit(
+        self,
+        data: FitData,
+        previous: Retriever,
+        item_map: np.ndarray,
+        share: float,
+        user_map: np.ndarray | None = None,
+    ) -> Self:
+        """`share` of the iterations (at least one) from `previous`'s factors, where both
+        the items and the users of `data` are mapped to it; a refit otherwise (a user's
+        index is not stable across datasets, and a stranger's factors are no start).
+        Items and users `previous` did not know start as a fresh fit's do."""
+        same = type(previous) is type(self) and previous.params["factors"] == self.params["factors"]
+        if not same or user_map is None:
+            return self.fit(data)
+        _quiet_threads()
+        iterations = max(1, round(self.params["iterations"] * share))
+        model = self._model(iterations)
+        rng = np.random.default_rng(self.params["seed"])
+        users = _start_rows(previous.user_factors, user_map, data.n_users, rng, self._fresh)
+        items = _start_rows(previous.item_factors, item_map, data.n_items, rng, self._fresh)
+        if isinstance(self, BPR):  # BPR's user factors end in the constant its bias pairs with
+            users[:, -1] = 1.0
+        self.fit_info = {"warm_iterations": iterations}
+        return self._fit_factors(model, data, (users, items))
+
+    @staticmethod
+    def _fresh(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
+        """Rows for users or items new to a warm fit: small, like implicit's start."""
+        return (rng.random((rows, width), dtype=np.float32) - 0.5) * 0.01
 
     def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
         if user is not None and 0 <= user < len(self.user_factors):
@@ -104,6 +150,26 @@ class _Factors(Retriever):
         self.item_factors = arrays["item_factors"]
 
 
+def _start_rows(
+    previous: np.ndarray,
+    index: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    fresh: Callable[[np.random.Generator, int, int], np.ndarray],
+) -> np.ndarray:
+    """`n` rows of a warm fit's start: row i is `previous[index[i]]` where it had one (and a
+    finite one: an item grown in serving without fold-in is NaN), else a fresh row."""
+    index = np.asarray(index, dtype=np.int64)[:n]
+    index = np.concatenate([index, np.full(n - len(index), -1, np.int64)])
+    index[index >= len(previous)] = -1
+    out = fresh(rng, n, previous.shape[1])
+    known = index >= 0
+    rows = previous[index[known]]
+    ok = np.isfinite(rows).all(axis=1)
+    out[np.flatnonzero(known)[ok]] = rows[ok]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 class ALS(_Factors):
     """Implicit ALS (Hu, Koren, Volinsky) with confidence 1 + alpha for observed items."""
 
@@ -113,20 +179,18 @@ class ALS(_Factors):
     def default_params(cls) -> dict[str, Any]:
         return {"factors": 64, "regularization": 0.1, "alpha": 2.0, "iterations": 15, "seed": 0}
 
-    def fit(self, data: FitData) -> Self:
+    def _model(self, iterations: int):
         from implicit.als import AlternatingLeastSquares
 
-        _quiet_threads()  # before the constructor: it checks the BLAS thread count
         p = self.params
-        model = AlternatingLeastSquares(
+        return AlternatingLeastSquares(
             factors=p["factors"],
             regularization=p["regularization"],
             alpha=p["alpha"],
-            iterations=p["iterations"],
+            iterations=iterations,
             random_state=p["seed"],
             use_gpu=False,
         )
-        return self._fit_factors(model, data)
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         """The exact ALS user step: (YtY + alpha * Yh'Yh + reg I)^-1 (1 + alpha) Yh' 1."""
@@ -160,20 +224,18 @@ class BPR(_Factors):
             "seed": 0,
         }
 
-    def fit(self, data: FitData) -> Self:
+    def _model(self, iterations: int):
         from implicit.bpr import BayesianPersonalizedRanking
 
-        _quiet_threads()
         p = self.params
-        model = BayesianPersonalizedRanking(
+        return BayesianPersonalizedRanking(
             factors=p["factors"],
             learning_rate=p["learning_rate"],
             regularization=p["regularization"],
-            iterations=p["iterations"],
+            iterations=iterations,
             random_state=p["seed"],
             use_gpu=False,
         )
-        return self._fit_factors(model, data)
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         """BPR has no closed-form user step: fit a ridge user vector that scores the history

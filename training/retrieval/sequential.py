@@ -8,6 +8,7 @@ which is what lifts the merged candidates' recall (docs/BENCHMARKS.md, issue 3).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -171,6 +172,9 @@ class SelfAttentive(Retriever):
             # against 0.007 at a constant 4e-3 (docs/BENCHMARKS.md, Retraining).
             "warm_schedule": "cosine",
             "warm_learning_rate": 8e-3,
+            # A warm fit shorter than an epoch (a 1-epoch recipe at a million users: 5% is
+            # 1,600 of 31,000 batches) trains at least this many batches, or one epoch.
+            "warm_min_batches": 2000,
             "seed": 0,
         }
 
@@ -198,16 +202,23 @@ class SelfAttentive(Retriever):
         return kind == "sparse" or (kind == "auto" and sampled)
 
     def warm_fit(
-        self, data: FitData, previous: Retriever, item_map: np.ndarray, share: float
+        self,
+        data: FitData,
+        previous: Retriever,
+        item_map: np.ndarray,
+        share: float,
+        user_map: np.ndarray | None = None,
     ) -> Self:
-        """`share` of the epochs (at least one), from `previous`'s weights: an item it knew
-        keeps its embedding, a new item starts as a fresh one does."""
+        """`share` of the full fit's batches, from `previous`'s weights: an item it knew
+        keeps its embedding, a new item starts as a fresh one does. Whole epochs where the
+        share comes to one or more (at least one); less than an epoch: that share of an
+        epoch's batches, at least `warm_min_batches` of them."""
         if not isinstance(previous, SelfAttentive) or any(
             previous.params[k] != self.params[k] for k in ("max_len", "dim", "layers", "heads")
         ):
             return self.fit(data)
-        epochs = max(1, round(self.params["epochs"] * share))
-        return self.fit(data, init=(previous.arrays, np.asarray(item_map)), epochs=epochs)
+        budget = self.params["epochs"] * share
+        return self.fit(data, init=(previous.arrays, np.asarray(item_map)), epochs=budget)
 
     def fit(
         self,
@@ -219,7 +230,7 @@ class SelfAttentive(Retriever):
         """Train on `data`; `on_epoch(epoch, self)`, if given, is called after each epoch with
         the model usable for scoring (learning curves, early stopping by the caller). `init`:
         (weights of a previous fit, each item's index in it or -1) to start from; `epochs`
-        overrides the schedule's."""
+        overrides the schedule's (warm, below one: a share of one epoch, `warm_fit`)."""
         p = self.params
         windows = torch.from_numpy(training_windows(data, p["max_len"], p["window_stride"]))
         if not len(windows):
@@ -233,15 +244,16 @@ class SelfAttentive(Retriever):
         with torch.random.fork_rng():
             torch.manual_seed(p["seed"])
             network = _Network(data.n_items, p, sparse_items=sparse)
+            per_epoch = -(-len(windows) // p["batch_size"])
+            n_epochs, steps = _schedule(epochs or p["epochs"], per_epoch, init is not None, p)
             if init is not None:
                 _load_warm(network, *init)
-                self.fit_info["warm_epochs"] = epochs
+                self.fit_info["warm_epochs"] = n_epochs
+                self.fit_info["warm_batches"] = steps
             lr = p["learning_rate"]
             if init is not None and p["warm_learning_rate"] is not None:
                 lr = p["warm_learning_rate"]
             opts = _optimizers(network, lr, sparse)
-            n_epochs = epochs or p["epochs"]
-            steps = n_epochs * -(-len(windows) // p["batch_size"])
             warm = (
                 [_warm_schedule(o, p["warm_schedule"], steps) for o in opts]
                 if init is not None
@@ -253,7 +265,9 @@ class SelfAttentive(Retriever):
             bar = tqdm(total=steps, desc="sasrec", leave=False, unit="batch", mininterval=5)
             for epoch in range(n_epochs):
                 order = torch.randperm(len(windows))
-                for start in range(0, len(windows), p["batch_size"]):
+                # A warm fit of less than an epoch stops after its share of the batches.
+                end = min(len(windows), (steps - epoch * per_epoch) * p["batch_size"])
+                for start in range(0, end, p["batch_size"]):
                     batch = windows[order[start : start + p["batch_size"]]]
                     negatives = p["negatives"] if sampled else None
                     loss = train_batch(network, opts, batch, data.n_items, negatives)
@@ -291,6 +305,16 @@ class SelfAttentive(Retriever):
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
         self._inference = NumpyInference(self.arrays, self.params["heads"])
+
+
+def _schedule(epochs: float, per_epoch: int, warm: bool, params: dict[str, Any]) -> tuple[int, int]:
+    """(epochs, batches) a fit runs: whole epochs, or for a warm fit of less than one, that
+    share of one epoch's `per_epoch` batches, at least `warm_min_batches` (at most all)."""
+    if epochs >= 1 or not warm:
+        n = max(1, round(epochs))
+        return n, n * per_epoch
+    least = min(per_epoch, int(params["warm_min_batches"]))
+    return 1, max(least, math.ceil(epochs * per_epoch))
 
 
 def _warm_schedule(
