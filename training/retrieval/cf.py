@@ -70,15 +70,17 @@ class _Factors(Retriever):
         rng = np.random.default_rng(self.params["seed"])
         users = _start_rows(previous.user_factors, user_map, data.n_users, rng, self._fresh)
         items = _start_rows(previous.item_factors, item_map, data.n_items, rng, self._fresh)
-        if isinstance(self, BPR):  # BPR's user factors end in the constant its bias pairs with
-            users[:, -1] = 1.0
         self.fit_info = {"warm_iterations": iterations}
-        return self._fit_factors(model, data, (users, items))
+        return self._fit_factors(model, data, (self._start_users(users), items))
 
     @staticmethod
     def _fresh(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
         """Rows for users or items new to a warm fit: small, like implicit's start."""
         return (rng.random((rows, width), dtype=np.float32) - 0.5) * 0.01
+
+    def _start_users(self, users: np.ndarray) -> np.ndarray:
+        """A warm fit's user rows as the model's layout wants them (ALS: as they are)."""
+        return users
 
     def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
         if user is not None and 0 <= user < len(self.user_factors):
@@ -236,6 +238,10 @@ class BPR(_Factors):
             random_state=p["seed"],
             use_gpu=False,
         )
+
+    def _start_users(self, users: np.ndarray) -> np.ndarray:
+        users[:, -1] = 1.0  # BPR's user factors end in the constant its item bias pairs with
+        return users
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
         """BPR has no closed-form user step: fit a ridge user vector that scores the history
