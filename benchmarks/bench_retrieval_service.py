@@ -35,15 +35,16 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 #: (label, file suffix, function name) of the parts reported; nested parts are inside the
-#: ones above them (candidates holds the sources' scores, their ranks and the fusion).
+#: ones above them (candidates holds each source's view, the fusion over their union).
 PARTS = (
     ("retrieve (whole)", "serving/recommender.py", "retrieve"),
     ("user state", "serving/recommender.py", "user_state"),
     ("candidates (generate)", "training/candidates.py", "generate"),
-    ("  sources' scores over the catalogue", "training/candidates.py", "_scores"),
-    ("  ranks of each source's top items", "training/retrieval/fusion.py", "source_ranks"),
-    ("  learned fusion over their union", "training/retrieval/fusion.py", "score"),
-    ("    its standardisation of every score", "training/retrieval/fusion.py", "_row_stats"),
+    ("  each source's view of the request", "training/candidates.py", "_views"),
+    ("    scored over the whole catalogue", "training/retrieval/views.py", "dense_view"),
+    ("    content, through its item index", "training/retrieval/content.py", "search"),
+    ("    sparse sources, from their rows", "training/retrieval/base.py", "search"),
+    ("  learned fusion over their union", "training/retrieval/fusion.py", "score_entries"),
     ("  order of the new-item slots", "training/candidates.py", "_new_item_order"),
     ("  final top n", "training/retrieval/base.py", "top_n"),
     ("re-ranker features of the head", "training/reranker/features.py", "candidate_features"),

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from training.retrieval.base import Retriever, check_n, clean_history, pad_to, top_n
 from training.retrieval.content import Content
-from training.retrieval.fusion import LearnedFusion, fuse, source_ranks
+from training.retrieval.fusion import LearnedFusion, fuse
 from training.retrieval.popularity import MostPopular, SegmentPopular
+from training.retrieval.views import SourceView, dense_view
 
 Path = Literal["warm", "sparse", "cold_start"]
 
@@ -153,32 +154,42 @@ class CandidateGenerator:
             if path == "warm"
             else [s for s in self.config.sparse_sources if s in self.sources]
         )
-        scores = self._scores(names, user, hist, banned)
-        # One call for every source: per-source numpy calls cost more than the arithmetic.
-        stacked = source_ranks(np.stack([scores[s] for s in names]), None, self.config.depth)
-        ranks = dict(zip(names, stacked, strict=True))
-        pop = np.log1p(self.popularity.counts)
+        views = self._views(names, user, hist, banned)
+        lists = dict(views)
+        weights = dict.fromkeys(names, 1.0)
+        if path == "sparse" and self.config.sparse_popularity > 0:
+            # After one or two events the sources' lists are noisy; popularity is the
+            # prior that keeps a sparse list from ranking below the cold-start one.
+            prior = np.log1p(self.popularity.counts)
+            if self.config.sparse_popularity_counts == "first_items" and (self.first_items_overall):
+                prior = pad_to(self.segment.overall.astype(np.float64), len(prior), 0.0)
+            prior = pad_to(prior, self.n_items, -np.inf)[: self.n_items]
+            lists["popular"] = dense_view(np.where(banned, -np.inf, prior), self.config.depth)
+            weights["popular"] = self.config.sparse_popularity
+        # Every source's list, fused over their union: a few hundred items, whatever the
+        # catalogue's size.
+        union = np.unique(np.concatenate([v.top for v in lists.values()])).astype(np.int64)
+        ranks = {s: v.ranks_at(union) for s, v in lists.items()}
+        pop = np.log1p(pad_to(self.popularity.counts.astype(np.float64), self.n_items, 0.0))
         if path == "warm" and self.fusion is not None:
-            fused = self.fusion.score(ranks, scores, pop)
+            f = self.fusion.sources
+            fused = self.fusion.score_entries(
+                np.stack([ranks[s] for s in f]),
+                np.stack([views[s].at(union) for s in f]),
+                np.array([[views[s].mean] for s in f]),
+                np.array([[views[s].std] for s in f]),
+                pop[union],
+            )
         else:
-            parts, weights = dict(ranks), dict.fromkeys(names, 1.0)
-            if path == "sparse" and self.config.sparse_popularity > 0:
-                # After one or two events the sources' lists are noisy; popularity is the
-                # prior that keeps a sparse list from ranking below the cold-start one.
-                prior = pop
-                if self.config.sparse_popularity_counts == "first_items" and (
-                    self.first_items_overall
-                ):
-                    prior = pad_to(self.segment.overall.astype(np.float64), len(pop), 0.0)
-                pop_scores = np.where(banned, -np.inf, prior[: len(pop)])
-                parts["popular"] = source_ranks(pop_scores, None, self.config.depth)
-                weights["popular"] = self.config.sparse_popularity
-            fused = fuse(parts, weights)
+            fused = fuse(ranks, weights)
             fused[fused == 0] = -np.inf
-        # Backfill with popularity so that a request always gets n candidates if it can.
-        fill = np.where(np.isfinite(fused), fused, -1e6 + pop / (pop.max() + 1))
-        items = top_n(fill, n, np.flatnonzero(banned))
-        order = self._new_item_order(scores, banned) if self._new_slots(n) else None
+        items = union[top_n(fused, n)]
+        fill = np.full(self.n_items, np.nan)
+        fill[union] = fused
+        if len(items) < n:  # backfill with popularity so a request gets n if it can
+            backfill = np.where(np.isfinite(fill), fill, -1e6 + pop / (pop.max() + 1))
+            items = top_n(backfill, n, np.flatnonzero(banned))
+        order = self._new_item_order(views, banned) if self._new_slots(n) else None
         whole = self._with_new_items(items, order, n)
         if head is not None and 0 < head < n:
             # Every item of the head's own list is in the whole one (its fused part comes
@@ -186,41 +197,46 @@ class CandidateGenerator:
             first = self._with_new_items(items[:head], order, head)
             whole = np.concatenate([first, whole[~np.isin(whole, first)]])[:n]
         items = whole
+        at = fill[items]
+        at = np.where(np.isfinite(at), at, -1e6 + pop[items] / (pop.max() + 1))
         return Candidates(
             items=items,
-            scores=fill[items].astype(np.float32),
+            scores=at.astype(np.float32),
             path=path,
-            source_ranks={s: ranks[s][items] for s in names},
-            source_scores={s: scores[s][items] for s in names},
+            source_ranks={s: views[s].ranks_at(items) for s in names},
+            source_scores={s: views[s].at(items) for s in names},
             ignored_history=ignored,
         )
 
-    def _scores(
+    def _views(
         self, names: list[str], user: int | None, hist: np.ndarray, banned: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """Each source's scores over the whole catalogue. Banned items are masked once,
-        here; a source not yet grown for the newest items cannot score them either (-inf)."""
-        return {
-            s: np.where(
-                banned,
-                -np.inf,
-                pad_to(self.sources[s].score(user, hist), self.n_items)[: self.n_items],
-            )
-            for s in names
-        }
+    ) -> dict[str, SourceView]:
+        """What each source says for this request (`SourceView`): from an index where the
+        source has one (`Retriever.search`), else from its scores over the whole catalogue.
+        Banned items are masked once, here; a source not yet grown for the newest items
+        cannot score them either (-inf)."""
+        depth, out = self.config.depth, {}
+        for s in names:
+            src = self.sources[s]
+            view = src.search(user, hist, banned, depth)
+            if view is None:
+                raw = pad_to(src.score(user, hist), self.n_items)[: self.n_items]
+                view = dense_view(np.where(banned, -np.inf, raw), depth)
+            out[s] = view
+        return out
 
     def _new_slots(self, n: int) -> int:
         """How many of a list of n are new-item slots (`new_item_share` of n)."""
         return round(self.config.new_item_share * n)
 
     def _new_item_order(
-        self, scores: dict[str, np.ndarray], banned: np.ndarray
+        self, views: dict[str, SourceView], banned: np.ndarray
     ) -> np.ndarray | None:
         """The items no fitted interaction names, in the order the new-item slots take them:
         the other sources cannot rank an item they have not seen, so the fusion alone would
         almost never retrieve one. Most live events first (`live_counts`), then the content
         source's order; None when neither can order them."""
-        text = next((s for s in scores if isinstance(self.sources[s], Content)), None)
+        text = next((s for s in views if isinstance(self.sources[s], Content)), None)
         if text is None and self.live_counts is None:
             return None
         live = np.zeros(self.n_items)
@@ -228,9 +244,11 @@ class CandidateGenerator:
             live = pad_to(np.asarray(self.live_counts, np.float64), self.n_items, 0.0)
             live = live[: self.n_items]  # a view of the replica's counts: not written to
             live = np.where(live >= self.config.new_item_min_events, live, 0.0)
-        similar = scores[text] if text is not None else np.full(self.n_items, -np.inf)
-        pool = np.flatnonzero(self.unseen() & ~banned & (np.isfinite(similar) | (live > 0)))
-        return pool[np.lexsort((-similar[pool], -live[pool]))]
+        pool = np.flatnonzero(self.unseen() & ~banned)
+        similar = views[text].at(pool) if text is not None else np.full(len(pool), -np.inf)
+        keep = np.isfinite(similar) | (live[pool] > 0)
+        pool, similar = pool[keep], similar[keep]
+        return pool[np.lexsort((-similar, -live[pool]))]
 
     def _with_new_items(self, items: np.ndarray, order: np.ndarray | None, n: int) -> np.ndarray:
         """`items` with its last slots (`new_item_share` of n) given to the first items of

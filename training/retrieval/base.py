@@ -11,12 +11,15 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
 from pipelines.errors import ArtifactError, LlmrecError
 from training.retrieval.data import FitData
+
+if TYPE_CHECKING:
+    from training.retrieval.views import SourceView
 
 MAX_N = 10_000
 FORMAT_VERSION = 1
@@ -128,6 +131,21 @@ class SparseRows:
     def score_items(self, user: int | None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
         return sparse_scores_at(*self.rows(history), items)
 
+    def search(
+        self, user: int | None, history: np.ndarray, banned: np.ndarray, depth: int
+    ) -> SourceView:
+        """The view of the items the history rows reach, the only scorable ones: exact, and
+        ranked and summarised over those items instead of the catalogue. (One bincount over
+        the columns still finds them: a sort of the rows' entries costs more at 200,000
+        items, where a co-occurrence row holds thousands.)"""
+        from training.retrieval.views import sparse_view
+
+        m, rows, weights = self.rows(history)
+        sums = csr_row_sum(m.indptr, m.indices, m.data, rows, weights, m.shape[1])
+        sums = sums[: len(banned)]
+        items = np.flatnonzero((sums > 0) & ~banned[: len(sums)])
+        return sparse_view(items, sums[items], depth)
+
 
 def csr_state(m) -> dict[str, np.ndarray]:
     """A scipy CSR matrix as plain arrays for `Retriever.state`."""
@@ -150,7 +168,15 @@ def top_n(scores: np.ndarray, n: int, exclude: np.ndarray | None = None) -> np.n
     if len(finite) == 0:
         return np.zeros(0, dtype=np.int32)
     n = min(n, len(finite))
-    cand = finite[np.argpartition(-s[finite], n - 1)[:n]] if n < len(finite) else finite
+    cand = finite
+    if n < len(finite):
+        # Of items tied at the cut-off the lower ids make it, whatever else the array holds
+        # (a partition alone picks among them by position: a request's candidate union and
+        # the whole catalogue would then keep different items).
+        neg = -s[finite]
+        kth = np.partition(neg, n - 1)[n - 1]
+        better = finite[neg < kth]
+        cand = np.concatenate([better, finite[neg == kth][: n - len(better)]])
     order = np.lexsort((cand, -s[cand]))
     return cand[order].astype(np.int32)
 
@@ -230,6 +256,14 @@ class Retriever(ABC):
         an explanation needs for a handful of candidates at any catalogue size."""
         items = np.asarray(items, dtype=np.int64)
         return pad_to(self.score(user, history), int(items.max(initial=-1)) + 1)[items]
+
+    def search(
+        self, user: int | None, history: np.ndarray, banned: np.ndarray, depth: int
+    ) -> SourceView | None:
+        """This source's `SourceView` for a request from an index over the items, without
+        scoring the whole catalogue (`banned`: items that may not be recommended); None
+        where the source has no index, and the request scores every item (`score`)."""
+        return None
 
     def recommend(
         self,

@@ -9,6 +9,14 @@ import numpy as np
 from training.retrieval.base import Retriever
 from training.retrieval.data import FitData
 from training.retrieval.embeddings import TextEncoder
+from training.retrieval.fusion import top_list
+from training.retrieval.item_index import ItemIndex
+from training.retrieval.views import SourceView, empty_view
+
+INDEX_PREFIX = "index_"
+#: a request that bans more than this share of the items (a narrow category filter) scores
+#: every item: correcting the index's moments would cost as much
+MAX_BANNED_SHARE = 0.05
 
 
 class Content(Retriever):
@@ -19,7 +27,15 @@ class Content(Retriever):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"recent": 10, "recency_decay": 0.8, "model_path": None}
+        return {
+            "recent": 10,
+            "recency_decay": 0.8,
+            "model_path": None,
+            # From this many items a request probes an index (`ItemIndex`) instead of
+            # scoring every item (0: never); how many of its lists it probes.
+            "index_from": 50_000,
+            "index_probes": 48,
+        }
 
     def __init__(self, encoder: TextEncoder | None = None, **params: Any):
         super().__init__(**params)
@@ -31,16 +47,62 @@ class Content(Retriever):
             self._encoder = TextEncoder(self.params["model_path"])
         return self._encoder
 
+    _index: ItemIndex | None = None
+
     def fit(self, data: FitData) -> Self:
-        self.embeddings = self.encoder.encode(data.item_text).astype(np.float32)
-        self._fitted(data)
-        return self
+        return self.with_embeddings(self.encoder.encode(data.item_text), data)
 
     def with_embeddings(self, embeddings: np.ndarray, data: FitData) -> Self:
         """Fit from embeddings computed earlier (they depend on item text only)."""
         self.embeddings = embeddings.astype(np.float32)
         self._fitted(data)
+        self._build_index()
         return self
+
+    def _build_index(self) -> None:
+        """The index over the embeddings, where the catalogue is large enough for one."""
+        start = self.params["index_from"]
+        self._index = None
+        if start and len(self.embeddings) >= start:
+            self._index = ItemIndex.build(self.embeddings)
+
+    def search(
+        self, user: int | None, history: np.ndarray, banned: np.ndarray, depth: int
+    ) -> SourceView | None:
+        """The items of the index's lists nearest the user's profile, scored exactly, and
+        the profile's score statistics over every item from the index's moments. Items added
+        since the index was built are scored one by one. None (score every item) without
+        an index, or where a request bans too many items for the moments to be corrected
+        cheaply (a narrow category filter)."""
+        index, emb = self._index, self.embeddings
+        if index is None:
+            return None
+        banned = np.asarray(banned[: len(emb)], dtype=bool)
+        out = np.flatnonzero(banned)
+        if len(out) > MAX_BANNED_SHARE * len(emb):
+            return None
+        profile = self._profile(history)
+        if profile is None:
+            return empty_view()
+        tail = np.arange(index.n_indexed, len(emb))
+        total, squares = index.moments(profile)
+        for extra, sign in ((tail, 1.0), (out, -1.0)):
+            s = (emb[extra] @ profile).astype(np.float64)
+            total, squares = total + sign * s.sum(), squares + sign * (s @ s)
+        count = max(len(emb) - len(out), 1)
+        mean = total / count
+        std = float(np.sqrt(max(squares / count - mean * mean, 0.0))) + 1e-9
+        cand = np.concatenate([index.probe(profile, self.params["index_probes"]), tail])
+        scores = np.where(banned[cand], -np.inf, emb[cand] @ profile)
+        top = cand[top_list(scores, depth)]
+
+        def at(items: np.ndarray) -> np.ndarray:
+            s = self.score_items(user, history, items)
+            inside = items < len(banned)
+            s[inside] = np.where(banned[items[inside]], -np.inf, s[inside])
+            return s
+
+        return SourceView(top.astype(np.int64), mean, std, at)
 
     def _profile(self, history: np.ndarray) -> np.ndarray | None:
         recent = np.asarray(history)[::-1][: self.params["recent"]]
@@ -85,7 +147,11 @@ class Content(Retriever):
         super().partial_fit_items(n_items, texts)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"embeddings": self.embeddings}
+        index = self._index.state(INDEX_PREFIX) if self._index is not None else {}
+        return {"embeddings": self.embeddings, **index}
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.embeddings = arrays["embeddings"]
+        self._index = ItemIndex.from_state(arrays, INDEX_PREFIX)
+        if self._index is None:  # saved before content indexed its items
+            self._build_index()

@@ -10,18 +10,14 @@ import torch
 from training.retrieval.base import top_n
 
 
-def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) -> np.ndarray:
-    """1-based rank of each item in one source's list (0 = not in its top `depth`).
-
-    Works on one user (1-D scores) or many (2-D, one row per user). Unscorable (-inf) items
-    are never ranked; ties go to the lower item id (of items tied at the depth cut-off, which
-    ones make the cut is deterministic but not by id).
-    """
-    s = np.ascontiguousarray(np.atleast_2d(scores))
-    if excluded is not None or not s.flags.writeable:  # torch wants a writable array
+def ranked_lists(scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's top `depth` items best first and their scores (rows x depth): ties go to the
+    lower item id, unscorable (-inf, NaN) entries last (of items tied at the depth cut-off,
+    which ones make the cut is deterministic but not by id). `scores` is 2-D, one row per
+    user, and is not modified."""
+    s = np.ascontiguousarray(scores)
+    if not s.flags.writeable:  # torch wants a writable array
         s = s.copy()
-    if excluded is not None:
-        s[np.atleast_2d(excluded)] = -np.inf
     nan = np.isnan(s)
     if nan.any():  # never ranked, and never in the way of a ranked item
         s = np.where(nan, -np.inf, s)
@@ -36,8 +32,29 @@ def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) ->
     )
     vals = np.take_along_axis(s, cand, axis=1)
     order = np.lexsort((cand, -vals), axis=-1)  # best first, ties to the lower id; -inf last
-    cand = np.take_along_axis(cand, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def top_list(scores: np.ndarray, depth: int) -> np.ndarray:
+    """One source's ranked list for one user: its top `depth` items with a finite score,
+    best first, as `source_ranks` ranks them."""
+    cand, vals = ranked_lists(np.atleast_2d(scores), depth)
+    return cand[0][np.isfinite(vals[0])]
+
+
+def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) -> np.ndarray:
+    """1-based rank of each item in one source's list (0 = not in its top `depth`).
+
+    Works on one user (1-D scores) or many (2-D, one row per user). Unscorable (-inf) items
+    are never ranked; ties as in `ranked_lists`.
+    """
+    s = np.atleast_2d(scores)
+    if excluded is not None:
+        s = s.copy()
+        s[np.atleast_2d(excluded)] = -np.inf
+    cand, vals = ranked_lists(s, depth)
+    n_rows, n_items = s.shape
+    d = cand.shape[1]
     place = np.where(np.isfinite(vals), np.arange(1, d + 1, dtype=np.int32), 0)
     ranks = np.zeros((n_rows, n_items), dtype=np.int32)
     # flat indices: put_along_axis's index arrays cost more than the writes
@@ -133,17 +150,36 @@ class LearnedFusion:
         idx = np.nonzero(cand)
         row = (*idx[:-1], np.zeros_like(idx[-1]))  # the row statistic of each entry
         # Source axis first: each feature of every source is computed in one call.
-        r = np.stack([ranks[n][idx] for n in self.sources]).astype(np.float64)
-        sv = np.stack([scores[n][idx] for n in self.sources]).astype(np.float64)
+        r = np.stack([ranks[n][idx] for n in self.sources])
+        sv = np.stack([scores[n][idx] for n in self.sources])
         first = scores[self.sources[0]]
         if first.size * len(self.sources) <= STACKED_CELLS:
             mean, std = _row_stats(np.stack([scores[n] for n in self.sources]))
         else:  # a fusion chunk or a large catalogue: no stacked copy, each source's fast path
             stats = [_row_stats(scores[n]) for n in self.sources]
             mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])
+        return self.features(
+            r, sv, mean[(slice(None), *row)], std[(slice(None), *row)], log_popularity[idx[-1]]
+        )
+
+    def features(
+        self,
+        r: np.ndarray,
+        sv: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        log_popularity: np.ndarray,
+    ) -> np.ndarray:
+        """Feature rows of some entries (user, item) from what each source says of them:
+        `r`, `sv` are sources x entries (rank, 0 = unranked; raw score, -inf = unscorable),
+        `mean`, `std` the statistics of each entry's user's scores per source (broadcast
+        against `sv`), `log_popularity` per entry. What `design` computes from dense arrays
+        and a request computes from each source's top items (`score_entries`)."""
+        r = np.asarray(r, dtype=np.float64)
+        sv = np.asarray(sv, dtype=np.float64)
         finite = np.isfinite(sv)
         ranked = r > 0
-        z = (np.where(finite, sv, 0.0) - mean[(slice(None), *row)]) / std[(slice(None), *row)]
+        z = (np.where(finite, sv, 0.0) - mean) / std
         per_source = np.stack(
             [
                 np.where(ranked, 1.0 / (5.0 + r), 0.0),
@@ -152,8 +188,8 @@ class LearnedFusion:
             ],
             axis=-1,
         )  # sources x entries x 3
-        per_source = per_source.transpose(1, 0, 2).reshape(len(idx[-1]), -1)
-        extra = np.stack([log_popularity[idx[-1]], ranked.sum(axis=0)], axis=-1)
+        per_source = per_source.transpose(1, 0, 2).reshape(r.shape[-1], -1)
+        extra = np.stack([log_popularity, ranked.sum(axis=0)], axis=-1)
         return np.concatenate([per_source, extra], axis=-1)
 
     @staticmethod
@@ -221,6 +257,21 @@ class LearnedFusion:
         x = (self.design(ranks, scores, log_popularity, cand) - self.mean) / self.std
         out[cand] = x @ self.weights + self.bias
         return out
+
+    def score_entries(
+        self,
+        r: np.ndarray,
+        sv: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        log_popularity: np.ndarray,
+    ) -> np.ndarray:
+        """Fused scores of some entries from their `features` (arguments as there): one
+        request's candidate union, without an array over the catalogue."""
+        if self.weights is None:
+            raise ValueError("LearnedFusion.score_entries before fit")
+        x = (self.features(r, sv, mean, std, log_popularity) - self.mean) / self.std
+        return x @ self.weights + self.bias
 
     def to_json(self) -> dict:
         return {
