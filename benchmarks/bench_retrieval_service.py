@@ -44,6 +44,8 @@ PARTS = (
     ("    scored over the whole catalogue", "training/retrieval/views.py", "dense_view"),
     ("    content, through its item index", "training/retrieval/content.py", "search"),
     ("    sparse sources, from their rows", "training/retrieval/base.py", "search"),
+    ("    ALS and BPR, through their item indexes", "training/retrieval/cf.py", "search"),
+    ("    SASRec, through its item index", "training/retrieval/sequential.py", "search"),
     ("  learned fusion over their union", "training/retrieval/fusion.py", "score_entries"),
     ("  order of the new-item slots", "training/candidates.py", "_new_item_order"),
     ("  final top n", "training/retrieval/base.py", "top_n"),

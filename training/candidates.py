@@ -170,7 +170,12 @@ class CandidateGenerator:
         # catalogue's size.
         union = np.unique(np.concatenate([v.top for v in lists.values()])).astype(np.int64)
         ranks = {s: v.ranks_at(union) for s, v in lists.items()}
-        pop = np.log1p(pad_to(self.popularity.counts.astype(np.float64), self.n_items, 0.0))
+        counts = self.popularity.counts
+
+        def log_pop(items: np.ndarray) -> np.ndarray:  # items past the counts: 0 (never seen)
+            inside = items < len(counts)
+            return np.log1p(np.where(inside, counts[np.where(inside, items, 0)], 0.0))
+
         if path == "warm" and self.fusion is not None:
             f = self.fusion.sources
             fused = self.fusion.score_entries(
@@ -178,16 +183,17 @@ class CandidateGenerator:
                 np.stack([views[s].at(union) for s in f]),
                 np.array([[views[s].mean] for s in f]),
                 np.array([[views[s].std] for s in f]),
-                pop[union],
+                log_pop(union),
             )
         else:
             fused = fuse(ranks, weights)
             fused[fused == 0] = -np.inf
         items = union[top_n(fused, n)]
-        fill = np.full(self.n_items, np.nan)
-        fill[union] = fused
-        if len(items) < n:  # backfill with popularity so a request gets n if it can
-            backfill = np.where(np.isfinite(fill), fill, -1e6 + pop / (pop.max() + 1))
+        # Below the fused items, popularity backfills (a request gets n if it can).
+        top_pop = np.log1p(float(counts.max(initial=0)))
+        if len(items) < n:
+            backfill = -1e6 + log_pop(np.arange(self.n_items)) / (top_pop + 1)
+            backfill[union] = np.where(np.isfinite(fused), fused, backfill[union])
             items = top_n(backfill, n, np.flatnonzero(banned))
         order = self._new_item_order(views, banned) if self._new_slots(n) else None
         whole = self._with_new_items(items, order, n)
@@ -197,8 +203,11 @@ class CandidateGenerator:
             first = self._with_new_items(items[:head], order, head)
             whole = np.concatenate([first, whole[~np.isin(whole, first)]])[:n]
         items = whole
-        at = fill[items]
-        at = np.where(np.isfinite(at), at, -1e6 + pop[items] / (pop.max() + 1))
+        pos = np.minimum(np.searchsorted(union, items), max(len(union) - 1, 0))
+        at = np.full(len(items), -np.inf)
+        if len(union):
+            at = np.where(union[pos] == items, fused[pos], -np.inf)
+        at = np.where(np.isfinite(at), at, -1e6 + log_pop(items) / (top_pop + 1))
         return Candidates(
             items=items,
             scores=at.astype(np.float32),

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from training.retrieval import Content
+from training.retrieval import ALS, Content
 from training.retrieval.fusion import _row_stats, top_list
 from training.retrieval.item_index import ItemIndex, list_count
 
@@ -78,7 +78,7 @@ def test_content_search_matches_its_dense_scores(vectors):
     assert not set(view.top) & set(hist)
     assert len(np.intersect1d(view.top, top_list(dense, 50))) >= 45
     some = np.array([0, 5, 99, 2_999])
-    assert np.array_equal(view.at(some), dense[some])
+    np.testing.assert_allclose(view.at(some), dense[some], rtol=1e-5, atol=1e-6)
 
 
 def test_items_added_after_the_index_are_searched_too(vectors):
@@ -110,3 +110,50 @@ def test_the_index_is_saved_with_the_model(vectors, tmp_path):
     a = c.search(None, np.array([3]), banned, 10)
     b = again.search(None, np.array([3]), banned, 10)
     assert np.array_equal(a.top, b.top)
+
+
+def factors(index_from: int, n_items: int = 3_000) -> ALS:
+    """An ALS model with given factors (what a fit leaves), indexed from `index_from`."""
+    rng = np.random.default_rng(1)
+    model = ALS(factors=16, index_from=index_from, index_probes=40)
+    model.n_items = n_items
+    model.set_state(
+        {
+            "user_factors": rng.normal(size=(50, 16)).astype(np.float32),
+            "item_factors": (
+                clustered(n_items, d=16, seed=2) * rng.uniform(0.5, 2, (n_items, 1))
+            ).astype(np.float32),
+        }
+    )
+    return model
+
+
+def test_factor_models_search_their_item_index():
+    model = factors(index_from=1_000)
+    assert model._index is not None and factors(index_from=0)._index is None
+    hist = np.array([3, 4])
+    banned = np.zeros(3_000, dtype=bool)
+    banned[hist] = True
+    recall = []
+    for user in range(20):
+        view = model.search(user, hist, banned, 50)
+        dense = np.where(banned, -np.inf, model.score(user, hist))
+        mean, std = _row_stats(dense)
+        assert view.mean == pytest.approx(mean[0], rel=1e-4, abs=1e-6)
+        assert view.std == pytest.approx(std[0], rel=1e-4)
+        recall.append(len(np.intersect1d(view.top, top_list(dense, 50))) / 50)
+        some = np.array([0, 3, 2_999])
+        np.testing.assert_allclose(view.at(some), dense[some], rtol=1e-5, atol=1e-6)
+    assert np.mean(recall) >= 0.8
+    # an unknown user is folded in from the history
+    assert model.search(None, hist, banned, 10) is not None
+
+
+def test_items_grown_without_factors_are_unscorable_in_the_index():
+    model = factors(index_from=1_000)
+    model.partial_fit_items(3_010)  # ten new items, no interactions: NaN rows
+    banned = np.zeros(3_010, dtype=bool)
+    view = model.search(0, np.array([1]), banned, 3_010)
+    assert not set(view.top) & set(range(3_000, 3_010))
+    dense = model.score(0, np.array([1]))
+    assert view.mean == pytest.approx(_row_stats(dense)[0][0], rel=1e-4, abs=1e-6)

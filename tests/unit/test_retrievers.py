@@ -30,6 +30,7 @@ from training.retrieval import (
     Transitions,
 )
 from training.retrieval.base import MAX_N
+from training.retrieval.fusion import _row_stats, top_list
 
 FACTORIES = {
     "most_popular": lambda: MostPopular(),
@@ -489,3 +490,39 @@ def test_a_warm_start_takes_known_finite_rows_and_starts_the_rest_fresh():
     np.testing.assert_array_equal(out[0], previous[3])
     np.testing.assert_array_equal(out[3], previous[0])
     assert (out[[1, 2, 4, 5]] == -1).all()  # new, NaN, out of range, past the map
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: ALS(factors=16, iterations=3, index_from=2, index_probes=30),
+        lambda: BPR(factors=16, iterations=5, index_from=2, index_probes=30),
+        lambda: SelfAttentive(dim=16, max_len=20, epochs=1, index_from=2, index_probes=30),
+    ],
+    ids=["als", "bpr", "sasrec"],
+)
+def test_indexed_models_search_like_their_dense_scores(data, factory, tmp_path):
+    """From `index_from` items a model's request view comes from its item index: the same
+    statistics as its dense scores, most of the same top items, and saved with the model."""
+    model = factory().fit(data)
+    recall = []
+    for user in range(0, data.n_users, 6):
+        hist = data.history(user)
+        banned = np.zeros(data.n_items, dtype=bool)
+        banned[hist[-5:]] = True  # more than 5% of the items banned: no index
+        view = model.search(user, hist, banned, 50)
+        dense = np.where(banned, -np.inf, model.score(user, hist))
+        mean, std = _row_stats(dense)
+        assert view.mean == pytest.approx(mean[0], rel=1e-3, abs=1e-5)
+        assert view.std == pytest.approx(std[0], rel=1e-3)
+        recall.append(len(np.intersect1d(view.top, top_list(dense, 50))) / 50)
+        np.testing.assert_allclose(view.at(view.top), dense[view.top], rtol=1e-4, atol=1e-5)
+    assert np.mean(recall) >= 0.8
+    model.save(tmp_path / "m")
+    again = Retriever.load(tmp_path / "m")
+    assert again._index is not None
+    hist = data.history(3)
+    banned = np.zeros(data.n_items, dtype=bool)
+    assert np.array_equal(
+        again.search(3, hist, banned, 20).top, model.search(3, hist, banned, 20).top
+    )

@@ -15,6 +15,8 @@ import scipy.sparse as sp
 
 from training.retrieval.base import Retriever, SparseRows, csr_from_state, csr_state, pad_to
 from training.retrieval.data import FitData
+from training.retrieval.item_index import INDEX_PREFIX, ItemIndex
+from training.retrieval.views import SourceView, empty_view, masked
 
 
 def _quiet_threads() -> None:
@@ -39,7 +41,56 @@ class _Factors(Retriever):
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
         self._fitted(data)
+        self._build_index()
         return self
+
+    _index: ItemIndex | None = None
+
+    def _build_index(self) -> None:
+        """The index over the item factors, from `index_from` items (0: never), where every
+        row is finite."""
+        start, f = self.params.get("index_from", 0), self.item_factors
+        self._index = None
+        if start and len(f) >= start and np.isfinite(f).all():
+            self._index = ItemIndex.build(f, seed=self.params["seed"])
+
+    def _user_vector(self, user: int | None, history: np.ndarray) -> np.ndarray | None:
+        if user is not None and 0 <= user < len(self.user_factors):
+            return self.user_factors[user]
+        return self.fold_in(history) if len(history) else None
+
+    def search(
+        self, user: int | None, history: np.ndarray, banned: np.ndarray, depth: int
+    ) -> SourceView | None:
+        """The user's top items from the index over the item factors (None without one)."""
+        if self._index is None:
+            return None
+        u = self._user_vector(user, history)
+        if u is None:
+            return empty_view()
+        return self._index.view(
+            self.item_factors,
+            u,
+            banned,
+            depth,
+            self.params["index_probes"],
+            lambda items: masked(self._dot(u, items), items, banned),
+        )
+
+    def _dot(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """`u`'s scores of `items`: -inf beyond the factors and for rows without any yet."""
+        items = np.asarray(items, dtype=np.int64)
+        out = np.full(len(items), -np.inf, dtype=np.float32)
+        known = items < len(self.item_factors)
+        out[known] = self.item_factors[items[known]] @ u
+        out[np.isnan(out)] = -np.inf
+        return out
+
+    def score_items(self, user: int | None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        u = self._user_vector(user, history)
+        if u is None:
+            return np.full(len(items), -np.inf, dtype=np.float32)
+        return self._dot(u, items)
 
     def _model(self, iterations: int):
         """The `implicit` model of these parameters, running `iterations`."""
@@ -83,11 +134,8 @@ class _Factors(Retriever):
         return users
 
     def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
-        if user is not None and 0 <= user < len(self.user_factors):
-            u = self.user_factors[user]
-        elif len(history):
-            u = self.fold_in(history)
-        else:
+        u = self._user_vector(user, history)
+        if u is None:
             return np.full(self.n_items, -np.inf, dtype=np.float32)
         out = self.item_factors @ u
         out[np.isnan(out)] = -np.inf  # items added without interactions yet
@@ -145,11 +193,15 @@ class _Factors(Retriever):
         raise NotImplementedError
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"user_factors": self.user_factors, "item_factors": self.item_factors}
+        index = self._index.state(INDEX_PREFIX) if self._index is not None else {}
+        return {"user_factors": self.user_factors, "item_factors": self.item_factors, **index}
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.user_factors = arrays["user_factors"]
         self.item_factors = arrays["item_factors"]
+        self._index = ItemIndex.from_state(arrays, INDEX_PREFIX)
+        if self._index is None:  # saved before factor models indexed their items
+            self._build_index()
 
 
 def _start_rows(
@@ -179,7 +231,17 @@ class ALS(_Factors):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"factors": 64, "regularization": 0.1, "alpha": 2.0, "iterations": 15, "seed": 0}
+        return {
+            "factors": 64,
+            "regularization": 0.1,
+            "alpha": 2.0,
+            "iterations": 15,
+            "seed": 0,
+            # From this many items a request probes an index over the item factors (0:
+            # never); how many of its lists (docs/RETRIEVAL.md, "Item indexes")
+            "index_from": 50_000,
+            "index_probes": 48,
+        }
 
     def _model(self, iterations: int):
         from implicit.als import AlternatingLeastSquares
@@ -224,6 +286,8 @@ class BPR(_Factors):
             "regularization": 0.01,
             "iterations": 100,
             "seed": 0,
+            "index_from": 50_000,  # as ALS's
+            "index_probes": 192,
         }
 
     def _model(self, iterations: int):

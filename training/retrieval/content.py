@@ -9,14 +9,8 @@ import numpy as np
 from training.retrieval.base import Retriever
 from training.retrieval.data import FitData
 from training.retrieval.embeddings import TextEncoder
-from training.retrieval.fusion import top_list
-from training.retrieval.item_index import ItemIndex
-from training.retrieval.views import SourceView, empty_view
-
-INDEX_PREFIX = "index_"
-#: a request that bans more than this share of the items (a narrow category filter) scores
-#: every item: correcting the index's moments would cost as much
-MAX_BANNED_SHARE = 0.05
+from training.retrieval.item_index import INDEX_PREFIX, ItemIndex
+from training.retrieval.views import SourceView, empty_view, masked
 
 
 class Content(Retriever):
@@ -74,35 +68,19 @@ class Content(Retriever):
         since the index was built are scored one by one. None (score every item) without
         an index, or where a request bans too many items for the moments to be corrected
         cheaply (a narrow category filter)."""
-        index, emb = self._index, self.embeddings
-        if index is None:
-            return None
-        banned = np.asarray(banned[: len(emb)], dtype=bool)
-        out = np.flatnonzero(banned)
-        if len(out) > MAX_BANNED_SHARE * len(emb):
+        if self._index is None:
             return None
         profile = self._profile(history)
         if profile is None:
             return empty_view()
-        tail = np.arange(index.n_indexed, len(emb))
-        total, squares = index.moments(profile)
-        for extra, sign in ((tail, 1.0), (out, -1.0)):
-            s = (emb[extra] @ profile).astype(np.float64)
-            total, squares = total + sign * s.sum(), squares + sign * (s @ s)
-        count = max(len(emb) - len(out), 1)
-        mean = total / count
-        std = float(np.sqrt(max(squares / count - mean * mean, 0.0))) + 1e-9
-        cand = np.concatenate([index.probe(profile, self.params["index_probes"]), tail])
-        scores = np.where(banned[cand], -np.inf, emb[cand] @ profile)
-        top = cand[top_list(scores, depth)]
-
-        def at(items: np.ndarray) -> np.ndarray:
-            s = self.score_items(user, history, items)
-            inside = items < len(banned)
-            s[inside] = np.where(banned[items[inside]], -np.inf, s[inside])
-            return s
-
-        return SourceView(top.astype(np.int64), mean, std, at)
+        return self._index.view(
+            self.embeddings,
+            profile,
+            banned,
+            depth,
+            self.params["index_probes"],
+            lambda items: masked(self.score_items(user, history, items), items, banned),
+        )
 
     def _profile(self, history: np.ndarray) -> np.ndarray | None:
         recent = np.asarray(history)[::-1][: self.params["recent"]]

@@ -7,13 +7,22 @@ of one core here); probing 48 of 1,777 lists reads under 3% of it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from training.retrieval.fusion import top_list
+from training.retrieval.views import SourceView
+
+#: prefix of the index's arrays in a retriever's saved state
+INDEX_PREFIX = "index_"
 #: k-means iterations on the training sample, and that sample's size per list
 ITERATIONS = 10
 SAMPLE_PER_LIST = 40
+#: a request that bans more than this share of the items (a narrow category filter) scores
+#: every item: correcting the moments for what it bans would cost as much
+MAX_BANNED_SHARE = 0.05
 
 
 def list_count(n_items: int) -> int:
@@ -67,6 +76,10 @@ class ItemIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, seed: int = 0) -> ItemIndex:
+        """k-means lists of the vectors; a query probes the lists whose centroids score
+        highest against it. (Lifting the vectors so that L2 neighbours are the largest
+        products, after Bachrach et al. 2014, measured no better at 200,000 items and made
+        ALS's lists lopsided: docs/BENCHMARKS.md, "Item indexes".)"""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         centroids = kmeans(vectors, list_count(len(vectors)), seed)
         near = _assign(vectors, centroids)
@@ -92,6 +105,43 @@ class ItemIndex:
         """Sum of `query`'s scores over the indexed items, and of their squares: exact."""
         q = np.asarray(query, dtype=np.float64)
         return float(self.total @ q), float(q @ self.second @ q)
+
+    def view(
+        self,
+        vectors: np.ndarray,
+        query: np.ndarray,
+        banned: np.ndarray,
+        depth: int,
+        probes: int,
+        scores_at: Callable[[np.ndarray], np.ndarray],
+    ) -> SourceView | None:
+        """A request's view of the scores `vectors @ query`: the items of the probed lists
+        and of the rows added since the build (`vectors` beyond the indexed ones, scored
+        one by one) ranked exactly, the mean and spread of every finite score over the
+        items not `banned` from the moments; None where too many items are banned.
+        Non-finite scores (rows of items without factors yet) are unscorable."""
+        n = len(vectors)
+        if len(banned) < n:  # rows beyond the request's catalogue are not recommendable
+            banned = np.concatenate([banned, np.ones(n - len(banned), dtype=bool)])
+        banned = np.asarray(banned[:n], dtype=bool)
+        out = np.flatnonzero(banned)
+        if len(out) > MAX_BANNED_SHARE * n:
+            return None
+        tail = np.arange(self.n_indexed, n)
+        total, squares = self.moments(query)
+        count = float(self.n_indexed)
+        for extra, sign in ((tail, 1.0), (out, -1.0)):
+            s = (vectors[extra] @ query).astype(np.float64)
+            s = s[np.isfinite(s)]
+            total, squares = total + sign * s.sum(), squares + sign * (s @ s)
+            count += sign * len(s)
+        count = max(count, 1.0)
+        mean = total / count
+        std = float(np.sqrt(max(squares / count - mean * mean, 0.0))) + 1e-9
+        cand = np.concatenate([self.probe(query, probes), tail])
+        scores = vectors[cand] @ query
+        scores = np.where(banned[cand] | ~np.isfinite(scores), -np.inf, scores)
+        return SourceView(cand[top_list(scores, depth)].astype(np.int64), mean, std, scores_at)
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
         return {

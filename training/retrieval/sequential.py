@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 from training.retrieval.base import RetrievalError, Retriever, pad_to
 from training.retrieval.data import FitData
+from training.retrieval.item_index import INDEX_PREFIX, ItemIndex
+from training.retrieval.views import SourceView, empty_view, masked
 
 
 class _Network(nn.Module):
@@ -175,6 +177,10 @@ class SelfAttentive(Retriever):
             # A warm fit shorter than an epoch (a 1-epoch recipe at a million users: 5% is
             # 1,600 of 31,000 batches) trains at least this many batches, or one epoch.
             "warm_min_batches": 2000,
+            # From this many trained items a request probes an index over the output item
+            # vectors (0: never); how many of its lists (docs/RETRIEVAL.md, "Item indexes")
+            "index_from": 50_000,
+            "index_probes": 192,
             "seed": 0,
         }
 
@@ -292,19 +298,69 @@ class SelfAttentive(Retriever):
     def trained_items(self) -> int:
         return self.arrays["items.weight"].shape[0] - 1
 
-    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+    def _sequence(self, history: np.ndarray) -> np.ndarray:
+        """The history's trained items, the last `max_len`, as the network's 1-based ids."""
         h = np.asarray(history, dtype=np.int64)
-        h = h[h < self.trained_items][-self.params["max_len"] :]
-        if not len(h):
+        return h[h < self.trained_items][-self.params["max_len"] :] + 1
+
+    def score(self, user: int | None, history: np.ndarray) -> np.ndarray:
+        seq = self._sequence(history)
+        if not len(seq):
             return np.full(self.n_items, -np.inf, dtype=np.float32)
-        return pad_to(self._inference.next_item_logits(h + 1), self.n_items)
+        return pad_to(self._inference.next_item_logits(seq), self.n_items)
+
+    def score_items(self, user: int | None, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        seq = self._sequence(history)
+        if not len(seq):
+            return np.full(len(items), -np.inf, dtype=np.float32)
+        return self._dot(self._inference.hidden(seq), np.asarray(items, dtype=np.int64))
+
+    def _dot(self, hidden: np.ndarray, items: np.ndarray) -> np.ndarray:
+        out = np.full(len(items), -np.inf, dtype=np.float32)
+        known = items < self.trained_items
+        out[known] = self._inference.outputs[items[known]] @ hidden
+        return out
+
+    _index: ItemIndex | None = None
+
+    def _item_index(self) -> ItemIndex | None:
+        """The index over the output item vectors, from `index_from` trained items (0:
+        never): built at the first search or save after the weights were set, not at every
+        epoch's weights."""
+        start = self.params.get("index_from", 0)
+        if self._index is None and start and self.trained_items >= start:
+            self._index = ItemIndex.build(self._inference.outputs)
+        return self._index
+
+    def search(
+        self, user: int | None, history: np.ndarray, banned: np.ndarray, depth: int
+    ) -> SourceView | None:
+        """The next items from the index over the output item vectors (None without one)."""
+        index = self._item_index()
+        if index is None:
+            return None
+        seq = self._sequence(history)
+        if not len(seq):
+            return empty_view()
+        hidden = self._inference.hidden(seq)
+        return index.view(
+            self._inference.outputs,
+            hidden,
+            banned,
+            depth,
+            self.params["index_probes"],
+            lambda items: masked(self._dot(hidden, items), items, banned),
+        )
 
     def state(self) -> dict[str, np.ndarray]:
-        return self.arrays
+        index = self._item_index()
+        return {**self.arrays, **(index.state(INDEX_PREFIX) if index is not None else {})}
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+        weights = {k: v for k, v in arrays.items() if not k.startswith(INDEX_PREFIX)}
+        self.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         self._inference = NumpyInference(self.arrays, self.params["heads"])
+        self._index = ItemIndex.from_state(arrays, INDEX_PREFIX)
 
 
 def _schedule(epochs: float, per_epoch: int, warm: bool, params: dict[str, Any]) -> tuple[int, int]:
@@ -373,6 +429,10 @@ class NumpyInference:
 
     def next_item_logits(self, seq: np.ndarray) -> np.ndarray:
         """Logits of every item (catalogue order) after `seq` (shifted ids, 1-based)."""
+        return (self.outputs @ self.hidden(seq)).astype(np.float32)
+
+    def hidden(self, seq: np.ndarray) -> np.ndarray:
+        """The output vector after `seq`: an item's logit is its product with it."""
         length = len(seq)
         x = self.items[seq] + self.positions[:length]
         d = x.shape[1]
@@ -395,4 +455,4 @@ class NumpyInference:
                 heads.append(att @ v[:, cols])
             x = x + np.concatenate(heads, axis=1) @ w_out + b_out
             x = x + np.maximum(self._layer_norm(x, n2) @ w1 + b1, 0.0) @ w2 + b2
-        return (self.outputs @ self._layer_norm(x[-1], self.norm)).astype(np.float32)
+        return self._layer_norm(x[-1], self.norm).astype(np.float32)

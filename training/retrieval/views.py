@@ -68,3 +68,11 @@ def sparse_view(items: np.ndarray, scores: np.ndarray, depth: int) -> SourceView
         return np.where(items[pos] == asked, scores[pos], -np.inf).astype(np.float32)
 
     return SourceView(items[top_list(scores, depth)], float(mean[0]), float(std[0]), at)
+
+
+def masked(scores: np.ndarray, items: np.ndarray, banned: np.ndarray) -> np.ndarray:
+    """`scores` of `items` with the banned ones (and those beyond `banned`) at -inf."""
+    inside = items < len(banned)
+    ok = np.zeros(len(items), dtype=bool)
+    ok[inside] = ~banned[items[inside]]
+    return np.where(ok, scores, -np.inf).astype(np.float32)
