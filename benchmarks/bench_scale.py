@@ -100,7 +100,9 @@ def profile_deadline_ms() -> float:
     return LiveSettings(**api.get("user_config", {})).deadline_ms
 
 
-def serve_stage(work: Path, env: dict[str, str], duration: float, port: int) -> dict:
+def serve_stage(
+    work: Path, env: dict[str, str], duration: float, port: int, profile: str = "cpu"
+) -> dict:
     """Start `llmrec serve` on the published version; time to ready, replica memory, load."""
     import requests
 
@@ -114,6 +116,7 @@ def serve_stage(work: Path, env: dict[str, str], duration: float, port: int) -> 
     cmd = [
         sys.executable, "-m", "cluster", "serve", "--root", str(work / "models"),
         "--store", f"sqlite://{store}", "--port", str(port), "--api-keys", keys,
+        "--profile", profile,
     ]  # fmt: skip
     start = time.perf_counter()
     with open(work / "serve.log", "w") as log:
@@ -223,7 +226,7 @@ def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
             name = json.loads((work / "data" / "manifest.json").read_text())["name"]
             commands[stage][4:4] = ["--dataset", name]  # after `python -m cluster <stage>`
         if stage == "serve":
-            row["serve"] = serve_stage(work, env, args.duration, args.port)
+            row["serve"] = serve_stage(work, env, args.duration, args.port, args.profile)
         else:
             row[stage] = run_stage(commands[stage], env, work / f"{stage}.log")
         if stage == "fit":  # where the fit's time went, as the stack recorded it
@@ -301,6 +304,7 @@ def main() -> None:
     ap.add_argument("--max-examples", type=int, default=2400)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load at c=8")
     ap.add_argument("--port", type=int, default=8777)
+    ap.add_argument("--profile", default="cpu", help="the serve stage's profile (a name or YAML)")
     ap.add_argument("--work", default=None, help="where the stages write [default: a temp dir]")
     ap.add_argument(
         "--reuse",
