@@ -28,7 +28,7 @@ from serving.local_retrieval import LocalRetrieval
 from serving.metrics import Metrics
 from serving.recommender import RetrievalService, Retrieved
 from serving.responses import RANKED, PopularOrder, fallback_answer, popularity_answer, respond
-from serving.stage_outcomes import Backends, Lagging, best_effort, fallback_reason
+from serving.stage_outcomes import Backends, Lagging, Overloaded, best_effort, fallback_reason
 from training.publish import ModelVersion, load_version
 from training.reranker.routing import RoutingTable
 
@@ -38,6 +38,22 @@ log = logging.getLogger("ray.serve")
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
     time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
     return fn()
+
+
+async def _awaited(call: Awaitable[Any]) -> Any:
+    return await call
+
+
+def _counted_out(
+    queue: WorkerQueue, call: Any, ahead: int, start: float, task: asyncio.Future
+) -> None:
+    """A remote call's task ended: out of `queue`, timed from `start` (a call given up on
+    counts at least as long as it was awaited: the replica still finishes it; a failed one
+    is not timed), and the call cancelled if its task was."""
+    failed = not task.cancelled() and task.exception() is not None
+    if task.cancelled() and hasattr(call, "cancel"):
+        call.cancel()
+    queue.finished(None if failed else time.perf_counter() - start, ahead)
 
 
 class RequestPath:
@@ -59,6 +75,8 @@ class RequestPath:
         self.fresh: dict[str, asyncio.Future] = {}
         self.local = LocalRetrieval()  # with retrieval_in_api: retrieval in this process
         self.rerank_queue = WorkerQueue()  # calls the re-ranker has not answered
+        # calls the Retrieval deployment has not answered (without retrieval_in_api)
+        self.retrieval_queue = WorkerQueue()
         self.lag = LoopLag()
 
     def take(self, settings: LiveSettings) -> bool:
@@ -82,6 +100,7 @@ class RequestPath:
         routing = RoutingTable.load(model.reranker) if settings.routing else None
         self.metrics.show_routing(routing)
         self.rerank_queue.restart_timing()
+        self.retrieval_queue.restart_timing()
         return reloaded
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
@@ -113,7 +132,20 @@ class RequestPath:
         deployment, as `retrieval_in_api` says. Locally, a retrieval the queue would finish
         after `budget_s` is refused at once (`Overloaded`)."""
         if self.local.current is None:
-            return self.backends.retrieve(user_id, exclude, category, version, n, k, reranked)
+            # The Retrieval deployment runs a call on its loop, one after another, and goes
+            # on with a call its caller gave up: without admission every call of a queue
+            # deeper than the deadline allows times out, and the work is still done.
+            queue = self.retrieval_queue
+            if budget_s is not None and not queue.admits(budget_s):
+                raise Overloaded
+            call = self.backends.retrieve(user_id, exclude, category, version, n, k, reranked)
+            # Counted in now, not when a task first runs: the next request's admission must
+            # see it; counted out by the task's end, however it ends (a task cancelled
+            # before it ran never enters its coroutine).
+            ahead, t = queue.submitted(), time.perf_counter()
+            task = asyncio.ensure_future(_awaited(call))
+            task.add_done_callback(partial(_counted_out, queue, call, ahead, t))
+            return task
         self.local.admit(budget_s)
         svc = self.local.service(version)
         run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)

@@ -158,6 +158,36 @@ def test_late_remote_retrieval_answers_popularity_here_without_a_hop(make):
     assert out["path"] == "fallback" and len(out["items"]) == 10
 
 
+def test_remote_retrieval_is_refused_while_its_queue_is_too_deep(make):
+    """Without retrieval_in_api the Api counts its calls to the Retrieval deployment and
+    refuses one the queue would finish after the budget, as it does locally."""
+    b = Backends()
+    path, _ = make(b, retrieval_in_api=False, cache=False, deadline_ms=300, rerank=False)
+    b.retrieve_s = 0.1
+    assert answer(path, "10")["stage"] == "retrieval"  # times the queue: 0.1 s a call
+    assert path.retrieval_queue.queued == 0
+
+    async def burst():
+        outs = await asyncio.gather(*(path.recommend(str(u), 10, [], None) for u in range(1, 7)))
+        await asyncio.gather(*path._tasks)
+        return outs
+
+    outs = asyncio.run(burst())
+    refused = [o for o in outs if o["fallback"] == "retrieval_overload"]
+    assert refused and len(refused) < len(outs)
+    assert b.calls["retrieve"] == 1 + len(outs) - len(refused)
+    assert path.retrieval_queue.queued == 0  # every admitted call was counted out
+
+    async def given_up_at_once():
+        call = path.retrieve("10", [], None, None, None, 10, False, None)
+        assert path.retrieval_queue.queued == 1
+        call.cancel()  # before its task ever ran
+        await asyncio.sleep(0.01)
+
+    asyncio.run(given_up_at_once())
+    assert path.retrieval_queue.queued == 0
+
+
 def test_cold_start_users_and_routed_short_histories_fill_the_contract(make):
     path, b = make(rerank_min_history=5, cache=False)
     out = answer(path, "someone-new")
