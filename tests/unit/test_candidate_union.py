@@ -13,7 +13,7 @@ from pipelines.sources import load_source
 from training.candidates import CandidateConfig, CandidateGenerator
 from training.retrieval import ALS, Content, FitData, MostPopular, Transitions
 from training.retrieval.base import pad_to, top_n
-from training.retrieval.fusion import LearnedFusion, fuse, source_ranks
+from training.retrieval.fusion import LearnedFusion, fuse, source_ranks, top_list
 from training.retrieval.views import SourceView, dense_view
 
 
@@ -97,3 +97,19 @@ def test_a_view_ranks_only_its_top_items():
     finite = scores[np.isfinite(scores)]
     assert view.mean == pytest.approx(finite.mean()) and view.std == pytest.approx(finite.std())
     assert SourceView(np.zeros(0, int), 0.0, 1.0, lambda i: i).ranks_at(np.array([1])) == [0]
+
+
+def test_ties_at_the_cut_off_keep_the_lower_ids_whatever_the_array():
+    """Popularity counts and co-occurrence sums tie often: the items a list keeps must not
+    depend on whether the scores cover the catalogue or a source's own few items."""
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 4, 5_000).astype(np.float32)
+    for depth in (1, 10, 100):
+        kept = top_list(s, depth)
+        assert kept.tolist() == top_n(s, depth).tolist()
+        order = np.lexsort((np.arange(len(s)), -s))[:depth]
+        assert kept.tolist() == order.tolist()
+        some = np.flatnonzero(s >= s[kept[-1]])  # every item at or above the cut
+        assert some[top_list(s[some], depth)].tolist() == kept.tolist()
+    two = np.stack([s, s[::-1]])
+    assert np.array_equal(source_ranks(two, None, 10)[0], source_ranks(s, None, 10))

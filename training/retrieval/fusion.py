@@ -12,9 +12,8 @@ from training.retrieval.base import top_n
 
 def ranked_lists(scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's top `depth` items best first and their scores (rows x depth): ties go to the
-    lower item id, unscorable (-inf, NaN) entries last (of items tied at the depth cut-off,
-    which ones make the cut is deterministic but not by id). `scores` is 2-D, one row per
-    user, and is not modified."""
+    lower item id, at the depth cut-off too; unscorable (-inf, NaN) entries last. `scores`
+    is 2-D, one row per user, and is not modified."""
     s = np.ascontiguousarray(scores)
     if not s.flags.writeable:  # torch wants a writable array
         s = s.copy()
@@ -31,8 +30,24 @@ def ranked_lists(scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray
         else np.tile(np.arange(n_items), (n_rows, 1))
     )
     vals = np.take_along_axis(s, cand, axis=1)
+    if d < n_items:
+        _lower_ids_at_the_cut(s, cand, vals)
     order = np.lexsort((cand, -vals), axis=-1)  # best first, ties to the lower id; -inf last
     return np.take_along_axis(cand, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def _lower_ids_at_the_cut(s: np.ndarray, cand: np.ndarray, vals: np.ndarray) -> None:
+    """Where more items tie at a row's cut-off score than the cut keeps, keep the lowest
+    ids among them (in place): top-k picks among ties by position, so the same scores over
+    the catalogue and over a source's own few items would keep different items."""
+    for i in range(len(s)):
+        kth = vals[i].min()
+        if not np.isfinite(kth):
+            continue
+        at_cut = vals[i] == kth
+        tied = np.flatnonzero(s[i] == kth)
+        if len(tied) > at_cut.sum():
+            cand[i, at_cut] = tied[: at_cut.sum()]
 
 
 def top_list(scores: np.ndarray, depth: int) -> np.ndarray:
@@ -46,7 +61,7 @@ def source_ranks(scores: np.ndarray, excluded: np.ndarray | None, depth: int) ->
     """1-based rank of each item in one source's list (0 = not in its top `depth`).
 
     Works on one user (1-D scores) or many (2-D, one row per user). Unscorable (-inf) items
-    are never ranked; ties as in `ranked_lists`.
+    are never ranked; ties go to the lower item id (`ranked_lists`).
     """
     s = np.atleast_2d(scores)
     if excluded is not None:
