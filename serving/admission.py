@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -152,3 +154,29 @@ async def settled_within(fut: asyncio.Future, seconds: float) -> None:
     no error of its own is raised here."""
     if seconds > 0 and not fut.done():
         await asyncio.wait({fut}, timeout=seconds)
+
+
+def counted(call: Awaitable[Any], queue: WorkerQueue) -> asyncio.Task:
+    """`call` (a remote call) as a task counted in `queue`: in now, not when the task first
+    runs (the next request's admission must see it), out when the task ends, however it
+    ends (a task cancelled before it ran never enters its coroutine)."""
+    ahead, start = queue.submitted(), time.perf_counter()
+    task = asyncio.ensure_future(_awaited(call))
+    task.add_done_callback(partial(_counted_out, queue, call, ahead, start))
+    return task
+
+
+async def _awaited(call: Awaitable[Any]) -> Any:
+    return await call
+
+
+def _counted_out(
+    queue: WorkerQueue, call: Any, ahead: int, start: float, task: asyncio.Future
+) -> None:
+    """A remote call's task ended: out of `queue`, timed from `start` (a call given up on
+    counts at least as long as it was awaited: the replica still finishes it; a failed one
+    is not timed), and the call cancelled if its task was."""
+    failed = not task.cancelled() and task.exception() is not None
+    if task.cancelled() and hasattr(call, "cancel"):
+        call.cancel()
+    queue.finished(None if failed else time.perf_counter() - start, ahead)

@@ -20,7 +20,14 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from serving.admission import LoopLag, WorkerQueue, deadline_margin, settled_within, within
+from serving.admission import (
+    LoopLag,
+    WorkerQueue,
+    counted,
+    deadline_margin,
+    settled_within,
+    within,
+)
 from serving.config import LiveSettings
 from serving.events import StoreUnavailable, shared_store
 from serving.experiments import Experiment, Impression, Variant, assign
@@ -38,22 +45,6 @@ log = logging.getLogger("ray.serve")
 def _delayed(fn: Callable[[], Any], seconds: float) -> Any:
     time.sleep(seconds)  # a slow retrieval, for the deadline tests and drills
     return fn()
-
-
-async def _awaited(call: Awaitable[Any]) -> Any:
-    return await call
-
-
-def _counted_out(
-    queue: WorkerQueue, call: Any, ahead: int, start: float, task: asyncio.Future
-) -> None:
-    """A remote call's task ended: out of `queue`, timed from `start` (a call given up on
-    counts at least as long as it was awaited: the replica still finishes it; a failed one
-    is not timed), and the call cancelled if its task was."""
-    failed = not task.cancelled() and task.exception() is not None
-    if task.cancelled() and hasattr(call, "cancel"):
-        call.cancel()
-    queue.finished(None if failed else time.perf_counter() - start, ahead)
 
 
 class RequestPath:
@@ -139,13 +130,7 @@ class RequestPath:
             if budget_s is not None and not queue.admits(budget_s):
                 raise Overloaded
             call = self.backends.retrieve(user_id, exclude, category, version, n, k, reranked)
-            # Counted in now, not when a task first runs: the next request's admission must
-            # see it; counted out by the task's end, however it ends (a task cancelled
-            # before it ran never enters its coroutine).
-            ahead, t = queue.submitted(), time.perf_counter()
-            task = asyncio.ensure_future(_awaited(call))
-            task.add_done_callback(partial(_counted_out, queue, call, ahead, t))
-            return task
+            return counted(call, queue)
         self.local.admit(budget_s)
         svc = self.local.service(version)
         run = partial(svc.retrieve, user_id, exclude, category, n=n, shown=k, reranked=reranked)
