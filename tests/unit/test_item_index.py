@@ -157,3 +157,9 @@ def test_items_grown_without_factors_are_unscorable_in_the_index():
     assert not set(view.top) & set(range(3_000, 3_010))
     dense = model.score(0, np.array([1]))
     assert view.mean == pytest.approx(_row_stats(dense)[0][0], rel=1e-4, abs=1e-6)
+
+
+def test_a_catalogue_smaller_than_its_list_count_still_indexes():
+    tiny = clustered(6, d=4)
+    index = ItemIndex.build(tiny)
+    assert len(index.centroids) <= 6 and sorted(index.order.tolist()) == list(range(6))

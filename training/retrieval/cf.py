@@ -238,7 +238,7 @@ class ALS(_Factors):
             "iterations": 15,
             "seed": 0,
             # From this many items a request probes an index over the item factors (0:
-            # never); how many of its lists (docs/RETRIEVAL.md, "Item indexes")
+            # never); how many of its lists (docs/RETRIEVAL.md, views and item indexes)
             "index_from": 50_000,
             "index_probes": 48,
         }

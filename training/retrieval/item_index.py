@@ -81,7 +81,7 @@ class ItemIndex:
         products, after Bachrach et al. 2014, measured no better at 200,000 items and made
         ALS's lists lopsided: docs/BENCHMARKS.md, "Item indexes".)"""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        centroids = kmeans(vectors, list_count(len(vectors)), seed)
+        centroids = kmeans(vectors, min(list_count(len(vectors)), len(vectors)), seed)
         near = _assign(vectors, centroids)
         order = np.argsort(near, kind="stable").astype(np.int32)
         bounds = np.searchsorted(near[order], np.arange(len(centroids) + 1)).astype(np.int64)

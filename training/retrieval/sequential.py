@@ -179,7 +179,7 @@ class SelfAttentive(Retriever):
             # 1,600 of 31,000 batches) trains at least this many batches, or one epoch.
             "warm_min_batches": 2000,
             # From this many trained items a request probes an index over the output item
-            # vectors (0: never); how many of its lists (docs/RETRIEVAL.md, "Item indexes")
+            # vectors (0: never); how many of its lists (docs/RETRIEVAL.md, views and item indexes)
             "index_from": 50_000,
             "index_probes": 192,
             "seed": 0,
