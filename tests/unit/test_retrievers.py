@@ -394,8 +394,9 @@ def test_the_fusion_trained_a_chunk_of_users_at_a_time_is_the_same_fusion(data, 
     monkeypatch.setattr(stack, "FUSION_CELLS", 7 * inner.n_items)  # 7 users per chunk
     chunked = stack.fit_fusion(sources, inner, targets, users)
     # Equal up to float32 rounding: a chunk's factor scores are one matrix product, whose
-    # summation order depends on how many users it holds.
-    np.testing.assert_allclose(chunked.weights, whole.weights, rtol=1e-6, atol=1e-9)
+    # summation order depends on how many users it holds (a weight near zero then differs
+    # by a few 1e-8 in absolute terms; a different fusion differs by 1e-4 and more).
+    np.testing.assert_allclose(chunked.weights, whole.weights, rtol=1e-6, atol=1e-7)
     # Beyond max_users the fusion learns from a seeded sample: bounded, and repeatable.
     a = stack.fit_fusion(sources, inner, targets, users, max_users=20)
     b = stack.fit_fusion(sources, inner, targets, users, max_users=20)
