@@ -14,7 +14,7 @@ from training.retrieval.base import Retriever, check_n, clean_history, pad_to, t
 from training.retrieval.content import Content
 from training.retrieval.fusion import LearnedFusion, fuse
 from training.retrieval.popularity import MostPopular, SegmentPopular
-from training.retrieval.views import SourceView, dense_view
+from training.retrieval.views import SourceView, dense_view, values_at
 
 Path = Literal["warm", "sparse", "cold_start"]
 
@@ -203,10 +203,7 @@ class CandidateGenerator:
             first = self._with_new_items(items[:head], order, head)
             whole = np.concatenate([first, whole[~np.isin(whole, first)]])[:n]
         items = whole
-        pos = np.minimum(np.searchsorted(union, items), max(len(union) - 1, 0))
-        at = np.full(len(items), -np.inf)
-        if len(union):
-            at = np.where(union[pos] == items, fused[pos], -np.inf)
+        at = values_at(union, fused, items, -np.inf)
         at = np.where(np.isfinite(at), at, -1e6 + log_pop(items) / (top_pop + 1))
         return Candidates(
             items=items,

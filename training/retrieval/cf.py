@@ -49,10 +49,9 @@ class _Factors(Retriever):
     def _build_index(self) -> None:
         """The index over the item factors, from `index_from` items (0: never), where every
         row is finite."""
-        start, f = self.params.get("index_from", 0), self.item_factors
-        self._index = None
-        if start and len(f) >= start and np.isfinite(f).all():
-            self._index = ItemIndex.build(f, seed=self.params["seed"])
+        self._index = ItemIndex.over(
+            self.item_factors, self.params.get("index_from", 0), self.params["seed"]
+        )
 
     def _user_vector(self, user: int | None, history: np.ndarray) -> np.ndarray | None:
         if user is not None and 0 <= user < len(self.user_factors):

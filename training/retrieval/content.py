@@ -55,10 +55,7 @@ class Content(Retriever):
 
     def _build_index(self) -> None:
         """The index over the embeddings, where the catalogue is large enough for one."""
-        start = self.params["index_from"]
-        self._index = None
-        if start and len(self.embeddings) >= start:
-            self._index = ItemIndex.build(self.embeddings)
+        self._index = ItemIndex.over(self.embeddings, self.params["index_from"])
 
     def search(
         self, user: int | None, history: np.ndarray, banned: np.ndarray, depth: int

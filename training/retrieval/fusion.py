@@ -269,9 +269,12 @@ class LearnedFusion:
             raise ValueError("LearnedFusion.score before fit")
         cand = self.candidates(ranks)
         out = np.full(cand.shape, -np.inf)
-        x = (self.design(ranks, scores, log_popularity, cand) - self.mean) / self.std
-        out[cand] = x @ self.weights + self.bias
+        out[cand] = self._logits(self.design(ranks, scores, log_popularity, cand))
         return out
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """The fitted logistic regression's logit of each feature row."""
+        return (x - self.mean) / self.std @ self.weights + self.bias
 
     def score_entries(
         self,
@@ -285,8 +288,7 @@ class LearnedFusion:
         request's candidate union, without an array over the catalogue."""
         if self.weights is None:
             raise ValueError("LearnedFusion.score_entries before fit")
-        x = (self.features(r, sv, mean, std, log_popularity) - self.mean) / self.std
-        return x @ self.weights + self.bias
+        return self._logits(self.features(r, sv, mean, std, log_popularity))
 
     def to_json(self) -> dict:
         return {

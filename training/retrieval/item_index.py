@@ -75,6 +75,14 @@ class ItemIndex:
         return len(self.order)
 
     @classmethod
+    def over(cls, vectors: np.ndarray, index_from: int, seed: int = 0) -> ItemIndex | None:
+        """The index a model keeps over `vectors`: from `index_from` rows (0: never), where
+        every row is finite; None otherwise."""
+        if not index_from or len(vectors) < index_from or not np.isfinite(vectors).all():
+            return None
+        return cls.build(vectors, seed)
+
+    @classmethod
     def build(cls, vectors: np.ndarray, seed: int = 0) -> ItemIndex:
         """k-means lists of the vectors; a query probes the lists whose centroids score
         highest against it. (Lifting the vectors so that L2 neighbours are the largest

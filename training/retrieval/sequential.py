@@ -330,7 +330,7 @@ class SelfAttentive(Retriever):
         epoch's weights."""
         start = self.params.get("index_from", 0)
         if self._index is None and start and self.trained_items >= start:
-            self._index = ItemIndex.build(self._inference.outputs)
+            self._index = ItemIndex.over(self._inference.outputs, start)
         return self._index
 
     def search(

@@ -28,13 +28,17 @@ class SourceView:
 
     def ranks_at(self, items: np.ndarray) -> np.ndarray:
         """1-based rank of each of `items` in `top` (0: not in it)."""
-        items = np.asarray(items, dtype=np.int64)
-        if not len(self.top) or not len(items):
-            return np.zeros(len(items), dtype=np.int32)
         order = np.argsort(self.top, kind="stable")
-        pos = np.minimum(np.searchsorted(self.top, items, sorter=order), len(order) - 1)
-        hit = self.top[order[pos]] == items
-        return np.where(hit, order[pos] + 1, 0).astype(np.int32)
+        return values_at(self.top[order], order + 1, items, 0).astype(np.int32)
+
+
+def values_at(keys: np.ndarray, values: np.ndarray, asked: np.ndarray, missing: float):
+    """`values` of the `asked` keys (`keys` sorted ascending); `missing` for keys not there."""
+    asked = np.asarray(asked, dtype=np.int64)
+    if not len(keys):
+        return np.full(len(asked), missing, dtype=np.asarray(values).dtype)
+    pos = np.minimum(np.searchsorted(keys, asked), len(keys) - 1)
+    return np.where(keys[pos] == asked, values[pos], missing)
 
 
 def dense_view(scores: np.ndarray, depth: int) -> SourceView:
@@ -64,8 +68,7 @@ def sparse_view(items: np.ndarray, scores: np.ndarray, depth: int) -> SourceView
     mean, std = _row_stats(scores)
 
     def at(asked: np.ndarray) -> np.ndarray:
-        pos = np.minimum(np.searchsorted(items, asked), len(items) - 1)
-        return np.where(items[pos] == asked, scores[pos], -np.inf).astype(np.float32)
+        return values_at(items, scores, asked, -np.inf).astype(np.float32)
 
     return SourceView(items[top_list(scores, depth)], float(mean[0]), float(std[0]), at)
 
