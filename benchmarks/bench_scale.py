@@ -213,6 +213,7 @@ def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
         "fit": [*llmrec, "fit", *data, "--out", str(work / "stack"), *spec_opt],
         "train": [*llmrec, "train", *data, "--out", str(work / "reranker"), *spec_opt,
                   "--mode", args.train_mode, "--max-examples", str(args.max_examples),
+                  "--example-users", str(args.example_users),
                   "--storage", str(work / "runs"), "--name", "scale"],
         "publish": [*llmrec, "publish", *data, "--stack", str(work / "stack"),
                     "--root", str(work / "models"),
@@ -302,6 +303,13 @@ def main() -> None:
     ap.add_argument("--sasrec-epochs", type=int, default=None, help="[default: the stack's]")
     ap.add_argument("--train-mode", default="features", choices=("features", "hybrid", "lm"))
     ap.add_argument("--max-examples", type=int, default=2400)
+    ap.add_argument(
+        "--example-users",
+        type=int,
+        default=2000,
+        help="users `train` builds examples from: each of their 10 held-out positions is a "
+        "retrieval over the catalogue, the stage's cost beside its two fits",
+    )
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load at c=8")
     ap.add_argument("--port", type=int, default=8777)
     ap.add_argument("--profile", default="cpu", help="the serve stage's profile (a name or YAML)")
@@ -325,6 +333,7 @@ def main() -> None:
         "sasrec_epochs": args.sasrec_epochs,
         "train_mode": args.train_mode,
         "max_examples": args.max_examples,
+        "example_users": args.example_users,
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}, "
         f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
