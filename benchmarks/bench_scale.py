@@ -101,7 +101,13 @@ def profile_deadline_ms() -> float:
 
 
 def serve_stage(
-    work: Path, env: dict[str, str], duration: float, port: int, profile: str = "cpu"
+    work: Path,
+    env: dict[str, str],
+    duration: float,
+    port: int,
+    profile: str = "cpu",
+    rates: tuple[float, ...] = (),
+    rate_s: float = 20.0,
 ) -> dict:
     """Start `llmrec serve` on the published version; time to ready, replica memory, load."""
     import requests
@@ -161,6 +167,18 @@ def serve_stage(
             "cache_p50_ms", "cache_p99_ms", "server_p99_ms", "past_deadline",
             "error_rate", "stage_mix",
         ))  # fmt: skip
+        # Uniform users arriving at fixed rates (open loop): how many of them a replica can
+        # personalise on request, where concurrency 8 sends as fast as answers come back.
+        for rate in rates:
+            rows = bs.open_loop(bs.http_call(base, users, items), rate, rate_s, seed=10)
+            summary = bs.summarize(rows, rate_s, deadline)
+            out.setdefault("open_loop", {})[f"{rate:g}"] = {
+                k: summary[k]
+                for k in (
+                    "requests", "throughput_rps", "recommend_p50_ms", "recommend_p99_ms",
+                    "server_p99_ms", "past_deadline", "error_rate", "stage_mix",
+                )
+            }  # fmt: skip
         # The cache path on its own: the users the precompute covered (the most recently
         # active first, as the replica orders them), a few seconds at the same concurrency.
         n = out["precomputed_users"] or 0
@@ -207,6 +225,8 @@ def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
     llmrec = [sys.executable, "-m", "cluster"]
     data = ["--data", str(work / "data")]  # --dataset: the artifact's name, after prepare
     spec_opt = ["--stack-spec", str(work / "spec.json")]
+    # A re-ranker this run trains, or one an earlier run left in the reused folder.
+    with_reranker = "train" in args.stages or (work / "reranker" / "reranker.json").exists()
     commands = {
         "prepare": [*llmrec, "prepare", *prepare_args, "--engine", "local",
                     "--out", str(work / "data")],
@@ -217,7 +237,7 @@ def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
                   "--storage", str(work / "runs"), "--name", "scale"],
         "publish": [*llmrec, "publish", *data, "--stack", str(work / "stack"),
                     "--root", str(work / "models"),
-                    *(["--reranker", str(work / "reranker")] if "train" in args.stages else [])],
+                    *(["--reranker", str(work / "reranker")] if with_reranker else [])],
     }  # fmt: skip
     for stage in STAGES:
         if stage not in args.stages:
@@ -227,7 +247,9 @@ def run_size(size: str, args: argparse.Namespace, console: Console) -> dict:
             name = json.loads((work / "data" / "manifest.json").read_text())["name"]
             commands[stage][4:4] = ["--dataset", name]  # after `python -m cluster <stage>`
         if stage == "serve":
-            row["serve"] = serve_stage(work, env, args.duration, args.port, args.profile)
+            row["serve"] = serve_stage(
+                work, env, args.duration, args.port, args.profile, tuple(args.rates), args.rate_s
+            )
         else:
             row[stage] = run_stage(commands[stage], env, work / f"{stage}.log")
         if stage == "fit":  # where the fit's time went, as the stack recorded it
@@ -271,6 +293,29 @@ def table(rows: list[dict]) -> Table:
     return t
 
 
+def personalised(stage_mix: dict[str, float]) -> float:
+    """The share of answers made for the user (cached or computed), not the cold-start list."""
+    return sum(v for k, v in stage_mix.items() if not k.startswith("cold_start"))
+
+
+def rate_table(rows: list[dict]) -> Table | None:
+    """The open-loop phases: what share of uniform users is personalised at each rate."""
+    t = Table(title="Uniform users arriving at a fixed rate (open loop)")
+    for c in ("size", "offered req/s", "answered req/s", "personalised", "p50 / p99 ms", "late"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        for rate, v in ((r.get("serve") or {}).get("open_loop") or {}).items():
+            t.add_row(
+                r["size"],
+                rate,
+                f"{v['throughput_rps']:.1f}",
+                f"{personalised(v['stage_mix']):.1%}",
+                f"{v['recommend_p50_ms']:.0f} / {v['recommend_p99_ms']:.0f}",
+                str(v["past_deadline"]),
+            )
+    return t if t.row_count else None
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -311,6 +356,15 @@ def main() -> None:
         "retrieval over the catalogue, the stage's cost beside its two fits",
     )
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load at c=8")
+    ap.add_argument(
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[5.0, 10.0, 20.0],
+        help="open-loop phases after the one at concurrency 8: uniform users arriving at "
+        "each rate (requests/s, Poisson)",
+    )
+    ap.add_argument("--rate-s", type=float, default=20.0, help="seconds of each rate phase")
     ap.add_argument("--port", type=int, default=8777)
     ap.add_argument("--profile", default="cpu", help="the serve stage's profile (a name or YAML)")
     ap.add_argument("--work", default=None, help="where the stages write [default: a temp dir]")
@@ -328,6 +382,8 @@ def main() -> None:
     for size in args.sizes:
         rows.append(run_size(size, args, console))
         console.print(table(rows))
+        if (rates := rate_table(rows)) is not None:
+            console.print(rates)
     report = {
         "rows": rows,
         "sasrec_epochs": args.sasrec_epochs,

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,6 +64,35 @@ def closed_loop(call, concurrency: int, duration: float, seed: int) -> list[dict
         th.start()
     for th in threads:
         th.join()
+    return out
+
+
+def open_loop(call, rate: float, duration: float, seed: int, workers: int = 64) -> list[dict]:
+    """Requests arriving at `rate` per second (Poisson), whatever the answers take: the load a
+    service sees from many independent users, where `closed_loop` sends more the faster it
+    answers. Each request's time counts from its arrival, so a client-side wait for a free
+    worker is part of it (no coordinated omission)."""
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= duration:
+            break
+        arrivals.append(t)
+    out: list[dict] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def one(n: int, at: float) -> None:
+        kind, info = call(random.Random(seed * 100_003 + n))
+        row = {"kind": kind, "ms": (time.perf_counter() - start - at) * 1000, **info}
+        with lock:
+            out.append(row)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for n, at in enumerate(arrivals):
+            time.sleep(max(0.0, start + at - time.perf_counter()))
+            pool.submit(one, n, at)
     return out
 
 
