@@ -341,6 +341,29 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def combine(paths: list[str]) -> dict:
+    """One row per size from the stages of several result files (a later file's stage
+    replaces an earlier one's), each stage naming the file it came from: the runs of one
+    size are often separate (a 20M fit alone takes most of an hour)."""
+    by_size: dict[str, dict] = {}
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            row = by_size.setdefault(r["size"], {"size": r["size"]})
+            for key in ("interactions", "users", "items"):
+                row[key] = r.get(key, row.get(key))
+            for stage in STAGES:
+                if r.get(stage):
+                    row[stage] = {**r[stage], "from": Path(path).name}
+    rows = by_size.values()
+    order = sorted(rows, key=lambda r: (r["size"] == "ml-1m", r.get("interactions") or 0))
+    return {
+        "rows": order,
+        "combined_from": list(paths),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["1e6", "5e6", "2e7", "ml-1m"])
@@ -353,7 +376,7 @@ def main() -> None:
         type=int,
         default=2000,
         help="users `train` builds examples from: each of their 10 held-out positions is a "
-        "retrieval over the catalogue, the stage's cost beside its two fits",
+        "retrieval over the catalogue, the stage's cost beside its three fits of the stack",
     )
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load at c=8")
     ap.add_argument(
@@ -374,10 +397,25 @@ def main() -> None:
         help="a work folder of an earlier run of one size: run --stages on its outputs",
     )
     ap.add_argument("--name", default="scale", help="results file stem")
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="run nothing: one table and plot from the stages of these result files",
+    )
     args = ap.parse_args()
+    console = Console(width=200)
+    if args.combine:
+        report = combine(args.combine)
+        console.print(table(report["rows"]))
+        out = RESULTS / f"{args.name}.json"
+        out.write_text(json.dumps(report, indent=2))
+        plot(report["rows"], out.with_suffix(".png"))
+        console.print(f"wrote {out}")
+        return
     if args.work:
         Path(args.work).mkdir(parents=True, exist_ok=True)
-    console = Console(width=200)
     rows = []
     for size in args.sizes:
         rows.append(run_size(size, args, console))
