@@ -157,10 +157,13 @@ def serve_stage(
         items = [str(i) for i in ds.items["item_id"].to_pylist()[:1000]]
         deadline = profile_deadline_ms()
 
-        def load_c8(who: list[str], seconds: float, seed: int, keys: tuple[str, ...]) -> dict:
-            rows = bs.closed_loop(bs.http_call(base, who, items), 8, seconds, seed=seed)
+        def measured(rows: list[dict], seconds: float, keys: tuple[str, ...]) -> dict:
             summary = bs.summarize(rows, seconds, deadline)
             return {k: summary[k] for k in keys}
+
+        def load_c8(who: list[str], seconds: float, seed: int, keys: tuple[str, ...]) -> dict:
+            rows = bs.closed_loop(bs.http_call(base, who, items), 8, seconds, seed=seed)
+            return measured(rows, seconds, keys)
 
         out["load_c8"] = load_c8(users, duration, 8, (
             "requests", "throughput_rps", "recommend_p50_ms", "recommend_p99_ms",
@@ -171,14 +174,10 @@ def serve_stage(
         # personalise on request, where concurrency 8 sends as fast as answers come back.
         for rate in rates:
             rows = bs.open_loop(bs.http_call(base, users, items), rate, rate_s, seed=10)
-            summary = bs.summarize(rows, rate_s, deadline)
-            out.setdefault("open_loop", {})[f"{rate:g}"] = {
-                k: summary[k]
-                for k in (
-                    "requests", "throughput_rps", "recommend_p50_ms", "recommend_p99_ms",
-                    "server_p99_ms", "past_deadline", "error_rate", "stage_mix",
-                )
-            }  # fmt: skip
+            out.setdefault("open_loop", {})[f"{rate:g}"] = measured(rows, rate_s, (
+                "requests", "throughput_rps", "recommend_p50_ms", "recommend_p99_ms",
+                "server_p99_ms", "past_deadline", "error_rate", "stage_mix",
+            ))  # fmt: skip
         # The cache path on its own: the users the precompute covered (the most recently
         # active first, as the replica orders them), a few seconds at the same concurrency.
         n = out["precomputed_users"] or 0
