@@ -106,6 +106,9 @@ Id = Annotated[
 ]
 EventType = Literal["view", "click", "purchase", "rating", "dislike"]
 Stage = Literal["rerank", "features", "retrieval", "cold_start"]
+#: an item's: how its place was decided (`new_item`: the list's place for the most engaged
+#: new item, `CandidateConfig.shown_new_item_rank`)
+ItemStage = Literal["rerank", "features", "retrieval", "cold_start", "new_item"]
 
 
 class _Closed(BaseModel):
@@ -233,7 +236,11 @@ class RecommendedItem(_Closed):
     sources: list[str]
     source_scores: dict[str, float]
     scores: ItemScores
-    stage: Stage
+    stage: ItemStage = Field(
+        description="what placed the item: rerank, features, retrieval, cold_start, or "
+        "new_item (the list's place for the most engaged new item, which no model ranks "
+        "until the next refit)"
+    )
     explanation: str
     because: str | None = Field(description="the history item that drove the candidate")
     because_source: str | None = Field(description="the source that named `because`")

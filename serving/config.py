@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.experiments import Experiment
+from training.new_item_place import DEFAULT_RANK, ShownNewItemRank
 from training.reranker.compression import Compression
 
 
@@ -66,6 +67,7 @@ class LiveSettings(BaseModel):
     )
     rerank: bool = _reload(default=True, description="use the re-ranker when the version has one")
     candidates: int = Field(50, ge=1, le=1000, description="retrieval candidates per request")
+    shown_new_item_rank: ShownNewItemRank = DEFAULT_RANK
     retrieval_in_api: bool = Field(
         True,
         description="the Api replica retrieves in its own process, so a request answered from "

@@ -103,6 +103,12 @@ class Metrics:
         self.inflight = Gauge(
             "llmrec_inflight_requests", "requests in the ingress now (queue depth)", registry=r
         )
+        self.new_item_shown = Counter(
+            "llmrec_new_item_shown_total",
+            "answers whose shown list gave its new-item place to an engaged new item (one "
+            "no model ranks until the next refit)",
+            registry=r,
+        )
         self.routing = Gauge(
             "llmrec_routing",
             "the served version's routing table: 1 on the stage each history-length slice "
@@ -135,6 +141,8 @@ class Metrics:
             self.fallbacks.labels(out["fallback"]).inc()
         if out["stage"] == "cold_start":
             self.cold.inc()
+        if any(x["stage"] == "new_item" for x in out.get("items", ())):
+            self.new_item_shown.inc()
         if cache is not None:
             self.cache.labels(cache).inc()
 

@@ -51,7 +51,9 @@ class RetrievalService:
             )
         self.catalog = Catalog(ds, store)
         self.stack = mv.stack()
-        self.generator = self.stack.generator(CandidateConfig(n=settings.candidates))
+        self.generator = self.stack.generator(
+            CandidateConfig(n=settings.candidates, shown_new_item_rank=settings.shown_new_item_rank)
+        )
         self.sources = self.stack.source_names
         self.features = feature_names(self.sources)
         # Features are computed over the re-ranker's K candidates, and the prompt shows the
@@ -266,8 +268,12 @@ class RetrievalService:
             c = subset(c, order)
         head = subset(c, np.arange(min(self.rerank_k, len(c.items))))
         explained = None
+        rank = self.generator.config.shown_new_item_rank
         if shown is not None:
             explained = max(shown, self.rerank_k if reranked and c.path != "cold_start" else 0)
+            if rank and c.new_events is not None and c.new_events.max(initial=0) > 0:
+                # the candidate the shown list's new-item place may take is explained too
+                explained = max(explained, int(np.argmax(c.new_events)) + 1)
         feats = candidate_features(head, self.sources, self.stack.log_popularity)
         route, reason, route_scores = self.route(c.path, len(state.history), feats)
         return Retrieved(
@@ -288,6 +294,8 @@ class RetrievalService:
             route=route,
             route_reason=reason,
             route_scores=route_scores,
+            new_events=c.new_events,
+            new_item_rank=rank,
             ignored={
                 "unknown_item_events": state.unknown_items,
                 "unknown_excludes": unknown_excludes,
@@ -377,6 +385,8 @@ class RetrievalService:
             if sentence is None:
                 if c.explored is not None and c.explored[k]:
                     sentence = "new or rarely seen: picked to explore"
+                elif c.new_events is not None and c.new_events[k] > 0:
+                    sentence = "new, and engaging other users now"
                 elif "segment_popular" in sources and segments[k] is not None:
                     attr, value = segments[k]
                     segment = {"attribute": attr, "value": value}
@@ -414,5 +424,7 @@ def load_retrieval(mv: ModelVersion, settings: LiveSettings) -> RetrievalService
 
 
 def refresh_retrieval(service: RetrievalService, settings: LiveSettings) -> None:
-    """Live settings a loaded retrieval service reads per request (candidates, dislikes)."""
+    """Live settings a loaded retrieval service reads per request (candidates, dislikes,
+    the shown list's new-item place)."""
     service.settings = settings
+    service.generator.config.shown_new_item_rank = settings.shown_new_item_rank

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from training.new_item_place import place_new_item
+
 if TYPE_CHECKING:
     from serving.catalog import Catalog
     from serving.recommender import Retrieved
@@ -43,6 +45,11 @@ def respond(
             stage_of[j] = ranked_by
     if r.path == "cold_start":
         stage_of = ["cold_start"] * n
+    else:
+        placed, at = place_new_item(order, r.new_events, k, r.new_item_rank), r.new_item_rank - 1
+        if 0 <= at < len(placed) and placed[at] != order[at]:
+            stage_of[placed[at]] = "new_item"
+        order = placed
     reranked = scores is not None and len(scores) > 0
     items = []
     for j in order[:k]:

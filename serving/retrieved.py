@@ -45,6 +45,10 @@ class Retrieved:
     route: str = "lm"
     route_reason: str | None = None
     route_scores: np.ndarray | None = None
+    # Per candidate, an engaged new item's live events (`Candidates.new_events`), and the
+    # shown list's place for the most engaged one (`CandidateConfig.shown_new_item_rank`).
+    new_events: np.ndarray | None = None
+    new_item_rank: int = 0
 
 
 def demote_near(

@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.new_item_place import DEFAULT_RANK, ShownNewItemRank
 from training.retrieval.base import Retriever, check_n, clean_history, pad_to, top_n
 from training.retrieval.content import Content
 from training.retrieval.fusion import LearnedFusion, fuse
@@ -57,6 +58,7 @@ class CandidateConfig(BaseModel):
         description="a new item's live events count in its slots from this many on (fewer "
         "count as none: a single click never puts an item in others' lists)",
     )
+    shown_new_item_rank: ShownNewItemRank = DEFAULT_RANK
     seed: int = 0
 
 
@@ -72,6 +74,9 @@ class Candidates:
     ignored_history: int = 0
     #: cold start: the user's segment codes the popularity was taken within
     segment: dict[str, int] | None = None
+    #: per candidate, the live events of a new item (counted from `new_item_min_events`;
+    #: 0: not new, or not engaged yet): what the shown list's new-item place goes by
+    new_events: np.ndarray | None = None
 
     def sources_of(self, k: int) -> list[str]:
         """The sources that retrieved the k-th candidate."""
@@ -212,6 +217,7 @@ class CandidateGenerator:
             source_ranks={s: views[s].ranks_at(items) for s in names},
             source_scores={s: views[s].at(items) for s in names},
             ignored_history=ignored,
+            new_events=self._new_events(items),
         )
 
     def _views(
@@ -235,6 +241,18 @@ class CandidateGenerator:
         """How many of a list of n are new-item slots (`new_item_share` of n)."""
         return round(self.config.new_item_share * n)
 
+    def _live(self) -> np.ndarray:
+        """Per item, the live events of a new item, from `new_item_min_events` on (0 below)."""
+        live = pad_to(np.asarray(self.live_counts, np.float64), self.n_items, 0.0)
+        live = live[: self.n_items]  # a view of the replica's counts: not written to
+        return np.where(live >= self.config.new_item_min_events, live, 0.0)
+
+    def _new_events(self, items: np.ndarray) -> np.ndarray | None:
+        """`Candidates.new_events` of `items` (None while the live counts are unknown)."""
+        if self.live_counts is None:
+            return None
+        return np.where(self.unseen()[items], self._live()[items], 0.0)
+
     def _new_item_order(
         self, views: dict[str, SourceView], banned: np.ndarray
     ) -> np.ndarray | None:
@@ -245,11 +263,7 @@ class CandidateGenerator:
         text = next((s for s in views if isinstance(self.sources[s], Content)), None)
         if text is None and self.live_counts is None:
             return None
-        live = np.zeros(self.n_items)
-        if self.live_counts is not None:
-            live = pad_to(np.asarray(self.live_counts, np.float64), self.n_items, 0.0)
-            live = live[: self.n_items]  # a view of the replica's counts: not written to
-            live = np.where(live >= self.config.new_item_min_events, live, 0.0)
+        live = np.zeros(self.n_items) if self.live_counts is None else self._live()
         pool = np.flatnonzero(self.unseen() & ~banned)
         similar = views[text].at(pool) if text is not None else np.full(len(pool), -np.inf)
         keep = np.isfinite(similar) | (live[pool] > 0)

@@ -298,3 +298,36 @@ def test_the_prompt_shows_the_history_length_the_reranker_was_trained_with(svc):
     s, _, _ = svc
     assert s.history_items == 12
     assert len(s.retrieve("1").prompt_history) == 12
+
+
+def test_the_most_engaged_new_item_takes_the_shown_lists_place(svc, monkeypatch):
+    """No model ranks a new item before the next refit, so the shown list keeps one place
+    (`shown_new_item_rank`, 10) for the most engaged one, re-ranked or not; off at 0, and
+    not in a list shorter than the place."""
+    import serving.recommender as recommender
+    from serving.recommender import refresh_retrieval
+
+    s, store, _ = svc
+    monkeypatch.setattr(recommender, "NEW_ITEM_COUNTS_EVERY_S", 0.0)
+    for i in range(12):
+        store.add_item(StoredItem(f"new-{i}", f"Documentary {i} (2026)", "", ["Documentary"]))
+    hit = "new-7"
+    for fan in ("a", "b", "c"):
+        click(store, fan, hit)
+    for reranked in (True, False):
+        r = s.retrieve("1", shown=10, reranked=reranked)
+        at = r.item_ids.index(hit)
+        assert at >= 10  # ranked beyond the shown list by retrieval
+        head = -np.arange(s.rerank_k, dtype=np.float32) if reranked else None  # keeps its order
+        out = respond(r, 10, head, "req", None, {}, None)
+        shown = [x["item_id"] for x in out["items"]]
+        assert shown == [*r.item_ids[:9], hit]
+        assert out["items"][9]["stage"] == "new_item" and out["items"][9]["explanation"]
+        assert {x["stage"] for x in out["items"][:9]} == {"rerank" if reranked else "retrieval"}
+        short = respond(r, 5, head, "req", None, {}, None)
+        assert [x["item_id"] for x in short["items"]] == r.item_ids[:5]
+    refresh_retrieval(s, LiveSettings(model_root=s.settings.model_root, shown_new_item_rank=0))
+    r = s.retrieve("1", shown=10)
+    out = respond(r, 10, -np.arange(s.rerank_k, dtype=np.float32), "req", None, {}, None)
+    assert [x["item_id"] for x in out["items"]] == r.item_ids[:10]
+    assert not any(x["item_id"].startswith("new-") for x in out["items"])

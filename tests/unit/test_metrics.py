@@ -23,3 +23,13 @@ def test_answers_past_their_deadline_are_counted_by_stage():
     assert _value(text, "llmrec_past_deadline_total", "retrieval") == 1
     assert _value(text, "llmrec_past_deadline_total", "rerank") == 0
     assert _value(text, "llmrec_recommend_total", "retrieval") == 2
+
+
+def test_answers_that_show_a_new_item_in_its_place_are_counted():
+    m = Metrics()
+    answer = {"stage": "features", "fallback": None, "timings_ms": {}}
+    m.observe({**answer, "items": [{"stage": "features"}, {"stage": "new_item"}]}, 0.01, None)
+    m.observe({**answer, "items": [{"stage": "features"}]}, 0.01, None)
+    m.observe({**answer, "items": [{"stage": "new_item"}]}, 0.01, "hit")
+    found = re.search(r"^llmrec_new_item_shown_total ([0-9.e+]+)$", m.render()[0].decode(), re.M)
+    assert found and float(found.group(1)) == 2

@@ -60,6 +60,7 @@ def subset(c: Candidates, idx: np.ndarray) -> Candidates:
         explored=None if c.explored is None else c.explored[idx],
         ignored_history=c.ignored_history,
         segment=c.segment,
+        new_events=None if c.new_events is None else c.new_events[idx],
     )
 
 
