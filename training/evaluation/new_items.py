@@ -204,6 +204,7 @@ def fit_and_evaluate(
     content rows, one per text encoder (same parameters as the spec's content source).
     `rerankers`: name -> folder of re-rankers trained before the cutoff
     (`training.evaluation.cold_rerank`), each reordering the system's candidates."""
+    from training.new_item_place import place_new_item
     from training.retrieval import Content
     from training.retrieval.embeddings import TextEncoder
     from training.stack import DEFAULT_SOURCES, holdout_fit, stack_from_data, text_encoder
@@ -229,9 +230,16 @@ def fit_and_evaluate(
 
         return top
 
+    def shown(user: int, history: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        gen.live_counts = counts
+        c = gen.generate(user, history, n=50)
+        rank = gen.config.shown_new_item_rank
+        return c.items[place_new_item(np.arange(len(c.items)), c.new_events, 10, rank)]
+
     lists = {
         "system (fused candidates)": system(True),
         "system without live counts": system(False),
+        "system, shown 10 with its new-item place": shown,
     }
     if rerankers:
         from training.evaluation.cold_rerank import reranked_lists
@@ -242,6 +250,10 @@ def fit_and_evaluate(
     seconds: dict[str, float] = {}
     report = evaluate(cases, rankers, timed_lists(lists, seconds), resamples)
     report["sources"] = list(stack.sources)
+    # The place's price: every interaction after the cutoff, old items too.
+    from training.evaluation.new_item_place_price import evaluate_place
+
+    report["shown_place"] = evaluate_place(cases, gen, resamples=resamples)
     # What each list costs per case on this machine (one thread per request's work, as
     # serving runs it): the LM's price beside its gain.
     report["list_ms_per_case"] = {k: round(1000 * v / len(cases), 2) for k, v in seconds.items()}
@@ -282,6 +294,10 @@ def print_report(report: dict[str, Any], console) -> None:
         cost = f"{ms[name]:.1f}" if name in ms else "—"
         t.add_row(name, *cells, f"{m['new_share@10']:.1%}", diff, cost)
     console.print(t)
+    if "shown_place" in report:
+        from training.evaluation.new_item_place_price import print_place_report
+
+        print_place_report(report["shown_place"], console)
 
 
 def plot(report: dict[str, Any], path) -> None:
