@@ -54,6 +54,27 @@ def published(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def candidate_parts(tmp_path_factory):
+    """ML-100k's validation view with the sources the candidate tests fuse (transitions, a
+    small ALS, content) and both popularities, fitted once (tests copy what they change)."""
+    from pipelines.artifact import load_dataset, write_dataset
+    from pipelines.prepare import PrepareConfig, run_local
+    from pipelines.schema import Split
+    from pipelines.sources import load_source
+    from training.retrieval import ALS, Content, FitData, MostPopular, SegmentPopular, Transitions
+
+    out = tmp_path_factory.mktemp("ml") / "ml-100k"
+    write_dataset(run_local(load_source("ml-100k"), PrepareConfig()), str(out))
+    data = FitData.from_dataset(load_dataset(str(out)), Split.VALIDATION)
+    sources = {
+        "transitions": Transitions().fit(data),
+        "als": ALS(factors=16, iterations=5).fit(data),
+        "content": Content().fit(data),
+    }
+    return data, sources, MostPopular().fit(data), SegmentPopular().fit(data)
+
+
+@pytest.fixture(scope="session")
 def s3_uri():
     """A bucket on a local S3 endpoint (moto's server, its own process): the object-store
     path of every stage that takes a URI, without a cloud account. Credentials go through

@@ -6,28 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.artifact import load_dataset, write_dataset
-from pipelines.prepare import PrepareConfig, run_local
-from pipelines.schema import Split
-from pipelines.sources import load_source
 from training.candidates import CandidateConfig, CandidateGenerator
-from training.retrieval import ALS, Content, FitData, MostPopular, Transitions
 from training.retrieval.base import pad_to, top_n
 from training.retrieval.fusion import LearnedFusion, fuse, source_ranks, top_list
 from training.retrieval.views import SourceView, dense_view
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ml") / "ml-100k"
-    write_dataset(run_local(load_source("ml-100k"), PrepareConfig()), str(out))
-    data = FitData.from_dataset(load_dataset(str(out)), Split.VALIDATION)
-    sources = {
-        "transitions": Transitions().fit(data),
-        "als": ALS(factors=16, iterations=5).fit(data),
-        "content": Content().fit(data),
-    }
-    return data, sources, MostPopular().fit(data)
+def parts(candidate_parts):
+    data, sources, pop, _ = candidate_parts
+    return data, sources, pop
 
 
 def dense(gen: CandidateGenerator, user: int, hist: np.ndarray, names: list[str]):

@@ -7,26 +7,14 @@ import copy
 import numpy as np
 import pytest
 
-from pipelines.artifact import load_dataset, write_dataset
-from pipelines.prepare import PrepareConfig, run_local
-from pipelines.schema import Split
-from pipelines.sources import load_source
 from training.candidates import CandidateConfig, CandidateGenerator
-from training.retrieval import ALS, Content, FitData, MostPopular, SegmentPopular, Transitions
+from training.retrieval import MostPopular, SegmentPopular
 from training.retrieval.base import RetrievalError
 
 
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ml") / "ml-100k"
-    write_dataset(run_local(load_source("ml-100k"), PrepareConfig()), str(out))
-    data = FitData.from_dataset(load_dataset(str(out)), Split.VALIDATION)
-    sources = {
-        "transitions": Transitions().fit(data),
-        "als": ALS(factors=16, iterations=5).fit(data),
-        "content": Content().fit(data),
-    }
-    return data, sources, MostPopular().fit(data), SegmentPopular().fit(data)
+@pytest.fixture
+def parts(candidate_parts):
+    return candidate_parts
 
 
 @pytest.fixture
