@@ -107,7 +107,7 @@ Id = Annotated[
 EventType = Literal["view", "click", "purchase", "rating", "dislike"]
 Stage = Literal["rerank", "features", "retrieval", "cold_start"]
 #: an item's: how its place was decided (`new_item`: the list's place for the most engaged
-#: new item, `CandidateConfig.shown_new_item_rank`)
+#: new item, `LiveSettings.shown_new_item_rank`)
 ItemStage = Literal["rerank", "features", "retrieval", "cold_start", "new_item"]
 
 
