@@ -18,6 +18,7 @@ from serving.config import LiveSettings
 from serving.events import POSITIVE, Event, EventStore, StoreUnavailable, shared_store
 from serving.retrieved import Retrieved, UserState, demote_near
 from training.candidates import CandidateConfig, Candidates
+from training.new_item_place import most_engaged
 from training.publish import ModelVersion
 from training.reranker.examples import subset
 from training.reranker.features import candidate_features, feature_names
@@ -271,9 +272,10 @@ class RetrievalService:
         rank = self.generator.config.shown_new_item_rank
         if shown is not None:
             explained = max(shown, self.rerank_k if reranked and c.path != "cold_start" else 0)
-            if rank and c.new_events is not None and c.new_events.max(initial=0) > 0:
+            placed = most_engaged(c.new_events)
+            if rank and placed is not None:
                 # the candidate the shown list's new-item place may take is explained too
-                explained = max(explained, int(np.argmax(c.new_events)) + 1)
+                explained = max(explained, placed + 1)
         feats = candidate_features(head, self.sources, self.stack.log_popularity)
         route, reason, route_scores = self.route(c.path, len(state.history), feats)
         return Retrieved(

@@ -200,7 +200,12 @@ class CandidateGenerator:
             backfill = -1e6 + log_pop(np.arange(self.n_items)) / (top_pop + 1)
             backfill[union] = np.where(np.isfinite(fused), fused, backfill[union])
             items = top_n(backfill, n, np.flatnonzero(banned))
-        order = self._new_item_order(views, banned) if self._new_slots(n) else None
+        # New items' live events, over the catalogue once per request (the slots' order and
+        # the candidates' `new_events` both read them); None while the counts are unknown.
+        unseen = self.unseen()
+        live = None if self.live_counts is None else self._live(unseen)
+        slots = self._new_slots(n)
+        order = self._new_item_order(views, banned, unseen, live) if slots else None
         whole = self._with_new_items(items, order, n)
         if head is not None and 0 < head < n:
             # Every item of the head's own list is in the whole one (its fused part comes
@@ -217,7 +222,7 @@ class CandidateGenerator:
             source_ranks={s: views[s].ranks_at(items) for s in names},
             source_scores={s: views[s].at(items) for s in names},
             ignored_history=ignored,
-            new_events=self._new_events(items),
+            new_events=None if live is None else live[items],
         )
 
     def _views(
@@ -241,30 +246,30 @@ class CandidateGenerator:
         """How many of a list of n are new-item slots (`new_item_share` of n)."""
         return round(self.config.new_item_share * n)
 
-    def _live(self) -> np.ndarray:
-        """Per item, the live events of a new item, from `new_item_min_events` on (0 below)."""
+    def _live(self, unseen: np.ndarray) -> np.ndarray:
+        """Per item, the live events of a new item (`unseen`), from `new_item_min_events`
+        on; 0 for every other item."""
         live = pad_to(np.asarray(self.live_counts, np.float64), self.n_items, 0.0)
         live = live[: self.n_items]  # a view of the replica's counts: not written to
-        return np.where(live >= self.config.new_item_min_events, live, 0.0)
-
-    def _new_events(self, items: np.ndarray) -> np.ndarray | None:
-        """`Candidates.new_events` of `items` (None while the live counts are unknown)."""
-        if self.live_counts is None:
-            return None
-        return np.where(self.unseen()[items], self._live()[items], 0.0)
+        return np.where(unseen & (live >= self.config.new_item_min_events), live, 0.0)
 
     def _new_item_order(
-        self, views: dict[str, SourceView], banned: np.ndarray
+        self,
+        views: dict[str, SourceView],
+        banned: np.ndarray,
+        unseen: np.ndarray,
+        live: np.ndarray | None,
     ) -> np.ndarray | None:
         """The items no fitted interaction names, in the order the new-item slots take them:
         the other sources cannot rank an item they have not seen, so the fusion alone would
         almost never retrieve one. Most live events first (`live_counts`), then the content
-        source's order; None when neither can order them."""
+        source's order (`unseen`: `unseen()`; `live`: `_live`, None while the counts are
+        unknown); None when neither can order them."""
         text = next((s for s in views if isinstance(self.sources[s], Content)), None)
-        if text is None and self.live_counts is None:
+        if text is None and live is None:
             return None
-        live = np.zeros(self.n_items) if self.live_counts is None else self._live()
-        pool = np.flatnonzero(self.unseen() & ~banned)
+        live = np.zeros(self.n_items) if live is None else live
+        pool = np.flatnonzero(unseen & ~banned)
         similar = views[text].at(pool) if text is not None else np.full(len(pool), -np.inf)
         keep = np.isfinite(similar) | (live[pool] > 0)
         pool, similar = pool[keep], similar[keep]

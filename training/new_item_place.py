@@ -25,31 +25,43 @@ ShownNewItemRank = Annotated[
 ]
 
 
+def most_engaged(new_events: np.ndarray | None) -> int | None:
+    """The candidate the new-item place takes: the most live events (`Candidates.new_events`),
+    ties to the earlier candidate (the generator's new-item order); None when none has any."""
+    if new_events is None or not len(new_events):
+        return None
+    best = int(np.argmax(new_events))
+    return best if new_events[best] > 0 else None
+
+
 def place_new_item(
     order: np.ndarray, new_events: np.ndarray | None, k: int, rank: int
 ) -> np.ndarray:
-    """The shown order of a list of `k` with its new-item place: `order` (candidate
-    positions, best first) with the most engaged new candidate (`Candidates.new_events`;
-    ties: the earlier candidate) moved up to `rank` (1 = first) when no engaged new item is
-    shown at or above it. Unchanged when `rank` is 0 or beyond `k`, or no candidate is an
-    engaged new item: a list the user asked to be short keeps its best items, and a new
-    item nobody has engaged with is left to the cold-start exploration.
+    """The shown order of a list of `k` with its new-item place: `order` (every candidate's
+    position, best first) with the most engaged new candidate (`most_engaged`) moved up to
+    `rank` (1 = first) when no engaged new item is shown at or above it. Unchanged when
+    `rank` is 0 or beyond `k`, or no candidate is an engaged new item: a list the user asked
+    to be short keeps its best items, and a new item nobody has engaged with is left to the
+    cold-start exploration.
 
     Why: the fused list and a re-ranker learn from items with interactions, so a new item
     reaches the shown list only after the next refit, however many people engage with it
     now; one place of the list keeps the newest engagement visible (its price for every
     user: docs/BENCHMARKS.md, New items)."""
     order = np.asarray(order)
-    if new_events is None or rank < 1 or k < rank or not len(order):
+    best = most_engaged(new_events)
+    if best is None or rank < 1 or k < rank or (np.asarray(new_events)[order[:rank]] > 0).any():
         return order
-    events = np.asarray(new_events)[order]
-    if (events[:rank] > 0).any():
+    at = np.flatnonzero(order == best)
+    if not len(at):
         return order
-    tail = np.arange(rank - 1, len(order))
-    if not len(tail) or events[tail].max() <= 0:
-        return order
-    # the most events; ties to the earlier candidate (the generator's new-item order)
-    best = tail[np.lexsort((order[tail], -events[tail]))[0]]
-    return np.concatenate(
-        [order[: rank - 1], order[best : best + 1], np.delete(order, best)[rank - 1 :]]
-    )
+    rest = np.delete(order, at[0])
+    return np.concatenate([rest[: rank - 1], [best], rest[rank - 1 :]]).astype(order.dtype)
+
+
+def shown_items(items: np.ndarray, new_events: np.ndarray | None, k: int, rank: int) -> np.ndarray:
+    """Candidates `items` in their own order, as a list of `k` shows them: with the new-item
+    place (`place_new_item`; `new_events`: `Candidates.new_events`). What the offline
+    protocols score as the shown list when no re-ranker reorders it."""
+    items = np.asarray(items)
+    return items[place_new_item(np.arange(len(items)), new_events, k, rank)]

@@ -7,7 +7,7 @@ and new, in the proportion users chose them), a seeded few per user, each with e
 the user did before it as the history and the new items' live counts at that moment (as
 `NewItemCases.live_new_counts`). The models are the ones fitted on the interactions up to
 the cutoff. For each place (0: none) the system's shown list is its candidates in fused
-order with `place_new_item` applied; NDCG@10 and Recall@10 are averaged per user, then
+order with the place (`shown_items`); NDCG@10 and Recall@10 are averaged per user, then
 bootstrapped over users, each place paired against none. Pure numpy.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from training.candidates import CandidateGenerator
 from training.evaluation.bootstrap import confidence_interval, paired_bootstrap
 from training.evaluation.new_items import NewItemCases
-from training.new_item_place import place_new_item
+from training.new_item_place import shown_items
 
 #: places measured: none, the list's last of 10, its middle, its top three
 PLACES = (0, 10, 5, 3)
@@ -56,10 +56,6 @@ def evaluate_place(
     results on those cases and on the rest."""
     d = cases.full
     sampled = after_cutoff_cases(cases, per_user, seed)
-    new_times = d.seq_times[cases.new[d.seq_items] & (d.seq_times > cases.cutoff)]
-    new_items = d.seq_items[cases.new[d.seq_items] & (d.seq_times > cases.cutoff)]
-    by_time = np.argsort(new_times, kind="stable")
-    new_times, new_items = new_times[by_time], new_items[by_time]
     users, is_new = np.zeros(len(sampled), np.int64), np.zeros(len(sampled), bool)
     ndcg = {p: np.zeros(len(sampled)) for p in places}
     recall = {p: np.zeros(len(sampled)) for p in places}
@@ -69,13 +65,11 @@ def evaluate_place(
         for c, (u, pos, t) in enumerate(sampled):
             lo = d.seq_indptr[u]
             history, target = d.seq_items[lo : lo + pos], int(d.seq_items[lo + pos])
-            before = new_items[: np.searchsorted(new_times, t, side="left")]
-            gen.live_counts = np.bincount(before, minlength=d.n_items).astype(np.float64)
+            gen.live_counts = cases.live_new_counts_at(t)
             cand = gen.generate(u, history, n=gen.config.n)
             users[c], is_new[c] = u, cases.new[target]
             for p in places:
-                order = place_new_item(np.arange(len(cand.items)), cand.new_events, SHOWN, p)
-                shown = cand.items[order][:SHOWN]
+                shown = shown_items(cand.items, cand.new_events, SHOWN, p)[:SHOWN]
                 hit = np.flatnonzero(shown == target)
                 ndcg[p][c] = 1 / np.log2(hit[0] + 2) if len(hit) else 0.0
                 recall[p][c] = float(len(hit) > 0)
@@ -83,30 +77,27 @@ def evaluate_place(
     finally:
         gen.live_counts = saved
 
-    def per_user_mean(v: np.ndarray) -> np.ndarray:
-        _, idx = np.unique(users, return_inverse=True)
-        return np.bincount(idx, weights=v) / np.bincount(idx)
+    # Each user's mean over their cases: users count once, however many cases they have.
+    _, of_user = np.unique(users, return_inverse=True)
+    per_case = np.bincount(of_user)
+    by_user = {
+        name: {p: np.bincount(of_user, weights=v[p]) / per_case for p in places}
+        for name, v in (("NDCG@10", ndcg), ("Recall@10", recall))
+    }
 
     def ci(v: np.ndarray) -> dict[str, float]:
         return vars(confidence_interval(v, resamples))
 
     rows = {}
     for p in places:
-        row: dict[str, Any] = {
-            "NDCG@10": ci(per_user_mean(ndcg[p])),
-            "Recall@10": ci(per_user_mean(recall[p])),
-            "new_share@10": float(exposure[p].mean()),
-            "new-item cases Recall@10": ci(recall[p][is_new]),
-            "other cases Recall@10": ci(recall[p][~is_new]),
-        }
+        row: dict[str, Any] = {name: ci(means[p]) for name, means in by_user.items()}
+        row["new_share@10"] = float(exposure[p].mean())
+        row["new-item cases Recall@10"] = ci(recall[p][is_new])
+        row["other cases Recall@10"] = ci(recall[p][~is_new])
         if p != places[0]:
-            base = places[0]
-            row["NDCG@10 vs none"] = vars(
-                paired_bootstrap(per_user_mean(ndcg[p]), per_user_mean(ndcg[base]), resamples)
-            )
-            row["Recall@10 vs none"] = vars(
-                paired_bootstrap(per_user_mean(recall[p]), per_user_mean(recall[base]), resamples)
-            )
+            for name, means in by_user.items():
+                test = paired_bootstrap(means[p], means[places[0]], resamples)
+                row[f"{name} vs none"] = vars(test)
         rows[str(p)] = row
     return {
         "cases": len(sampled),

@@ -56,8 +56,13 @@ class NewItemCases:
 
     def live_new_counts(self, case: int) -> np.ndarray:
         """Interactions per item after the cutoff and before the case, new items only."""
+        return self.live_new_counts_at(self.times[case])
+
+    def live_new_counts_at(self, time: float) -> np.ndarray:
+        """Interactions per item after the cutoff and before `time`, new items only: the
+        live counts a serving store holds at that moment."""
         d = self.full
-        seen = (d.seq_times > self.cutoff) & (d.seq_times < self.times[case])
+        seen = (d.seq_times > self.cutoff) & (d.seq_times < time)
         counts = np.bincount(d.seq_items[seen], minlength=d.n_items).astype(np.float64)
         return np.where(self.new, counts, 0.0)
 
@@ -204,7 +209,7 @@ def fit_and_evaluate(
     content rows, one per text encoder (same parameters as the spec's content source).
     `rerankers`: name -> folder of re-rankers trained before the cutoff
     (`training.evaluation.cold_rerank`), each reordering the system's candidates."""
-    from training.new_item_place import place_new_item
+    from training.new_item_place import shown_items
     from training.retrieval import Content
     from training.retrieval.embeddings import TextEncoder
     from training.stack import DEFAULT_SOURCES, holdout_fit, stack_from_data, text_encoder
@@ -233,8 +238,7 @@ def fit_and_evaluate(
     def shown(user: int, history: np.ndarray, counts: np.ndarray) -> np.ndarray:
         gen.live_counts = counts
         c = gen.generate(user, history, n=50)
-        rank = gen.config.shown_new_item_rank
-        return c.items[place_new_item(np.arange(len(c.items)), c.new_events, 10, rank)]
+        return shown_items(c.items, c.new_events, 10, gen.config.shown_new_item_rank)
 
     lists = {
         "system (fused candidates)": system(True),
